@@ -1,0 +1,139 @@
+"""Atomic save and safe load of a run directory.
+
+A run directory is self-sufficient: `load(run_dir)` rebuilds the model from it with no other input.
+
+    config.yaml             the resolved experiment config
+    tokenizer.json          the tokenizer
+    model.json              the model family and its config
+    model.safetensors       the best weights so far (by the task's validation metric)
+    best.json               the step and metrics of those weights
+    checkpoints/step_N/     the latest steps: model.safetensors + train_state.pt (optimizer, RNG, step)
+    checkpoints/latest      the name of the newest complete step directory
+    metrics.jsonl, loss.png training log and its plot
+
+Every file is written to a temporary name and renamed into place, and a step directory is complete
+before `latest` points at it, so a run killed at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from nanonlp.errors import NanoNLPError
+
+LATEST = "latest"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: Path, write) -> None:
+    """Call write(tmp_path), then rename the finished file over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    from safetensors.torch import save_model
+
+    # save_model drops the duplicate of tied tensors (GPT's lm_head shares wte's weight).
+    _atomic(Path(path), lambda tmp: save_model(model, tmp))
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise NanoNLPError(f"weights file '{path}' does not exist.")
+    device = next(model.parameters()).device
+    try:
+        load_model(model, str(path), strict=True, device=str(device))
+    except RuntimeError as err:
+        raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({str(err).splitlines()[0]}).") from None
+
+
+def save_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_model_config(run_dir: Path, family: str, config) -> None:
+    save_json(run_dir / "model.json", {"type": family, **dataclasses.asdict(config)})
+
+
+def write_step_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, train_state: dict, keep: int) -> Path:
+    """Write checkpoints/step_N completely, point `latest` at it, then drop all but the newest `keep`."""
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        save_weights(model, tmp / "model.safetensors")
+        _atomic(tmp / "train_state.pt", lambda t: torch.save(train_state, t))
+        final = folder / name
+        if final.exists():  # the same step saved again after a resume
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(folder / LATEST, name + "\n")
+    steps = sorted(p for p in folder.glob("step_*") if p.is_dir())
+    for old in steps[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / LATEST
+    if not pointer.is_file():
+        return None
+    folder = run_dir / "checkpoints" / pointer.read_text().strip()
+    if not (folder / "model.safetensors").is_file() or not (folder / "train_state.pt").is_file():
+        raise NanoNLPError(f"checkpoint '{folder}' named by checkpoints/latest is incomplete; delete the pointer to start over.")
+    return folder
+
+
+def load_train_state(folder: Path) -> dict:
+    return torch.load(folder / "train_state.pt", map_location="cpu", weights_only=True)

@@ -1,0 +1,278 @@
+"""Typed experiment configs: a YAML file in, dotted `--section.key=value` overrides, strict validation.
+
+One config file describes one experiment. Every default lives in a dataclass here or in the model
+file that owns it; code never writes `cfg.get("x", 100)`. Anything wrong (an unknown key, a wrong
+type, an impossible value) raises `ConfigError` with one sentence naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nanonlp.errors import ConfigError
+from nanonlp.models import MODEL_CONFIGS
+
+
+@dataclass
+class DataConfig:
+    path: str = "tiny_shakespeare"  # a text file, or a catalog name (see `nanonlp data`)
+    tokenizer: str = field(default="char", metadata={"choices": ("char", "bpe")})
+    vocab_size: int = 1024  # BPE only: size of the byte-level BPE vocabulary trained on the corpus
+    val_fraction: float = 0.1  # the last fraction of the corpus is held out for validation
+    encoding: str = "utf-8"  # text encoding of data.path
+
+    def validate(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}.")
+        if self.tokenizer == "bpe" and self.vocab_size < 257:
+            raise ConfigError(f"data.vocab_size must be at least 257 for a byte-level BPE tokenizer, got {self.vocab_size}.")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"  # the run directory: config, tokenizer, weights, metrics
+    max_steps: int = 5000  # optimizer steps
+    max_seconds: float = 0.0  # wall-clock budget in seconds; 0 means no limit
+    batch_size: int = 32  # sequences per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-3  # peak learning rate, reached after warmup
+    min_lr: float = 1e-4  # floor of the cosine decay
+    warmup_steps: int = 100  # linear warmup from 0 to learning_rate
+    lr_decay_steps: int = 0  # cosine decay length; 0 means max_steps
+    weight_decay: float = 0.1  # AdamW decay, applied to matrices only (not biases, norms)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # clip the global gradient norm; 0 disables
+    eval_interval: int = 250  # validate and checkpoint every this many steps
+    eval_batches: int = 20  # batches averaged per validation
+    log_interval: int = 10  # one metrics.jsonl line every this many steps
+    keep_checkpoints: int = 2  # how many of the latest step checkpoints to keep
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16", "float16")})
+    compile: bool = False  # torch.compile the model (falls back to eager if the compiler is missing)
+    init_from: str = ""  # start from pretrained weights: a Hugging Face GPT-2 folder; "" trains from scratch
+
+    def validate(self) -> None:
+        positive = ["max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval", "keep_checkpoints"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ["max_seconds", "warmup_steps", "lr_decay_steps", "weight_decay", "grad_clip", "min_lr"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}.")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}.")
+        if self.min_lr > self.learning_rate:
+            raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.learning_rate ({self.learning_rate}).")
+        for name in ["beta1", "beta2"]:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}.")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got '{self.device}'.")
+
+
+@dataclass
+class SampleConfig:
+    prompt: str = "\n"  # text the sample continues
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # < 1 sharper, > 1 flatter; 0 means greedy
+    top_k: int = 0  # keep only the k most likely tokens; 0 disables
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p; 1 disables
+    seed: int = 1
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"sample.max_new_tokens must not be negative, got {self.max_new_tokens}.")
+        if self.temperature < 0:
+            raise ConfigError(f"sample.temperature must not be negative, got {self.temperature}.")
+        if self.top_k < 0:
+            raise ConfigError(f"sample.top_k must not be negative, got {self.top_k}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"sample.top_p must be in (0, 1], got {self.top_p}.")
+
+
+TASKS = ("lm",)
+
+
+@dataclass
+class Config:
+    task: str = "lm"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = None  # a model family's Config dataclass, chosen by `model.type`
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got '{self.task}'.")
+        block_size = getattr(self.model, "block_size", None)
+        if block_size is not None and block_size < 1:
+            raise ConfigError(f"model.block_size must be at least 1, got {block_size}.")
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "sample": SampleConfig}
+
+
+# ---------------------------------------------------------------------------------------------------
+# dict -> dataclass, with type checks
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():  # 1e4 in YAML is a float
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}.")
+
+
+def build(cls: type, raw: dict | None, section: str, allow_derived: bool = False) -> Any:
+    """Build dataclass `cls` from `raw`, rejecting unknown keys and wrong types."""
+    raw = dict(raw or {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section '{section}' must be a mapping of keys to values.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            valid = ", ".join(sorted(k for k, f in fields.items() if not f.metadata.get("derived")))
+            raise ConfigError(f"unknown config key '{section}.{key}'; valid keys in '{section}' are: {valid}.")
+        f = fields[key]
+        if f.metadata.get("derived") and not allow_derived:
+            raise ConfigError(f"{section}.{key} is set from the data ({f.metadata['derived']}); remove it from the config.")
+        value = _coerce(value, hints[key], f"{section}.{key}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{section}.{key} must be one of {', '.join(choices)}, got '{value}'.")
+        kwargs[key] = value
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def build_model_config(raw: dict | None, allow_derived: bool = False) -> Any:
+    raw = dict(raw or {})
+    family = raw.pop("type", None)
+    if family is None:
+        raise ConfigError(f"model.type is missing; set it to one of: {', '.join(MODEL_CONFIGS)}.")
+    if family not in MODEL_CONFIGS:
+        raise ConfigError(f"model.type must be one of {', '.join(MODEL_CONFIGS)}, got '{family}'.")
+    return build(MODEL_CONFIGS[family], raw, "model", allow_derived)
+
+
+def from_dict(raw: dict, allow_derived: bool = False) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError("a config file must be a YAML mapping with sections data, model, train, sample.")
+    raw = dict(raw)
+    known = {"task", "model", *SECTIONS}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown config section '{key}'; valid sections are: {', '.join(sorted(known))}.")
+    sections = {name: build(cls, raw.get(name), name, allow_derived) for name, cls in SECTIONS.items()}
+    task = _coerce(raw.get("task", "lm"), str, "task")
+    cfg = Config(task=task, model=build_model_config(raw.get("model"), allow_derived), **sections)
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    out = dataclasses.asdict(cfg)
+    model_type = next(name for name, cls in MODEL_CONFIGS.items() if isinstance(cfg.model, cls))
+    out["model"] = {"type": model_type, **dataclasses.asdict(cfg.model)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# files and overrides
+
+
+def parse_overrides(args: list[str]) -> list[tuple[list[str], Any]]:
+    """`--train.max_steps=200` -> (['train', 'max_steps'], 200). Values are parsed as YAML scalars."""
+    out = []
+    for arg in args:
+        text = arg[2:] if arg.startswith("--") else arg
+        if "=" not in text:
+            raise ConfigError(f"override '{arg}' must look like --section.key=value.")
+        key, value = text.split("=", 1)
+        parts = key.split(".")
+        if len(parts) != 2 or not all(parts):
+            if parts == ["task"]:
+                out.append((parts, value))
+                continue
+            raise ConfigError(f"override '{arg}' must name a section and a key, like --train.max_steps=200.")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        out.append((parts, parsed))
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; pass the path of a YAML file such as configs/shakespeare_char_gpt.yaml.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}; fix the syntax and try again.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text.") from None
+    return raw or {}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, allow_derived: bool = False) -> Config:
+    raw = read_yaml(path) if path is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must be a YAML mapping with sections data, model, train, sample.")
+    for parts, value in parse_overrides(overrides or []):
+        if parts == ["task"]:
+            raw["task"] = value
+            continue
+        section, key = parts
+        if section not in SECTIONS and section != "model":
+            raise ConfigError(f"unknown config section '{section}' in override --{section}.{key}; valid sections are: data, model, sample, train.")
+        raw.setdefault(section, {})
+        if raw[section] is None:
+            raw[section] = {}
+        raw[section][key] = value
+    return from_dict(raw, allow_derived)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,1 @@
+"""Data: named data sets, file readers, tokenizers, and batching."""

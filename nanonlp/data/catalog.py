@@ -1,0 +1,121 @@
+"""Named data sets: where each lives, its canonical URL and checksum, and how to fetch it once.
+
+A name resolves, in order, to `$NANONLP_DATA/<folder>/<file>` (a shared data folder), to the user
+cache (`$NANONLP_CACHE`, default `~/.cache/nanonlp`), and last to a download from the canonical URL,
+checked against its SHA-256 before it is moved into the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from nanonlp.checkpoint import atomic_write_bytes
+from nanonlp.errors import NanoNLPError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    relative_path: str  # under $NANONLP_DATA and under the cache
+    description: str
+    url: str | None = None
+    sha256: str | None = None
+    build: Callable[[], str] | None = None  # makes the file's text from an installed package instead
+
+
+def _chatterbot_english() -> str:
+    """The English conversations of the `chatterbot-corpus` package as `User:`/`Bot:` dialogue text."""
+    import yaml
+
+    try:
+        import chatterbot_corpus
+    except ImportError:
+        raise NanoNLPError("the chatterbot_english data set needs the chatterbot-corpus package: pip install chatterbot-corpus") from None
+    folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    blocks = []
+    for path in sorted(folder.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for conversation in doc.get("conversations", []):
+            turns = [str(t).strip() for t in conversation if t is not None and str(t).strip()]
+            if turns:
+                blocks.append("\n".join(f"{'User' if i % 2 == 0 else 'Bot'}: {t}" for i, t in enumerate(turns)))
+    return "\n\n".join(blocks) + "\n"
+
+
+CATALOG: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry(
+            "tiny_shakespeare",
+            "tiny_shakespeare/input.txt",
+            "40,000 lines of Shakespeare's plays (1.1 MB), from char-rnn",
+            url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+            sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        ),
+        Entry(
+            "chatterbot_english",
+            "chatterbot_english/dialogues.txt",
+            "English dialogues of the chatterbot-corpus package (about 230 KB), installed with nanonlp",
+            build=_chatterbot_english,
+        ),
+    ]
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NANONLP_CACHE") or Path.home() / ".cache" / "nanonlp")
+
+
+def download(url: str, dest: Path, sha256: str | None, name: str) -> Path:
+    """Fetch `url` to `dest`, verifying the checksum; nothing is left behind on failure."""
+    hasher = hashlib.sha256()
+    chunks = []
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            while chunk := response.read(1 << 20):
+                hasher.update(chunk)
+                chunks.append(chunk)
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise NanoNLPError(
+            f"could not download '{name}' from {url} ({reason}); without network, put the file at "
+            f"$NANONLP_DATA/{CATALOG[name].relative_path if name in CATALOG else name} or set data.path to a local copy."
+        ) from None
+    if sha256 is not None and hasher.hexdigest() != sha256:
+        raise NanoNLPError(
+            f"the download of '{name}' from {url} has checksum {hasher.hexdigest()[:12]}..., expected {sha256[:12]}...; "
+            "the file changed upstream or the transfer was corrupted, so it was not saved."
+        )
+    atomic_write_bytes(dest, b"".join(chunks))
+    return dest
+
+
+def resolve(path_or_name: str) -> Path:
+    """A data path: an existing file as given, or a catalog name found locally or downloaded."""
+    path = Path(path_or_name).expanduser()
+    if path.is_file():
+        return path
+    entry = CATALOG.get(path_or_name)
+    if entry is None:
+        if path.exists():
+            raise NanoNLPError(f"data path '{path}' is not a file; point data.path at a text file.")
+        raise NanoNLPError(
+            f"data.path '{path_or_name}' is neither an existing file nor a catalog name; "
+            f"known names are: {', '.join(CATALOG)}."
+        )
+    shared = os.environ.get("NANONLP_DATA")
+    if shared and (Path(shared) / entry.relative_path).is_file():
+        return Path(shared) / entry.relative_path
+    cached = cache_dir() / entry.relative_path
+    if cached.is_file():
+        return cached
+    if entry.build is not None:
+        atomic_write_bytes(cached, entry.build().encode("utf-8"))
+        return cached
+    return download(entry.url, cached, entry.sha256, entry.name)

@@ -1,0 +1,82 @@
+"""CharRNN: a recurrent language model over characters (or any tokens).
+
+Karpathy 2015, "The Unreasonable Effectiveness of Recurrent Neural Networks" (char-rnn), after
+Graves 2013, "Generating Sequences With Recurrent Neural Networks". An embedding, a stack of LSTM
+(Hochreiter & Schmidhuber 1997) or GRU (Cho et al. 2014) layers, and a linear read-out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanonlp.errors import ConfigError, NanoNLPError
+
+
+@dataclass
+class CharRNNConfig:
+    cell: str = field(default="lstm", metadata={"choices": ("lstm", "gru")})
+    block_size: int = 128  # truncated backpropagation length: tokens per training sequence
+    n_layer: int = 2
+    n_embd: int = 128  # embedding width
+    hidden_size: int = 512
+    dropout: float = 0.2  # between layers and before the read-out
+    vocab_size: int = field(default=0, metadata={"derived": "the tokenizer's vocabulary size"})
+
+    def validate(self) -> None:
+        for name in ("block_size", "n_layer", "n_embd", "hidden_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+
+
+class CharRNN(nn.Module):
+    def __init__(self, config: CharRNNConfig):
+        super().__init__()
+        if config.vocab_size < 1:
+            raise NanoNLPError("CharRNNConfig.vocab_size must be set from the tokenizer before building the model.")
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        rnn = nn.LSTM if config.cell == "lstm" else nn.GRU
+        # nn.LSTM applies dropout between layers only; a one-layer stack would warn about it.
+        self.rnn = rnn(config.n_embd, config.hidden_size, config.n_layer, batch_first=True,
+                       dropout=config.dropout if config.n_layer > 1 else 0.0)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, state=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) -> logits (B, T, vocab), and the mean cross entropy if targets are given.
+
+        Training starts every window from a zero state, as char-rnn does with random windows.
+        """
+        logits, _ = self._run(idx, state)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def _run(self, idx: torch.Tensor, state):
+        x = self.embedding(idx)  # (B, T, n_embd)
+        out, state = self.rnn(x, state)  # (B, T, hidden)
+        return self.head(self.dropout(out)), state  # (B, T, vocab)
+
+    # -- generation interface shared with GPT ----------------------------------------------------
+
+    def init_state(self, batch_size: int):
+        return None  # PyTorch's RNNs start from zeros when given no state
+
+    def next_logits(self, idx: torch.Tensor, state, history: torch.Tensor):
+        """Logits (B, vocab) after feeding `idx` (B, T); the hidden state carries all earlier context."""
+        logits, state = self._run(idx, state)
+        return logits[:, -1, :], state
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: about 6 per weight (forward 2, backward 4); the embedding is a lookup."""
+        n = sum(p.numel() for p in self.parameters()) - self.embedding.weight.numel()
+        return 6 * n

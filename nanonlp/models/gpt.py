@@ -1,0 +1,244 @@
+"""GPT: a decoder-only Transformer language model.
+
+Radford et al. 2018/2019, "Improving Language Understanding by Generative Pre-Training" and
+"Language Models are Unsupervised Multitask Learners" (GPT-2): pre-LayerNorm blocks, learned
+positions, the output projection tied to the token embedding. Parameter names follow GPT-2's
+layout so `from_huggingface` maps Hugging Face GPT-2 files onto this module one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanonlp.errors import ConfigError, NanoNLPError
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256  # context length: the longest sequence the model attends over
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384  # width; must be divisible by n_head
+    dropout: float = 0.2
+    bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
+    vocab_size: int = field(default=0, metadata={"derived": "the tokenizer's vocabulary size"})
+    layer_norm_epsilon: float = 1e-5
+
+    def validate(self) -> None:
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}.")
+        if self.n_embd % self.n_head != 0:
+            raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}).")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to block_size."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
+        head_dim = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, config.block_size, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0  # tokens stored so far (the same for every layer)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, T = self.length, k.size(2)
+        self.keys[layer][:, :, start : start + T] = k
+        self.values[layer][:, :, start : start + T] = v
+        return self.keys[layer][:, :, : start + T], self.values[layer][:, :, : start + T]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # one new token sees everything
+        else:
+            # new token i (absolute position past + i) may attend to keys 0 .. past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.vocab_size < 1:
+            raise NanoNLPError("GPTConfig.vocab_size must be set from the tokenizer before building the model.")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying (Press & Wolf 2017)
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream's
+        # variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross entropy if targets are given."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise NanoNLPError(f"sequence of {start + T} tokens is longer than the model's block_size {self.config.block_size}.")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # -- generation interface shared with CharRNN: a state carried from one step to the next --------
+
+    def init_state(self, batch_size: int) -> KVCache:
+        p = self.transformer.wte.weight
+        return KVCache(self.config, batch_size, p.device, p.dtype)
+
+    def next_logits(self, idx: torch.Tensor, state: KVCache, history: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """Logits (B, vocab) for the token after `idx` (B, T), the newest tokens of `history`.
+
+        The cache holds keys and values of earlier tokens. When the context would pass block_size,
+        learned positions cannot go further: we refill a fresh cache from the last block_size tokens
+        of the history, exactly the window a model without a cache would see. Past block_size every
+        step therefore costs a full forward pass, as it does without a cache.
+        """
+        if state.length + idx.size(1) > self.config.block_size:
+            state = self.init_state(idx.size(0))
+            idx = history[:, -self.config.block_size :]
+        logits, _ = self(idx, cache=state)
+        return logits[:, -1, :], state
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B."""
+        n = sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
+        c = self.config
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+
+    # -- Hugging Face GPT-2 files ---------------------------------------------------------------
+
+    @classmethod
+    def from_huggingface(cls, folder: str | Path, dropout: float = 0.0) -> "GPT":
+        """Load GPT-2 weights from a local folder with config.json and model.safetensors or pytorch_model.bin."""
+        folder = Path(folder)
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise NanoNLPError(f"'{folder}' has no config.json; point at a folder of Hugging Face GPT-2 files.")
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+        if hf.get("model_type", "gpt2") != "gpt2":
+            raise NanoNLPError(f"'{folder}' holds a '{hf.get('model_type')}' model; only GPT-2 format weights load into GPT.")
+        activation = hf.get("activation_function", "gelu_new")
+        if activation not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise NanoNLPError(f"'{folder}' uses activation '{activation}'; GPT implements GPT-2's tanh GELU (gelu_new) only.")
+        config = GPTConfig(
+            block_size=hf["n_positions"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+            dropout=dropout, bias=True, vocab_size=hf["vocab_size"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        )
+        state = _read_weights(folder)
+        model = cls(config)
+        # HF GPT-2 uses Conv1D, whose weight is the transpose of nn.Linear's.
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        ours = model.state_dict()
+        loaded = set()
+        for name, tensor in state.items():
+            key = name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name
+            if key.endswith((".attn.bias", ".attn.masked_bias")) or key not in ours:
+                continue  # causal-mask buffers of older files
+            if key.endswith(transposed):
+                tensor = tensor.t()
+            if ours[key].shape != tensor.shape:
+                raise NanoNLPError(f"weight '{name}' in '{folder}' has shape {tuple(tensor.shape)}, expected {tuple(ours[key].shape)}.")
+            ours[key].copy_(tensor)
+            loaded.add(key)
+        missing = [k for k in ours if k not in loaded and k != "lm_head.weight"]
+        if missing:
+            raise NanoNLPError(f"'{folder}' is missing weights {', '.join(missing[:3])}; is it a complete GPT-2 checkpoint?")
+        return model
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise NanoNLPError(f"'{folder}' has neither model.safetensors nor pytorch_model.bin.")

@@ -1,0 +1,309 @@
+"""The training loop, one for every task.
+
+A task hands the loop its model and four callables (a training batch, a loss, an evaluation, the
+number of tokens in a batch); the loop owns everything else: device, precision, optimizer, learning
+rate schedule, clipping, accumulation, evaluation, checkpoints, resume and logging. It knows nothing
+of any particular task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from nanonlp import checkpoint
+from nanonlp.config import TrainConfig
+from nanonlp.errors import ConfigError, NanoNLPError
+
+
+# ---------------------------------------------------------------------------------------------------
+# device and precision
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is '{name}' but PyTorch sees no CUDA GPU; use auto or cpu.")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 matrix units (AVX-512 BF16 or AMX), so autocast pays off."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    if name == "float16" and device.type != "cuda":
+        raise ConfigError("train.dtype float16 needs a CUDA GPU; on CPU use bfloat16 or float32.")
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision: matmuls in dtype, reductions and the loss in float32; weights stay float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def compiler_available(device: torch.device) -> tuple[bool, str]:
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False, "triton is not installed"
+        return True, ""
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        return False, "no C++ compiler on PATH"
+    return True, ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# optimizer and schedule
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (linear and embedding weights) only, never on biases or norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+    # The fused kernel updates all parameters in one pass; CUDA and recent CPU builds have it.
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr over lr_decay_steps (default max_steps)."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    decay_steps = cfg.lr_decay_steps or cfg.max_steps
+    if step >= decay_steps:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+# ---------------------------------------------------------------------------------------------------
+# what a task gives the loop
+
+
+@dataclass
+class TrainingJob:
+    model: torch.nn.Module
+    train_batch: Callable[[], Any]  # the next training batch, already on the device
+    loss: Callable[[torch.nn.Module, Any], torch.Tensor]  # mean loss of a batch
+    evaluate: Callable[[torch.nn.Module], dict]  # validation metrics; must hold `monitor`
+    batch_tokens: Callable[[Any], int]  # tokens in a batch, for throughput
+    data_state: Callable[[], dict]  # RNG state of the batch sampler, saved for resume
+    load_data_state: Callable[[dict], None]
+    monitor: str = "val_loss"  # the metric that picks the best checkpoint
+    monitor_mode: str = "min"  # "min" or "max"
+    flops_per_token: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    step: int
+    best: dict = field(default_factory=dict)
+    last_metrics: dict = field(default_factory=dict)
+    stopped_by: str = "max_steps"
+
+
+def forward_backward(job: TrainingJob, model, batches: list, device, dtype, scaler=None) -> torch.Tensor:
+    """Accumulate gradients of the mean loss over equal-sized micro-batches; return that loss (detached)."""
+    total = torch.zeros((), device=device)
+    for batch in batches:
+        with autocast(device, dtype):
+            loss = job.loss(model, batch) / len(batches)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += loss.detach().float()
+    return total
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if best is None:
+        return True
+    return value < best if mode == "min" else value > best
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """After a resume, drop log lines a killed run wrote past its last checkpoint."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    checkpoint.atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.device, resume: bool = False, quiet: bool = False) -> TrainResult:
+    from tqdm import tqdm
+
+    model = job.model
+    dtype = resolve_dtype(cfg.dtype, device)
+    optimizer = make_optimizer(model, cfg, device)
+    # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    metrics_path = run_dir / "metrics.jsonl"
+
+    step, elapsed_before, best = 0, 0.0, {}
+    latest = checkpoint.latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        state = checkpoint.load_train_state(latest)
+        checkpoint.load_weights(model, latest / "model.safetensors")
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        step, elapsed_before, best = state["step"], state["elapsed_s"], state["best"]
+        _set_rng_state(state["rng"])
+        job.load_data_state(state["data"])
+        _trim_metrics(metrics_path, step)
+        if not quiet:
+            print(f"resuming from {latest} (step {step})", file=sys.stderr)
+    elif resume and not quiet:
+        print(f"no checkpoint in {run_dir} yet; starting from step 0", file=sys.stderr)
+
+    compiled = model
+    if cfg.compile:
+        ok, why = compiler_available(device)
+        if ok:
+            compiled = torch.compile(model)
+        elif not quiet:
+            print(f"train.compile is on but {why}; training without torch.compile", file=sys.stderr)
+
+    def save(step: int) -> None:
+        state = {
+            "step": step,
+            "elapsed_s": elapsed_before + (time.perf_counter() - start_time),
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(),
+            "data": job.data_state(),
+            "best": best,
+        }
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        checkpoint.write_step_checkpoint(run_dir, step, model, state, cfg.keep_checkpoints)
+
+    def log(record: dict) -> None:
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run_eval(step: int) -> dict:
+        model.eval()
+        with torch.no_grad(), autocast(device, dtype):
+            metrics = {k: float(v) for k, v in job.evaluate(compiled).items()}
+        model.train()
+        log({"step": step, **metrics, "elapsed_s": round(elapsed_before + time.perf_counter() - start_time, 3)})
+        return metrics
+
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=quiet or not sys.stderr.isatty(), unit="step", dynamic_ncols=True)
+    result = TrainResult(step=step, best=best)
+    start_time = time.perf_counter()
+    window_start, window_tokens = time.perf_counter(), 0
+    running_loss = torch.zeros((), device=device)
+    window_steps = 0
+    last_good_step = step if latest is not None else None
+    model.train()
+    try:
+        while step < cfg.max_steps:
+            if cfg.max_seconds and elapsed_before + time.perf_counter() - start_time >= cfg.max_seconds:
+                result.stopped_by = "max_seconds"
+                break
+            lr = learning_rate(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batches = [job.train_batch() for _ in range(cfg.grad_accum_steps)]
+            loss = forward_backward(job, compiled, batches, device, dtype, scaler)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            running_loss += loss
+            window_steps += 1
+            window_tokens += sum(job.batch_tokens(b) for b in batches)
+
+            is_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
+            if step % cfg.log_interval == 0 or is_eval:
+                mean_loss = running_loss.item() / window_steps  # one host sync per log line, not per step
+                if not math.isfinite(mean_loss):
+                    where = f"step {last_good_step}" if last_good_step is not None else "none was written yet"
+                    raise NanoNLPError(
+                        f"the training loss became {mean_loss} at step {step}; stopped without saving "
+                        f"(the last good checkpoint, {where}, is untouched). Lower train.learning_rate, "
+                        "raise train.warmup_steps, or set train.grad_clip."
+                    )
+                seconds = time.perf_counter() - window_start
+                tokens_per_s = window_tokens / max(seconds, 1e-9)
+                record = {"step": step, "loss": round(mean_loss, 6), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+                          "ms_per_step": round(1000 * seconds / window_steps, 2),
+                          "elapsed_s": round(elapsed_before + time.perf_counter() - start_time, 3)}
+                if job.flops_per_token:
+                    record["tflops"] = round(job.flops_per_token * tokens_per_s / 1e12, 4)
+                log(record)
+                result.last_metrics = record
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+                running_loss.zero_()
+                window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
+            bar.update(1)
+
+            if is_eval:
+                metrics = run_eval(step)
+                value = metrics[job.monitor]
+                if _better(value, best.get(job.monitor), job.monitor_mode):
+                    best = {"step": step, **metrics}
+                    checkpoint.save_weights(model, run_dir / "model.safetensors")
+                    checkpoint.save_json(run_dir / "best.json", best)
+                save(step)
+                last_good_step = step
+                if not quiet:
+                    tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
+    finally:
+        bar.close()
+
+    if result.stopped_by == "max_seconds" and last_good_step != step and step > 0:
+        # The budget is spent between evaluations: evaluate and checkpoint where we stopped.
+        metrics = run_eval(step)
+        if _better(metrics[job.monitor], best.get(job.monitor), job.monitor_mode):
+            best = {"step": step, **metrics}
+            checkpoint.save_weights(model, run_dir / "model.safetensors")
+            checkpoint.save_json(run_dir / "best.json", best)
+        save(step)
+    result.step, result.best = step, best
+    return result

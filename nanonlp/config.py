@@ -113,9 +113,6 @@ class Config:
     def validate(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got '{self.task}'.")
-        block_size = getattr(self.model, "block_size", None)
-        if block_size is not None and block_size < 1:
-            raise ConfigError(f"model.block_size must be at least 1, got {block_size}.")
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "sample": SampleConfig}

@@ -73,6 +73,23 @@ def compiler_available(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048) -> float:
+    """Measured throughput of a large square matmul in TFLOP/s: the practical peak that MFU is quoted against."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    repeats = 20 if device.type == "cuda" else 4
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
 # ---------------------------------------------------------------------------------------------------
 # optimizer and schedule
 

@@ -45,22 +45,27 @@ def read_ids(path: Path, vocab_size: int) -> np.ndarray:
 
 
 def prepare_data(cfg: DataConfig, run_dir: Path, tokenizer=None, quiet: bool = False):
-    """Read the corpus, train the tokenizer (unless given one), write train.bin and val.bin; return the tokenizer."""
+    """Read the corpus, split off the last val_fraction of it, train the tokenizer (unless given one),
+    write train.bin and val.bin; return the tokenizer."""
     source = catalog.resolve(cfg.path)
     text = read_text(source, cfg.encoding)
+    split_at = int(len(text) * (1.0 - cfg.val_fraction))
+    train_text, val_text = text[:split_at], text[split_at:]
     if tokenizer is None:
-        tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
-    ids = tokenizer.encode(text)
-    split = int(len(ids) * (1.0 - cfg.val_fraction))
+        # BPE merges are learned from the training split only; the character vocabulary covers the
+        # whole text, so the validation split never holds a character the model cannot encode.
+        tokenizer = train_tokenizer(cfg.tokenizer, text if cfg.tokenizer == "char" else train_text, cfg.vocab_size)
+    train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
+    n_train, n_val = len(train_ids), len(val_ids)
     data_dir = run_dir / DATA_DIR
-    write_ids(data_dir / "train.bin", ids[:split], tokenizer.vocab_size)
-    write_ids(data_dir / "val.bin", ids[split:], tokenizer.vocab_size)
-    meta = {"source": str(source), "characters": len(text), "tokens": len(ids), "train_tokens": split, "val_tokens": len(ids) - split}
+    write_ids(data_dir / "train.bin", train_ids, tokenizer.vocab_size)
+    write_ids(data_dir / "val.bin", val_ids, tokenizer.vocab_size)
+    meta = {"source": str(source), "characters": len(text), "train_tokens": n_train, "val_tokens": n_val}
     checkpoint.save_json(data_dir / "meta.json", meta)
     tokenizer.save(run_dir)
     if not quiet:
-        print(f"data: {source}: {len(text):,} characters -> {len(ids):,} tokens "
-              f"({tokenizer.kind}, vocabulary {tokenizer.vocab_size}); {split:,} train / {len(ids) - split:,} validation",
+        print(f"data: {source}: {len(text):,} characters -> {n_train + n_val:,} tokens "
+              f"({tokenizer.kind}, vocabulary {tokenizer.vocab_size}); {n_train:,} train / {n_val:,} validation",
               file=sys.stderr)
     return tokenizer
 
@@ -155,6 +160,8 @@ def train_lm(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: 
     model.to(device)
 
     block_size, tc = cfg.model.block_size, cfg.train
+    if not (run_dir / DATA_DIR / "train.bin").is_file() or not (run_dir / DATA_DIR / "val.bin").is_file():
+        raise NanoNLPError(f"run directory '{run_dir}' has no tokenized data ({DATA_DIR}/train.bin); start it over with --overwrite.")
     train_ids = read_ids(run_dir / DATA_DIR / "train.bin", tokenizer.vocab_size)
     val_ids = read_ids(run_dir / DATA_DIR / "val.bin", tokenizer.vocab_size)
     sampler = WindowSampler(train_ids, block_size, tc.batch_size, device, tc.seed, "training")

@@ -1,0 +1,175 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanonlp import checkpoint
+from conftest import tiny_overrides
+from nanonlp.config import TrainConfig, load_config
+from nanonlp.errors import NanoNLPError
+from nanonlp.tasks.lm import train_lm
+from nanonlp.train import TrainingJob, forward_backward, learning_rate, train
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_gpt_overfits_a_one_batch_corpus(tmp_path, corpus):
+    corpus.write_text("abcdefghij" * 6, encoding="utf-8")  # 60 characters: a batch covers the corpus
+    cfg = load_config(None, tiny_overrides(corpus, tmp_path / "run", **{
+        "model.block_size": 8, "train.max_steps": 150, "train.batch_size": 16, "train.eval_interval": 150,
+        "data.val_fraction": 0.2, "train.learning_rate": 1e-2, "train.weight_decay": 0.0}))
+    train_lm(cfg, quiet=True)
+    final = [r for r in read_metrics(tmp_path / "run") if "loss" in r][-1]
+    assert final["step"] == 150
+    assert final["loss"] < 0.1
+
+
+def test_resume_continues_the_same_loss_curve(tiny_config):
+    # Dropout on, so restoring the RNG state matters as much as the optimizer and data sampler.
+    straight = tiny_config("straight", model__dropout=0.1)
+    train_lm(straight, quiet=True)
+
+    first_half = tiny_config("resumed", model__dropout=0.1, train__max_steps=10)
+    train_lm(first_half, quiet=True)
+    second_half = tiny_config("resumed", model__dropout=0.1)
+    result = train_lm(second_half, resume=True, quiet=True)
+    assert result.step == 20
+
+    a = [r for r in read_metrics(Path(straight.train.out_dir)) if "loss" in r]
+    b = [r for r in read_metrics(Path(second_half.train.out_dir)) if "loss" in r]
+    assert [r["step"] for r in b] == list(range(1, 21))  # no duplicate or missing log lines
+    for ra, rb in zip(a, b):
+        assert abs(ra["loss"] - rb["loss"]) < 1e-6, (ra, rb)
+
+
+def test_resume_matches_exactly_in_weights(tiny_config):
+    from safetensors.torch import load_file
+
+    train_lm(tiny_config("a"), quiet=True)
+    train_lm(tiny_config("b", train__max_steps=10), quiet=True)
+    train_lm(tiny_config("b"), resume=True, quiet=True)
+    wa = load_file(str(Path(tiny_config("a").train.out_dir) / "checkpoints/step_00000020/model.safetensors"))
+    wb = load_file(str(Path(tiny_config("b").train.out_dir) / "checkpoints/step_00000020/model.safetensors"))
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=1e-6), name
+
+
+def test_accumulated_micro_batches_equal_one_large_batch():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x, y = torch.randn(8, 6), torch.randint(3, (8,))
+    job = TrainingJob(model=model, train_batch=None, loss=lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
+                      evaluate=None, batch_tokens=None, data_state=None, load_data_state=None)
+    cpu = torch.device("cpu")
+
+    forward_backward(job, model, [(x, y)], cpu, torch.float32)
+    one_batch = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss = forward_backward(job, model, [(x[:4], y[:4]), (x[4:], y[4:])], cpu, torch.float32)
+    for g, p in zip(one_batch, model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-6)
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(model(x), y), atol=1e-6)
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert learning_rate(0, cfg) == pytest.approx(0.1)  # (0 + 1) / 10
+    assert learning_rate(9, cfg) == pytest.approx(1.0)
+    assert learning_rate(10, cfg) == pytest.approx(1.0)  # the peak, then cosine
+    assert learning_rate(60, cfg) == pytest.approx(0.55)  # halfway: (1 + 0.1) / 2
+    assert learning_rate(110, cfg) == pytest.approx(0.1)
+    assert learning_rate(500, cfg) == pytest.approx(0.1)
+
+
+def _linear_job(nan_after=None):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    calls = {"n": 0}
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+
+    def loss(m, batch):
+        calls["n"] += 1
+        value = torch.nn.functional.mse_loss(m(batch[0]), batch[1])
+        return value * float("nan") if nan_after is not None and calls["n"] > nan_after else value
+
+    return TrainingJob(model=model, train_batch=lambda: (x, y), loss=loss,
+                       evaluate=lambda m: {"val_loss": torch.nn.functional.mse_loss(m(x), y).item()},
+                       batch_tokens=lambda b: b[0].shape[0], data_state=lambda: {}, load_data_state=lambda s: None)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(max_steps=50, eval_interval=5, log_interval=1, dtype="float32", warmup_steps=0)
+    with pytest.raises(NanoNLPError, match=r"became nan at step 8.*step 5.*untouched"):
+        train(_linear_job(nan_after=7), cfg, tmp_path, torch.device("cpu"), quiet=True)
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    assert latest.name == "step_00000005"
+    state = checkpoint.load_train_state(latest)
+    assert state["step"] == 5
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(str(latest / "model.safetensors")).values())
+    assert all(torch.isfinite(t).all() for t in load_file(str(tmp_path / "model.safetensors")).values())
+
+
+def test_max_seconds_stops_cleanly_with_a_checkpoint(tmp_path):
+    cfg = TrainConfig(max_steps=10**9, max_seconds=0.5, eval_interval=10**6, log_interval=100, dtype="float32")
+    result = train(_linear_job(), cfg, tmp_path, torch.device("cpu"), quiet=True)
+    assert result.stopped_by == "max_seconds"
+    assert 0 < result.step < 10**9
+    assert checkpoint.load_train_state(checkpoint.latest_checkpoint(tmp_path))["step"] == result.step
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_checkpoint_killed_mid_save_leaves_previous_intact(tmp_path, monkeypatch):
+    cfg = TrainConfig(max_steps=4, eval_interval=2, log_interval=1, dtype="float32")
+    train(_linear_job(), cfg, tmp_path, torch.device("cpu"), quiet=True)
+    before = (tmp_path / "checkpoints" / "step_00000004" / "model.safetensors").read_bytes()
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt  # a kill arriving in the middle of writing train_state.pt
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train(_linear_job(), TrainConfig(max_steps=6, eval_interval=2, log_interval=1, dtype="float32"),
+              tmp_path, torch.device("cpu"), resume=True, quiet=True)
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    assert latest.name == "step_00000004"
+    assert (latest / "model.safetensors").read_bytes() == before
+    leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_keep_checkpoints_prunes_old_steps(tmp_path):
+    cfg = TrainConfig(max_steps=10, eval_interval=2, keep_checkpoints=2, dtype="float32")
+    train(_linear_job(), cfg, tmp_path, torch.device("cpu"), quiet=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_00000008", "step_00000010"]
+
+
+def test_metrics_and_loss_curve_written(tiny_config):
+    cfg = tiny_config()
+    train_lm(cfg, quiet=True)
+    run = Path(cfg.train.out_dir)
+    records = read_metrics(run)
+    train_lines = [r for r in records if "loss" in r]
+    assert len(train_lines) == 20 and all({"lr", "tokens_per_s", "elapsed_s"} <= r.keys() for r in train_lines)
+    assert [r["step"] for r in records if "val_loss" in r] == [10, 20]
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(math.isfinite(r["loss"]) for r in train_lines)
+    for name in ("config.yaml", "tokenizer.json", "model.json", "model.safetensors", "best.json", "data/train.bin"):
+        assert (run / name).is_file(), name
+
+
+def test_existing_run_without_resume_is_refused(tiny_config):
+    train_lm(tiny_config(train__max_steps=2, train__eval_interval=2), quiet=True)
+    with pytest.raises(NanoNLPError, match="already holds a run"):
+        train_lm(tiny_config(train__max_steps=2), quiet=True)
+
+
+def test_resume_with_a_different_model_is_refused(tiny_config):
+    train_lm(tiny_config(train__max_steps=2, train__eval_interval=2), quiet=True)
+    with pytest.raises(NanoNLPError, match="model.n_layer=2"):
+        train_lm(tiny_config(model__n_layer=3), resume=True, quiet=True)

@@ -83,9 +83,10 @@ def cmd_sample(args) -> None:
     prompt = pick(args.prompt, defaults.prompt)
     for i in range(args.num_samples):
         seed = pick(args.seed, defaults.seed) + i
+        pieces = lm.stream(prompt, pick(args.max_new_tokens, defaults.max_new_tokens), pick(args.temperature, defaults.temperature),
+                           pick(args.top_k, defaults.top_k), pick(args.top_p, defaults.top_p), seed)
         sys.stdout.write(prompt)
-        for piece in lm.stream(prompt, pick(args.max_new_tokens, defaults.max_new_tokens), pick(args.temperature, defaults.temperature),
-                               pick(args.top_k, defaults.top_k), pick(args.top_p, defaults.top_p), seed):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n" if args.num_samples == 1 else "\n" + "-" * 40 + "\n")

@@ -59,13 +59,14 @@ class TrainConfig:
     dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16", "float16")})
     compile: bool = False  # torch.compile the model (falls back to eager if the compiler is missing)
     init_from: str = ""  # start from pretrained weights: a Hugging Face GPT-2 folder; "" trains from scratch
+    peak_tflops: float = 0.0  # the device's matmul peak for MFU; 0 measures it once per machine and caches it
 
     def validate(self) -> None:
         positive = ["max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval", "keep_checkpoints"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ["max_seconds", "warmup_steps", "lr_decay_steps", "weight_decay", "grad_clip", "min_lr"]:
+        for name in ["max_seconds", "warmup_steps", "lr_decay_steps", "weight_decay", "grad_clip", "min_lr", "peak_tflops"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}.")
         if self.learning_rate <= 0:
@@ -126,7 +127,18 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+class CommandLineValue(str):
+    """A value from `--section.key=value`: taken as the text itself for string keys, else parsed as YAML."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if isinstance(value, CommandLineValue):
+        if tp is str:
+            return str(value)
+        try:
+            value = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            value = str(value)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -144,6 +156,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -217,7 +234,7 @@ def to_dict(cfg: Config) -> dict:
 
 
 def parse_overrides(args: list[str]) -> list[tuple[list[str], Any]]:
-    """`--train.max_steps=200` -> (['train', 'max_steps'], 200). Values are parsed as YAML scalars."""
+    """`--train.max_steps=200` -> (['train', 'max_steps'], '200'); the value is typed when the section is built."""
     out = []
     for arg in args:
         text = arg[2:] if arg.startswith("--") else arg
@@ -225,16 +242,12 @@ def parse_overrides(args: list[str]) -> list[tuple[list[str], Any]]:
             raise ConfigError(f"override '{arg}' must look like --section.key=value.")
         key, value = text.split("=", 1)
         parts = key.split(".")
+        if parts == ["task"]:
+            out.append((parts, value))
+            continue
         if len(parts) != 2 or not all(parts):
-            if parts == ["task"]:
-                out.append((parts, value))
-                continue
             raise ConfigError(f"override '{arg}' must name a section and a key, like --train.max_steps=200.")
-        try:
-            parsed = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
-            parsed = value
-        out.append((parts, parsed))
+        out.append((parts, CommandLineValue(value)))
     return out
 
 

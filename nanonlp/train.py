@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import platform
 import shutil
 import sys
 import time
@@ -31,7 +33,9 @@ from nanonlp.errors import ConfigError, NanoNLPError
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and _DIST.enabled:
+        name = f"cuda:{_DIST.local_rank}"  # one GPU per process
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device is '{name}' but PyTorch sees no CUDA GPU; use auto or cpu.")
@@ -75,8 +79,10 @@ def compiler_available(device: torch.device) -> tuple[bool, str]:
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048) -> float:
     """Measured throughput of a large square matmul in TFLOP/s: the practical peak that MFU is quoted against."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    # Its own generator: measuring must not shift the global RNG that seeds dropout.
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     for _ in range(2):
         a @ b
     repeats = 20 if device.type == "cuda" else 4
@@ -88,6 +94,72 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 204
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+# ---------------------------------------------------------------------------------------------------
+# several processes: torchrun sets RANK, LOCAL_RANK, WORLD_SIZE; one process per GPU (or CPU share)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def all_ok(self, ok: bool, device: torch.device) -> bool:
+        """True on every rank when `ok` is true on every rank: one rank's failure stops them all."""
+        if not self.enabled:
+            return ok
+        flag = torch.tensor([1.0 if ok else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            value = value.clone()
+            torch.distributed.all_reduce(value)
+            value /= self.world_size
+        return value
+
+
+_DIST = Distributed()
+
+
+def init_distributed(device_name: str) -> Distributed:
+    """Join the process group torchrun describes; a plain `nanonlp train` is one process of one."""
+    global _DIST
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1 or _DIST.enabled:
+        return _DIST
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    else:
+        # Processes on one machine share its cores; oversubscribing threads makes every rank slower.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    _DIST = Distributed(rank, local_rank, world_size)
+    return _DIST
+
+
+def distributed() -> Distributed:
+    return _DIST
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -146,12 +218,18 @@ class TrainResult:
 
 
 def forward_backward(job: TrainingJob, model, batches: list, device, dtype, scaler=None) -> torch.Tensor:
-    """Accumulate gradients of the mean loss over equal-sized micro-batches; return that loss (detached)."""
+    """Accumulate gradients of the mean loss over equal-sized micro-batches; return that loss (detached).
+
+    Under DDP the gradient all-reduce runs once, on the last micro-batch, not on every one.
+    """
     total = torch.zeros((), device=device)
-    for batch in batches:
-        with autocast(device, dtype):
-            loss = job.loss(model, batch) / len(batches)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, dtype):
+                loss = job.loss(model, batch) / len(batches)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach().float()
     return total
 
@@ -170,6 +248,28 @@ def _trim_metrics(path: Path, step: int) -> None:
     checkpoint.atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def peak_tflops(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> float:
+    """The matmul peak MFU is quoted against: from config, else measured once per machine and cached."""
+    if cfg.peak_tflops:
+        return cfg.peak_tflops
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.processor() or platform.machine()}-{torch.get_num_threads()}threads"
+    key = f"{name}|{str(dtype).replace('torch.', '')}|torch-{torch.__version__}"
+    from nanonlp.data.catalog import cache_dir
+
+    path = cache_dir() / "matmul_peak.json"
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = round(matmul_peak_tflops(device, dtype), 4)
+        try:
+            checkpoint.save_json(path, known)
+        except OSError:
+            pass  # a read-only cache only costs a re-measurement next time
+    return known[key]
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -186,12 +286,15 @@ def _set_rng_state(state: dict) -> None:
 def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.device, resume: bool = False, quiet: bool = False) -> TrainResult:
     from tqdm import tqdm
 
+    dist = distributed()
+    quiet = quiet or not dist.is_main  # only rank 0 talks, logs and writes
     model = job.model
     dtype = resolve_dtype(cfg.dtype, device)
     optimizer = make_optimizer(model, cfg, device)
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     metrics_path = run_dir / "metrics.jsonl"
+    peak = peak_tflops(cfg, device, dtype) if dist.is_main else 0.0
 
     step, elapsed_before, best = 0, 0.0, {}
     latest = checkpoint.latest_checkpoint(run_dir) if resume else None
@@ -202,9 +305,11 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         step, elapsed_before, best = state["step"], state["elapsed_s"], state["best"]
-        _set_rng_state(state["rng"])
+        rng = state["rng"]
+        _set_rng_state(rng[dist.rank] if len(rng) == dist.world_size else rng[0])
         job.load_data_state(state["data"])
-        _trim_metrics(metrics_path, step)
+        if dist.is_main:
+            _trim_metrics(metrics_path, step)
         if not quiet:
             print(f"resuming from {latest} (step {step})", file=sys.stderr)
     elif resume and not quiet:
@@ -217,13 +322,25 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
             compiled = torch.compile(model)
         elif not quiet:
             print(f"train.compile is on but {why}; training without torch.compile", file=sys.stderr)
+    wrapped = compiled
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(compiled, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save(step: int) -> None:
+        # Every rank's RNG state, so a resumed run draws the same dropout masks on each.
+        rng = [_rng_state()]
+        if dist.enabled:
+            rng = [None] * dist.world_size
+            torch.distributed.all_gather_object(rng, _rng_state())
+        if not dist.is_main:
+            return
         state = {
             "step": step,
             "elapsed_s": elapsed_before + (time.perf_counter() - start_time),
             "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng,
             "data": job.data_state(),
             "best": best,
         }
@@ -232,35 +349,50 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
         checkpoint.write_step_checkpoint(run_dir, step, model, state, cfg.keep_checkpoints)
 
     def log(record: dict) -> None:
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if dist.is_main:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
-    def run_eval(step: int) -> dict:
-        model.eval()
-        with torch.no_grad(), autocast(device, dtype):
-            metrics = {k: float(v) for k, v in job.evaluate(compiled).items()}
-        model.train()
-        log({"step": step, **metrics, "elapsed_s": round(elapsed_before + time.perf_counter() - start_time, 3)})
-        return metrics
+    def evaluate_and_save(step: int) -> None:
+        """Rank 0 validates, keeps the best weights and writes the step checkpoint; the others wait."""
+        nonlocal best
+        if dist.is_main:
+            model.eval()
+            with torch.no_grad(), autocast(device, dtype):
+                metrics = {k: float(v) for k, v in job.evaluate(compiled).items()}
+            model.train()
+            log({"step": step, **metrics, "elapsed_s": round(elapsed_before + time.perf_counter() - start_time, 3)})
+            if _better(metrics[job.monitor], best.get(job.monitor), job.monitor_mode):
+                best = {"step": step, **metrics}
+                checkpoint.save_weights(model, run_dir / "model.safetensors")
+                checkpoint.save_json(run_dir / "best.json", best)
+            if not quiet:
+                tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
+        save(step)
+        dist.barrier()
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=quiet or not sys.stderr.isatty(), unit="step", dynamic_ncols=True)
     result = TrainResult(step=step, best=best)
     start_time = time.perf_counter()
-    window_start, window_tokens = time.perf_counter(), 0
+    window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
     running_loss = torch.zeros((), device=device)
-    window_steps = 0
     last_good_step = step if latest is not None else None
     model.train()
     try:
         while step < cfg.max_steps:
-            if cfg.max_seconds and elapsed_before + time.perf_counter() - start_time >= cfg.max_seconds:
+            out_of_time = bool(cfg.max_seconds) and elapsed_before + time.perf_counter() - start_time >= cfg.max_seconds
+            if dist.enabled:  # rank 0's clock decides, so every rank stops at the same step
+                flag = torch.tensor([float(out_of_time)], device=device)
+                torch.distributed.broadcast(flag, src=0)
+                out_of_time = bool(flag.item())
+            if out_of_time:
                 result.stopped_by = "max_seconds"
                 break
             lr = learning_rate(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batches = [job.train_batch() for _ in range(cfg.grad_accum_steps)]
-            loss = forward_backward(job, compiled, batches, device, dtype, scaler)
+            loss = forward_backward(job, wrapped, batches, device, dtype, scaler)
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if cfg.grad_clip > 0:
@@ -274,11 +406,12 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
             step += 1
             running_loss += loss
             window_steps += 1
-            window_tokens += sum(job.batch_tokens(b) for b in batches)
+            window_tokens += sum(job.batch_tokens(b) for b in batches) * dist.world_size
 
             is_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
             if step % cfg.log_interval == 0 or is_eval:
-                mean_loss = running_loss.item() / window_steps  # one host sync per log line, not per step
+                # One host sync per log line, not per step; the loss is averaged over ranks.
+                mean_loss = dist.mean(running_loss).item() / window_steps
                 if not math.isfinite(mean_loss):
                     where = f"step {last_good_step}" if last_good_step is not None else "none was written yet"
                     raise NanoNLPError(
@@ -291,36 +424,27 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
                 record = {"step": step, "loss": round(mean_loss, 6), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
                           "ms_per_step": round(1000 * seconds / window_steps, 2),
                           "elapsed_s": round(elapsed_before + time.perf_counter() - start_time, 3)}
+                postfix = dict(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
                 if job.flops_per_token:
-                    record["tflops"] = round(job.flops_per_token * tokens_per_s / 1e12, 4)
+                    achieved = job.flops_per_token * tokens_per_s / 1e12 / dist.world_size  # per device
+                    record["tflops"] = round(achieved, 4)
+                    if peak:
+                        record["mfu"] = round(achieved / peak, 4)
+                        postfix["mfu"] = f"{100 * achieved / peak:.0f}%"
                 log(record)
                 result.last_metrics = record
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+                bar.set_postfix(**postfix)
                 running_loss.zero_()
                 window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
             bar.update(1)
 
             if is_eval:
-                metrics = run_eval(step)
-                value = metrics[job.monitor]
-                if _better(value, best.get(job.monitor), job.monitor_mode):
-                    best = {"step": step, **metrics}
-                    checkpoint.save_weights(model, run_dir / "model.safetensors")
-                    checkpoint.save_json(run_dir / "best.json", best)
-                save(step)
+                evaluate_and_save(step)
                 last_good_step = step
-                if not quiet:
-                    tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
     finally:
         bar.close()
 
     if result.stopped_by == "max_seconds" and last_good_step != step and step > 0:
-        # The budget is spent between evaluations: evaluate and checkpoint where we stopped.
-        metrics = run_eval(step)
-        if _better(metrics[job.monitor], best.get(job.monitor), job.monitor_mode):
-            best = {"step": step, **metrics}
-            checkpoint.save_weights(model, run_dir / "model.safetensors")
-            checkpoint.save_json(run_dir / "best.json", best)
-        save(step)
+        evaluate_and_save(step)  # the budget ran out between evaluations: keep what was learned
     result.step, result.best = step, best
     return result

@@ -34,9 +34,11 @@ def test_train_then_sample_is_reproducible_and_matches_the_python_api(trained_ru
 
 def test_sample_prompt_with_unknown_characters(trained_run, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["sample", str(trained_run), "--prompt", "Ωmega"])
+        main(["sample", str(trained_run), "--prompt", "Ω to be"])
     assert exit_info.value.code == 1
-    assert "never saw in training: 'Ω' (U+03A9)" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "1 character(s) this character-level model never saw in training: 'Ω' (U+03A9)" in captured.err
+    assert captured.out == ""  # nothing half-printed
 
 
 def test_eval_prints_loss_perplexity_and_bits_per_character(trained_run, tmp_path, capsys):

@@ -48,8 +48,8 @@ def test_bad_config_gives_a_sentence_naming_the_key(tmp_path, overrides, message
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="not valid YAML at line 2"):
-        load_config(write(tmp_path, "model:\n  type: [gpt\n"))
+    with pytest.raises(ConfigError, match="not valid YAML at line 3"):
+        load_config(write(tmp_path, "model:\n  type: gpt\n   n_layer: 2\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
 

@@ -30,12 +30,14 @@ def test_tiny_gpt_overfits_a_one_batch_corpus(tmp_path, corpus):
 
 def test_resume_continues_the_same_loss_curve(tiny_config):
     # Dropout on, so restoring the RNG state matters as much as the optimizer and data sampler.
-    straight = tiny_config("straight", model__dropout=0.1)
+    # lr_decay_steps is fixed so the 10-step first half follows the 20-step run's schedule, as a run
+    # killed at step 10 would.
+    straight = tiny_config("straight", model__dropout=0.1, train__lr_decay_steps=20)
     train_lm(straight, quiet=True)
 
-    first_half = tiny_config("resumed", model__dropout=0.1, train__max_steps=10)
+    first_half = tiny_config("resumed", model__dropout=0.1, train__lr_decay_steps=20, train__max_steps=10)
     train_lm(first_half, quiet=True)
-    second_half = tiny_config("resumed", model__dropout=0.1)
+    second_half = tiny_config("resumed", model__dropout=0.1, train__lr_decay_steps=20)
     result = train_lm(second_half, resume=True, quiet=True)
     assert result.step == 20
 
@@ -49,9 +51,9 @@ def test_resume_continues_the_same_loss_curve(tiny_config):
 def test_resume_matches_exactly_in_weights(tiny_config):
     from safetensors.torch import load_file
 
-    train_lm(tiny_config("a"), quiet=True)
-    train_lm(tiny_config("b", train__max_steps=10), quiet=True)
-    train_lm(tiny_config("b"), resume=True, quiet=True)
+    train_lm(tiny_config("a", train__lr_decay_steps=20), quiet=True)
+    train_lm(tiny_config("b", train__lr_decay_steps=20, train__max_steps=10), quiet=True)
+    train_lm(tiny_config("b", train__lr_decay_steps=20), resume=True, quiet=True)
     wa = load_file(str(Path(tiny_config("a").train.out_dir) / "checkpoints/step_00000020/model.safetensors"))
     wb = load_file(str(Path(tiny_config("b").train.out_dir) / "checkpoints/step_00000020/model.safetensors"))
     for name in wa:

@@ -25,7 +25,7 @@ from nanonlp.data.tokenizers import BPETokenizer, StreamDecoder, load_tokenizer,
 from nanonlp.decode import generate_ids
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.models import GPT, GPTConfig, build_model
-from nanonlp.train import TrainingJob, autocast, resolve_device, resolve_dtype, train
+from nanonlp.train import TrainingJob, autocast, init_distributed, resolve_device, resolve_dtype, train
 
 DATA_DIR = "data"
 
@@ -73,18 +73,23 @@ def prepare_data(cfg: DataConfig, run_dir: Path, tokenizer=None, quiet: bool = F
 class WindowSampler:
     """Random windows of block_size + 1 tokens from a memory-mapped id array: inputs and shifted targets."""
 
-    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, device: torch.device, seed: int, split: str):
+    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, device: torch.device, seed: int, split: str,
+                 rank: int = 0, world_size: int = 1):
         if len(ids) < block_size + 1:
             raise NanoNLPError(
                 f"the {split} split has {len(ids)} tokens, fewer than model.block_size + 1 = {block_size + 1}; "
                 f"use more text, a smaller model.block_size, or {'a larger' if split == 'validation' else 'a smaller'} data.val_fraction."
             )
         self.ids, self.block_size, self.batch_size, self.device = ids, block_size, batch_size, device
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
         self.offsets = np.arange(block_size + 1)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.ids) - self.block_size, (self.batch_size,), generator=self.generator).numpy()
+        # Every rank draws the same global batch and keeps its own slice of it: the ranks together
+        # train on exactly the batch one process with batch_size * world_size would see.
+        starts = torch.randint(len(self.ids) - self.block_size, (self.batch_size * self.world_size,), generator=self.generator)
+        starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].numpy()
         window = torch.from_numpy(self.ids[starts[:, None] + self.offsets].astype(np.int64))  # (B, T + 1)
         x, y = window[:, :-1], window[:, 1:]
         if self.device.type == "cuda":
@@ -116,7 +121,8 @@ def _check_resume_compatible(cfg: Config, saved: Config) -> None:
                 )
 
 
-def _build_from_pretrained(cfg: Config, run_dir: Path):
+def _build_from_pretrained(cfg: Config):
+    """GPT-2 weights and tokenizer from train.init_from, positions cropped to model.block_size."""
     folder = Path(cfg.train.init_from)
     model = GPT.from_huggingface(folder, dropout=cfg.model.dropout if isinstance(cfg.model, GPTConfig) else 0.0)
     block_size = min(cfg.model.block_size, model.config.block_size)
@@ -127,8 +133,8 @@ def _build_from_pretrained(cfg: Config, run_dir: Path):
     return model, BPETokenizer.from_huggingface(folder)
 
 
-def train_lm(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: bool = False):
-    run_dir = Path(cfg.train.out_dir)
+def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
+    """Rank 0 only: check the run directory, tokenize the data, write config.yaml and model.json."""
     has_run = (run_dir / "config.yaml").is_file()
     if has_run and not resume:
         if not overwrite:
@@ -137,26 +143,43 @@ def train_lm(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: 
         shutil.rmtree(run_dir)
         has_run = False
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)
-
     if has_run:  # resume: the data and tokenizer of the run are reused as they are
-        saved = from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True)
-        _check_resume_compatible(cfg, saved)
-        cfg.model = saved.model
-        tokenizer = load_tokenizer(run_dir)
-        model = build_model(cfg.model)
+        _check_resume_compatible(cfg, from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True))
+        return
+    pretrained = None
+    if cfg.train.init_from:
+        _, pretrained = _build_from_pretrained(cfg)
+    tokenizer = prepare_data(cfg.data, run_dir, pretrained, quiet)
+    if pretrained is None:
+        cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
+    checkpoint.save_model_config(run_dir, to_dict(cfg)["model"]["type"], cfg.model)
+    checkpoint.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))  # last: marks the run as prepared
+
+
+def train_lm(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: bool = False):
+    run_dir = Path(cfg.train.out_dir)
+    dist = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device)
+    quiet = quiet or not dist.is_main
+    error = None
+    if dist.is_main:
+        try:
+            _prepare_run(cfg, run_dir, resume, overwrite, quiet)
+        except NanoNLPError as err:
+            error = err
+    if not dist.all_ok(error is None, device):
+        raise error or NanoNLPError("rank 0 could not prepare the run; its message says why.")
+
+    # Every rank rebuilds the model from what rank 0 wrote; the same seed gives the same weights.
+    cfg.model = from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True).model
+    tokenizer = load_tokenizer(run_dir)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.init_from:
+        model, _ = _build_from_pretrained(cfg)
     else:
-        pretrained = None
-        if cfg.train.init_from:
-            model, pretrained = _build_from_pretrained(cfg, run_dir)
-        tokenizer = prepare_data(cfg.data, run_dir, pretrained, quiet)
-        if pretrained is None:
-            cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
-            model = build_model(cfg.model)
-        checkpoint.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        family = to_dict(cfg)["model"]["type"]
-        checkpoint.save_model_config(run_dir, family, cfg.model)
+        model = build_model(cfg.model)
+    if dist.rank > 0:
+        torch.manual_seed(cfg.train.seed + 1000 * dist.rank)  # different dropout masks on each rank
     model.to(device)
 
     block_size, tc = cfg.model.block_size, cfg.train
@@ -164,7 +187,7 @@ def train_lm(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: 
         raise NanoNLPError(f"run directory '{run_dir}' has no tokenized data ({DATA_DIR}/train.bin); start it over with --overwrite.")
     train_ids = read_ids(run_dir / DATA_DIR / "train.bin", tokenizer.vocab_size)
     val_ids = read_ids(run_dir / DATA_DIR / "val.bin", tokenizer.vocab_size)
-    sampler = WindowSampler(train_ids, block_size, tc.batch_size, device, tc.seed, "training")
+    sampler = WindowSampler(train_ids, block_size, tc.batch_size, device, tc.seed, "training", dist.rank, dist.world_size)
     WindowSampler(val_ids, block_size, tc.batch_size, device, tc.seed, "validation")  # fail early if too short
 
     def evaluate(model) -> dict:
@@ -174,6 +197,8 @@ def train_lm(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: 
         return {"val_loss": sum(losses) / len(losses)}
 
     if not quiet:
+        if dist.enabled:
+            print(f"distributed: {dist.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'})", file=sys.stderr)
         n_params = sum(p.numel() for p in model.parameters())
         dtype = resolve_dtype(tc.dtype, device)
         print(f"model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters; device {device}, {str(dtype).replace('torch.', '')}", file=sys.stderr)
@@ -188,9 +213,10 @@ def train_lm(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: 
         flops_per_token=model.flops_per_token(),
     )
     result = train(job, tc, run_dir, device, resume=resume, quiet=quiet)
-    from nanonlp.plots import loss_curve
+    if dist.is_main:
+        from nanonlp.plots import loss_curve
 
-    loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
     return result
 
 
@@ -217,13 +243,20 @@ class LanguageModel:
 
     def stream(self, prompt: str = "\n", max_new_tokens: int = 500, temperature: float = 0.8, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
-        """Yield the continuation of `prompt` piece by piece as it is generated."""
+        """Yield the continuation of `prompt` piece by piece as it is generated.
+
+        Bad arguments and an unencodable prompt raise here, before anything is generated.
+        """
         SampleConfig(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p).validate()
         prompt_ids = self._prompt_ids(prompt)
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
+        return self._pieces(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
+
+    def _pieces(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator) -> Iterator[str]:
         decoder = StreamDecoder(self.tokenizer)
+        # bf16 sampling on GPUs; on CPU float32, whose per-token matmuls are too small to gain from bf16.
         dtype = resolve_dtype("auto", self.device) if self.device.type == "cuda" else torch.float32
         with autocast(self.device, dtype):
             for token in generate_ids(self.model, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator):

@@ -79,6 +79,16 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
     _atomic(Path(path), lambda tmp: save_model(model, tmp))
 
 
+def save_state_dict(weights: dict, path: str | Path, model: torch.nn.Module) -> None:
+    """Save a full state dict (e.g. gathered from FSDP shards), dropping aliases of tied parameters."""
+    from safetensors.torch import save_file
+
+    unique = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - unique
+    tensors = {k: v.contiguous() for k, v in weights.items() if k not in aliases}
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp))
+
+
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     from safetensors.torch import load_model
 
@@ -100,15 +110,21 @@ def save_model_config(run_dir: Path, family: str, config) -> None:
     save_json(run_dir / "model.json", {"type": family, **dataclasses.asdict(config)})
 
 
-def write_step_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, train_state: dict, keep: int) -> Path:
-    """Write checkpoints/step_N completely, point `latest` at it, then drop all but the newest `keep`."""
+def write_step_checkpoint(run_dir: Path, step: int, model, train_state: dict, keep: int) -> Path:
+    """Write checkpoints/step_N completely, point `latest` at it, then drop all but the newest `keep`.
+
+    `model` is a module, or a function that writes the weights file at the path it is given.
+    """
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)
-        save_weights(model, tmp / "model.safetensors")
+        if callable(model) and not isinstance(model, torch.nn.Module):
+            model(tmp / "model.safetensors")
+        else:
+            save_weights(model, tmp / "model.safetensors")
         _atomic(tmp / "train_state.pt", lambda t: torch.save(train_state, t))
         final = folder / name
         if final.exists():  # the same step saved again after a resume

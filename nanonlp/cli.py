@@ -64,9 +64,17 @@ def cmd_train(args, overrides: list[str]) -> None:
     from nanonlp.config import load_config
     from nanonlp.tasks.lm import train_lm
 
+    from nanonlp.train import distributed
+
     cfg = load_config(args.config, overrides)
-    result = train_lm(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
-    if not args.quiet:
+    try:
+        result = train_lm(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
+    finally:
+        if distributed().enabled:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if not args.quiet and distributed().is_main:
         best = result.best
         best_text = f"; best val_loss {best['val_loss']:.4f} at step {best['step']}" if best else ""
         reason = " (time budget train.max_seconds spent)" if result.stopped_by == "max_seconds" else ""

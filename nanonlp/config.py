@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16", "float16")})
     compile: bool = False  # torch.compile the model (falls back to eager if the compiler is missing)
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     init_from: str = ""  # start from pretrained weights: a Hugging Face GPT-2 folder; "" trains from scratch
     peak_tflops: float = 0.0  # the device's matmul peak for MFU; 0 measures it once per machine and caches it
 

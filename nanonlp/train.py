@@ -162,6 +162,23 @@ def distributed() -> Distributed:
     return _DIST
 
 
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2: shard each repeated block (every element of an nn.ModuleList), then the rest of the model.
+
+    Each rank then holds 1/world_size of the parameters, gradients and optimizer state, gathering a
+    block's full weights only while that block runs.
+    """
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        raise ConfigError("train.fsdp needs PyTorch 2.6 or newer (torch.distributed.fsdp.fully_shard).") from None
+    for module in list(model.modules()):
+        if isinstance(module, torch.nn.ModuleList):
+            for block in module:
+                fully_shard(block)
+    fully_shard(model)
+
+
 # ---------------------------------------------------------------------------------------------------
 # optimizer and schedule
 
@@ -290,20 +307,22 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
     quiet = quiet or not dist.is_main  # only rank 0 talks, logs and writes
     model = job.model
     dtype = resolve_dtype(cfg.dtype, device)
-    optimizer = make_optimizer(model, cfg, device)
+    if device.type == "cuda":
+        # TF32 tensor cores for whatever runs in fp32 (Ampere and newer): ~10 bits of mantissa, ample for training.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     metrics_path = run_dir / "metrics.jsonl"
-    peak = peak_tflops(cfg, device, dtype) if dist.is_main else 0.0
+    peak = peak_tflops(cfg, device, dtype) if dist.is_main and job.flops_per_token else 0.0
 
-    step, elapsed_before, best = 0, 0.0, {}
+    step, elapsed_before, best, state = 0, 0.0, {}, None
     latest = checkpoint.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         state = checkpoint.load_train_state(latest)
-        checkpoint.load_weights(model, latest / "model.safetensors")
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
+        if state.get("fsdp", False) != (cfg.fsdp and dist.enabled):
+            raise NanoNLPError(f"checkpoint {latest} was written with train.fsdp={state.get('fsdp', False)}; resume with the same setting.")
+        checkpoint.load_weights(model, latest / "model.safetensors")  # before sharding: every rank reads the full weights
         step, elapsed_before, best = state["step"], state["elapsed_s"], state["best"]
         rng = state["rng"]
         _set_rng_state(rng[dist.rank] if len(rng) == dist.world_size else rng[0])
@@ -315,6 +334,12 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
     elif resume and not quiet:
         print(f"no checkpoint in {run_dir} yet; starting from step 0", file=sys.stderr)
 
+    sharded = False
+    if cfg.fsdp and not dist.enabled and not quiet:
+        print("train.fsdp needs several processes (torchrun); training unsharded", file=sys.stderr)
+    if cfg.fsdp and dist.enabled:
+        shard_model(model)
+        sharded = True
     compiled = model
     if cfg.compile:
         ok, why = compiler_available(device)
@@ -323,12 +348,38 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
         elif not quiet:
             print(f"train.compile is on but {why}; training without torch.compile", file=sys.stderr)
     wrapped = compiled
-    if dist.enabled:
+    if dist.enabled and not sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(compiled, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def save(step: int) -> None:
+    optimizer = make_optimizer(model, cfg, device)  # after sharding: FSDP replaces the parameters
+    if state is not None:
+        if sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+
+    def full_state() -> tuple[dict | None, dict | None]:
+        """Unsharded model and optimizer state on rank 0 (a collective under FSDP)."""
+        if not sharded:
+            return None, optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+    def save_weights(path: Path, weights: dict | None) -> None:
+        if weights is None:
+            checkpoint.save_weights(model, path)
+        else:
+            checkpoint.save_state_dict(weights, path, model)
+
+    def save(step: int, weights: dict | None, optimizer_state: dict) -> None:
         # Every rank's RNG state, so a resumed run draws the same dropout masks on each.
         rng = [_rng_state()]
         if dist.enabled:
@@ -339,14 +390,15 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
         state = {
             "step": step,
             "elapsed_s": elapsed_before + (time.perf_counter() - start_time),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "rng": rng,
             "data": job.data_state(),
             "best": best,
+            "fsdp": sharded,
         }
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
-        checkpoint.write_step_checkpoint(run_dir, step, model, state, cfg.keep_checkpoints)
+        checkpoint.write_step_checkpoint(run_dir, step, lambda path: save_weights(path, weights), state, cfg.keep_checkpoints)
 
     def log(record: dict) -> None:
         if dist.is_main:
@@ -354,21 +406,24 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
                 f.write(json.dumps(record) + "\n")
 
     def evaluate_and_save(step: int) -> None:
-        """Rank 0 validates, keeps the best weights and writes the step checkpoint; the others wait."""
+        """Validate, keep the best weights, write the step checkpoint. Rank 0 does it alone, except
+        under FSDP, where every rank holds a shard and must take part in the forward passes."""
         nonlocal best
-        if dist.is_main:
+        if dist.is_main or sharded:
             model.eval()
             with torch.no_grad(), autocast(device, dtype):
                 metrics = {k: float(v) for k, v in job.evaluate(compiled).items()}
             model.train()
+        weights, optimizer_state = full_state()
+        if dist.is_main:
             log({"step": step, **metrics, "elapsed_s": round(elapsed_before + time.perf_counter() - start_time, 3)})
             if _better(metrics[job.monitor], best.get(job.monitor), job.monitor_mode):
                 best = {"step": step, **metrics}
-                checkpoint.save_weights(model, run_dir / "model.safetensors")
+                save_weights(run_dir / "model.safetensors", weights)
                 checkpoint.save_json(run_dir / "best.json", best)
             if not quiet:
                 tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
-        save(step)
+        save(step, weights, optimizer_state)
         dist.barrier()
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=quiet or not sys.stderr.isatty(), unit="step", dynamic_ncols=True)

@@ -1,7 +1,7 @@
-"""Tokenizers: characters, and byte-level BPE trained with Hugging Face `tokenizers`.
+"""Tokenizers: characters, byte-level BPE trained with Hugging Face `tokenizers`, and BERT's WordPiece.
 
 Every tokenizer has `vocab_size`, `encode(text) -> ids`, `decode(ids) -> text`, `save(folder)`,
-and is rebuilt by `load_tokenizer(folder)` from the one file it writes, `tokenizer.json`.
+and is rebuilt by `load_tokenizer(folder)` from `tokenizer.json` (WordPiece also writes vocab.txt).
 """
 
 from __future__ import annotations
@@ -140,6 +140,9 @@ def load_tokenizer(folder: str | Path):
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("type") == "char":
         return CharTokenizer(data["chars"])
+    if data.get("type") == "wordpiece":
+        vocab = WordPieceTokenizer.read_vocab(folder)  # vocab.txt beside tokenizer.json
+        return WordPieceTokenizer(vocab, data["lowercase"], data["strip_accents"], data["chinese_chars"])
     from tokenizers import Tokenizer
 
     return BPETokenizer(Tokenizer.from_str(path.read_text(encoding="utf-8")))
@@ -165,3 +168,113 @@ class StreamDecoder:
         text = self.tokenizer.decode(self.pending) if self.pending else ""
         self.pending = []
         return text
+
+
+class WordPieceTokenizer:
+    """BERT's WordPiece (Wu et al. 2016; Devlin et al. 2019) over a pretrained vocab.txt.
+
+    Built on Hugging Face `tokenizers` exactly as BERT's tokenizer is: clean and (optionally)
+    lowercase and strip accents, put spaces around CJK characters, split on whitespace and
+    punctuation, then split each word greedily into the longest pieces in the vocabulary ("##"
+    marks a piece that continues a word; a word with no split, or longer than 100 characters,
+    becomes [UNK]). `encode` wraps the ids in [CLS] ... [SEP]. Line i of vocab.txt is id i.
+    """
+
+    kind = "wordpiece"
+    VOCAB_FILE = "vocab.txt"
+    SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+    def __init__(self, vocab: list[str], lowercase: bool = True, strip_accents: bool | None = None,
+                 chinese_chars: bool = True):
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+        self.vocab = list(vocab)  # line i of vocab.txt, i.e. the token with id i
+        self.lowercase = lowercase
+        self.strip_accents = lowercase if strip_accents is None else strip_accents  # BERT's rule when unset
+        self.chinese_chars = chinese_chars
+        index = {token: i for i, token in enumerate(self.vocab)}  # a repeated line keeps its last id, as in BERT
+        needed = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if t not in index]
+        if needed:
+            raise NanoNLPError(f"the WordPiece vocabulary lacks {', '.join(needed)}; use a BERT-style vocab.txt.")
+        self.tokenizer = Tokenizer(models.WordPiece(index, unk_token="[UNK]", max_input_chars_per_word=100))
+        self.tokenizer.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=chinese_chars, strip_accents=self.strip_accents, lowercase=lowercase
+        )
+        self.tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        self.tokenizer.decoder = decoders.WordPiece(prefix="##")
+        # "[MASK]" written in a text is the mask token, not "[", "mask", "]".
+        self.tokenizer.add_special_tokens([t for t in self.SPECIAL_TOKENS if t in index])
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id = (index[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"))
+        self.tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)],
+        )
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "WordPieceTokenizer":
+        """A BERT tokenizer from vocab.txt, lowercasing per tokenizer_config.json's do_lower_case (default true)."""
+        folder = Path(folder)
+        vocab = cls.read_vocab(folder)
+        options = {}
+        config_path = folder / "tokenizer_config.json"
+        if config_path.is_file():
+            options = json.loads(config_path.read_text(encoding="utf-8"))
+        lowercase = options.get("do_lower_case", options.get("lowercase", True))
+        chinese_chars = options.get("tokenize_chinese_chars", options.get("chinese_chars", True))
+        return cls(vocab, lowercase=bool(lowercase), strip_accents=options.get("strip_accents"),
+                   chinese_chars=bool(chinese_chars))
+
+    @classmethod
+    def read_vocab(cls, folder: str | Path) -> list[str]:
+        """The tokens of folder/vocab.txt, one a line, in id order."""
+        vocab_path = Path(folder) / cls.VOCAB_FILE
+        if not vocab_path.is_file():
+            raise NanoNLPError(f"'{folder}' has no {cls.VOCAB_FILE}; a WordPiece tokenizer needs a BERT-style vocabulary file.")
+        lines = vocab_path.read_text(encoding="utf-8").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return [line.rstrip() for line in lines]  # trailing whitespace ("\r" of Windows files) is not part of a token
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids  # [CLS] ... [SEP]
+
+    def encode_batch(self, texts: list[str], max_length: int):
+        """Ids (B, T) padded with pad_id, and attention_mask (B, T) of 1/0; T <= max_length.
+
+        A text longer than max_length keeps its first max_length - 2 tokens between [CLS] and [SEP].
+        """
+        import torch
+
+        if max_length < 2:
+            raise NanoNLPError(f"max_length must be at least 2 to hold [CLS] and [SEP], got {max_length}.")
+        rows = []
+        for encoding in self.tokenizer.encode_batch(list(texts)):
+            ids = encoding.ids
+            rows.append(ids if len(ids) <= max_length else ids[: max_length - 1] + [self.sep_id])
+        width = max((len(r) for r in rows), default=0)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        return ids, attention_mask
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, i: int) -> str:
+        return self.vocab[i]
+
+    def save(self, folder: str | Path) -> None:
+        """Write vocab.txt and a tokenizer.json saying how to read it, for load_tokenizer."""
+        from nanonlp.checkpoint import atomic_write_text
+
+        description = {"type": "wordpiece", "lowercase": self.lowercase,
+                       "strip_accents": self.strip_accents, "chinese_chars": self.chinese_chars}
+        atomic_write_text(Path(folder) / self.VOCAB_FILE, "".join(token + "\n" for token in self.vocab))
+        atomic_write_text(Path(folder) / TOKENIZER_FILE, json.dumps(description, indent=2) + "\n")

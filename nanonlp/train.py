@@ -126,6 +126,14 @@ class Distributed:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         return bool(flag.item())
 
+    def agree(self, flag: bool, device: torch.device) -> bool:
+        """Rank 0's decision, on every rank (so all ranks stop at the same step)."""
+        if not self.enabled:
+            return flag
+        tensor = torch.tensor([float(flag)], device=device)
+        torch.distributed.broadcast(tensor, src=0)
+        return bool(tensor.item())
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             value = value.clone()
@@ -186,9 +194,17 @@ def shard_model(model: torch.nn.Module) -> None:
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (linear and embedding weights) only, never on biases or norms."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # A pretrained body and a new head may learn at different rates (`head_parameters()`, head_learning_rate).
+    head_ids = set()
+    if cfg.head_learning_rate and hasattr(model, "head_parameters"):
+        head_ids = {id(p) for p in model.head_parameters()}
+    groups = []
+    for is_head in (False, True):
+        part = [p for p in params if (id(p) in head_ids) == is_head]
+        scale = cfg.head_learning_rate / cfg.learning_rate if is_head else 1.0
+        groups += [{"params": [p for p in part if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in part if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    groups = [g for g in groups if g["params"]]
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
     # The fused kernel updates all parameters in one pass; CUDA and recent CPU builds have it.
     try:
@@ -436,16 +452,12 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
     try:
         while step < cfg.max_steps:
             out_of_time = bool(cfg.max_seconds) and elapsed_before + time.perf_counter() - start_time >= cfg.max_seconds
-            if dist.enabled:  # rank 0's clock decides, so every rank stops at the same step
-                flag = torch.tensor([float(out_of_time)], device=device)
-                torch.distributed.broadcast(flag, src=0)
-                out_of_time = bool(flag.item())
-            if out_of_time:
+            if dist.agree(out_of_time, device):  # rank 0's clock decides
                 result.stopped_by = "max_seconds"
                 break
             lr = learning_rate(step, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batches = [job.train_batch() for _ in range(cfg.grad_accum_steps)]
             loss = forward_backward(job, wrapped, batches, device, dtype, scaler)
             if scaler is not None:
@@ -496,6 +508,10 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
             if is_eval:
                 evaluate_and_save(step)
                 last_good_step = step
+                stale = bool(cfg.early_stopping) and step - best.get("step", step) >= cfg.early_stopping * cfg.eval_interval
+                if dist.agree(stale, device):  # only rank 0 knows the best step
+                    result.stopped_by = "early_stopping"
+                    break
     finally:
         bar.close()
 

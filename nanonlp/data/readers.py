@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from nanonlp.errors import NanoNLPError
@@ -30,3 +31,169 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     if not text.strip():
         raise NanoNLPError(f"'{path}' is empty (or only whitespace); a language model needs text to learn from.")
     return text
+
+
+# ---------------------------------------------------------------------------------------------------
+# labelled texts for classification
+
+OUT_OF_SCOPE = "out_of_scope"
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    labels: tuple[str, ...]  # one label, or several for multi-label data
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+
+def _lines(path: Path, encoding: str) -> list[str]:
+    return read_text(path, encoding).splitlines()
+
+
+def read_label_text(path: str | Path, encoding: str = "utf-8", multi_label: bool = False, separator: str = "|") -> list[Example]:
+    """`LABEL TEXT` per line, as in SST-2 (`1 a charming film`)."""
+    path = Path(path)
+    examples = []
+    for number, line in enumerate(_lines(path, encoding), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(None, 1)
+        if len(parts) < 2:
+            raise NanoNLPError(f"{path} line {number}: expected 'LABEL TEXT', found only '{line.strip()[:40]}'.")
+        examples.append(Example(parts[1], _labels(parts[0], multi_label, separator)))
+    return _non_empty(examples, path)
+
+
+def read_delimited(path: str | Path, delimiter: str, text_column: str, label_column: str | None, encoding: str = "utf-8",
+                   multi_label: bool = False, separator: str = "|") -> list[Example]:
+    """CSV or TSV with a header row; `label_column` None reads texts only (labels left empty)."""
+    import csv
+
+    path = Path(path)
+    text = read_text(path, encoding)
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    header = reader.fieldnames or []
+    for column in [text_column] + ([label_column] if label_column else []):
+        if column not in header:
+            raise NanoNLPError(f"{path} has no column '{column}'; its columns are: {', '.join(header)}.")
+    examples = []
+    for number, row in enumerate(reader, start=2):
+        if row.get(text_column) is None or (label_column and row.get(label_column) is None):
+            raise NanoNLPError(f"{path} line {number}: the row has fewer fields than the header.")
+        labels = _labels(row[label_column], multi_label, separator) if label_column else ()
+        if label_column and not labels:
+            raise NanoNLPError(f"{path} line {number}: the label is empty.")
+        examples.append(Example(row[text_column], labels))
+    return _non_empty(examples, path)
+
+
+def read_jsonl(path: str | Path, text_column: str, label_column: str | None, encoding: str = "utf-8",
+               multi_label: bool = False, separator: str = "|") -> list[Example]:
+    """One JSON object per line; a multi-label field may be a list or a separated string."""
+    import json
+
+    path = Path(path)
+    examples = []
+    for number, line in enumerate(_lines(path, encoding), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise NanoNLPError(f"{path} line {number}: not valid JSON ({err.msg}).") from None
+        if not isinstance(record, dict) or text_column not in record or (label_column and label_column not in record):
+            raise NanoNLPError(f"{path} line {number}: expected an object with keys '{text_column}' and '{label_column}'.")
+        raw = record[label_column] if label_column else None
+        if isinstance(raw, list):
+            labels = tuple(str(x) for x in raw)
+        else:
+            labels = _labels(str(raw), multi_label, separator) if label_column else ()
+        examples.append(Example(str(record[text_column]), labels))
+    return _non_empty(examples, path)
+
+
+def read_sms(path: str | Path, encoding: str = "utf-8") -> list[Example]:
+    """The UCI SMS Spam Collection: `ham<TAB>text` or `spam<TAB>text` per line."""
+    path = Path(path)
+    examples = []
+    for number, line in enumerate(_lines(path, encoding), start=1):
+        if not line.strip():
+            continue
+        label, tab, text = line.partition("\t")
+        if not tab or label not in ("ham", "spam"):
+            raise NanoNLPError(f"{path} line {number}: expected 'ham<TAB>text' or 'spam<TAB>text'.")
+        examples.append(Example(text, (label,)))
+    return _non_empty(examples, path)
+
+
+CLINC_SPLITS = {"train": ("train", "oos_train"), "dev": ("val", "oos_val"), "test": ("test", "oos_test")}
+
+
+def read_clinc(path: str | Path, split: str = "train", encoding: str = "utf-8") -> list[Example]:
+    """CLINC150 (`data_full.json`): in-scope `[text, intent]` pairs plus out-of-scope ones, labelled out_of_scope."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(read_text(path, encoding))
+    except json.JSONDecodeError as err:
+        raise NanoNLPError(f"{path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
+    examples = []
+    for key in CLINC_SPLITS[split]:
+        if key not in data:
+            raise NanoNLPError(f"{path} has no '{key}' list; is it CLINC150's data_full.json?")
+        for number, pair in enumerate(data[key]):
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise NanoNLPError(f"{path}: item {number} of '{key}' is not a [text, intent] pair.")
+            label = OUT_OF_SCOPE if key.startswith("oos") or pair[1] == "oos" else str(pair[1])
+            examples.append(Example(str(pair[0]), (label,)))
+    return _non_empty(examples, path)
+
+
+def detect_format(path: str | Path) -> str:
+    name = Path(path).name.lower()
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".tsv", ".tab")):
+        return "tsv"
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".json"):
+        return "clinc"
+    if name.startswith("smsspamcollection"):
+        return "sms"
+    return "label_text"
+
+
+def read_examples(path: str | Path, format: str = "auto", split: str = "train", text_column: str = "text",
+                  label_column: str | None = "label", encoding: str = "utf-8", multi_label: bool = False,
+                  separator: str = "|") -> list[Example]:
+    """Labelled texts from any supported layout; `format` auto picks one from the file name."""
+    format = detect_format(path) if format == "auto" else format
+    if format == "label_text":
+        return read_label_text(path, encoding, multi_label, separator)
+    if format in ("csv", "tsv"):
+        return read_delimited(path, "," if format == "csv" else "\t", text_column, label_column, encoding, multi_label, separator)
+    if format == "jsonl":
+        return read_jsonl(path, text_column, label_column, encoding, multi_label, separator)
+    if format == "sms":
+        return read_sms(path, encoding)
+    if format == "clinc":
+        return read_clinc(path, split, encoding)
+    raise NanoNLPError(f"unknown data format '{format}'; use label_text, csv, tsv, jsonl, clinc or sms.")
+
+
+def _labels(field: str, multi_label: bool, separator: str) -> tuple[str, ...]:
+    field = field.strip()
+    if not multi_label:
+        return (field,) if field else ()
+    return tuple(label.strip() for label in field.split(separator) if label.strip())
+
+
+def _non_empty(examples: list[Example], path: Path) -> list[Example]:
+    if not examples:
+        raise NanoNLPError(f"{path} holds no examples.")
+    return examples

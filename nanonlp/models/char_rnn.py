@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanonlp.errors import ConfigError, NanoNLPError
+from nanonlp.models.layers import Dropout
 
 
 @dataclass
@@ -45,7 +46,7 @@ class CharRNN(nn.Module):
         # nn.LSTM applies dropout between layers only; a one-layer stack would warn about it.
         self.rnn = rnn(config.n_embd, config.hidden_size, config.n_layer, batch_first=True,
                        dropout=config.dropout if config.n_layer > 1 else 0.0)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
     def forward(

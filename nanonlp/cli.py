@@ -20,6 +20,10 @@ EXAMPLES = """examples:
   nanonlp train configs/shakespeare_char_gpt.yaml --resume
   nanonlp sample runs/shakespeare_char_gpt --prompt "ROMEO:" --max-new-tokens 500 --top-k 50 --seed 1
   nanonlp eval runs/shakespeare_char_gpt --data path/to/text.txt
+  nanonlp train configs/sst2_cnn.yaml
+  nanonlp classify runs/sst2_cnn "an utterly charming film"
+  nanonlp classify runs/sst2_cnn --input reviews.csv --text-column review --output predictions.csv
+  nanonlp eval runs/sst2_cnn --data ../shared/data/sst2/dev.txt
 """
 
 
@@ -49,10 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="how many independent samples to print")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
-    p = commands.add_parser("eval", help="score text with a trained language model: loss, perplexity, bits per character")
+    p = commands.add_parser("classify", help="label texts with a trained classifier")
+    p.add_argument("run_dir", help="run directory of a classification run")
+    p.add_argument("texts", nargs="*", help="texts to classify (or use --input)")
+    p.add_argument("--input", help="a file of texts: .csv/.tsv (with --text-column), .jsonl, or one text per line")
+    p.add_argument("--text-column", default="text", help="column (or JSON key) holding the text in --input")
+    p.add_argument("--output", help="write predictions here (.csv, .tsv or .jsonl); default: print them")
+    p.add_argument("--encoding", default="utf-8", help="encoding of --input")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    p = commands.add_parser("eval", help="evaluate a trained model: a language model's loss, perplexity and bits per "
+                            "character; a classifier's accuracy, P/R/F1, confusion matrix and calibration")
     p.add_argument("run_dir", help="run directory written by `nanonlp train`")
-    p.add_argument("--data", help="a text file or catalog name (default: the run's validation split)")
-    p.add_argument("--encoding", default="utf-8", help="encoding of --data")
+    p.add_argument("--data", help="a file or catalog name (default: the run's validation split, or a classifier's test split)")
+    p.add_argument("--format", default="auto", help="classifier data layout: auto, label_text, csv, tsv, jsonl, clinc, sms")
+    p.add_argument("--plot", help="classifier: where to write the confusion-matrix PNG (default: RUN/confusion.png)")
+    p.add_argument("--encoding", default=None, help="encoding of --data (default: the run's data.encoding, or utf-8)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
@@ -62,13 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args, overrides: list[str]) -> None:
     from nanonlp.config import load_config
-    from nanonlp.tasks.lm import train_lm
-
     from nanonlp.train import distributed
 
     cfg = load_config(args.config, overrides)
+    if cfg.task == "classify":
+        from nanonlp.tasks.classify import train_classifier as run
+    else:
+        from nanonlp.tasks.lm import train_lm as run
     try:
-        result = train_lm(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
+        result = run(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
     finally:
         if distributed().enabled:
             import torch.distributed
@@ -76,8 +94,9 @@ def cmd_train(args, overrides: list[str]) -> None:
             torch.distributed.destroy_process_group()
     if not args.quiet and distributed().is_main:
         best = result.best
-        best_text = f"; best val_loss {best['val_loss']:.4f} at step {best['step']}" if best else ""
-        reason = " (time budget train.max_seconds spent)" if result.stopped_by == "max_seconds" else ""
+        shown = {k: v for k, v in best.items() if k != "step"}
+        best_text = f"; best at step {best['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) if best else ""
+        reason = {"max_seconds": " (time budget train.max_seconds spent)", "early_stopping": " (early stopping)"}.get(result.stopped_by, "")
         print(f"done: step {result.step}{reason}{best_text}; run directory {cfg.train.out_dir}", file=sys.stderr)
 
 
@@ -101,7 +120,110 @@ def cmd_sample(args) -> None:
     sys.stdout.flush()
 
 
+def _run_task(run_dir: str) -> str:
+    import yaml
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        return "lm"  # a Hugging Face GPT-2 folder, or an error reported by the loader
+    return (yaml.safe_load(config.read_text()) or {}).get("task", "lm")
+
+
+def cmd_classify(args) -> None:
+    import csv
+
+    from nanonlp.data.readers import read_delimited, read_jsonl, read_text
+    from nanonlp.tasks.classify import load
+
+    if _run_task(args.run_dir) != "classify":
+        raise NanoNLPError(f"'{args.run_dir}' is not a classification run; `nanonlp classify` needs one.")
+    if bool(args.texts) == bool(args.input):
+        raise NanoNLPError("give texts as arguments or a file with --input, not both and not neither.")
+    rows = None
+    if args.input:
+        name = args.input.lower()
+        if name.endswith((".csv", ".tsv")):
+            examples = read_delimited(args.input, "," if name.endswith(".csv") else "\t", args.text_column, None, args.encoding)
+        elif name.endswith((".jsonl", ".ndjson")):
+            examples = read_jsonl(args.input, args.text_column, None, args.encoding)
+        else:
+            examples = None
+        texts = [e.text for e in examples] if examples is not None else [t for t in read_text(args.input, args.encoding).splitlines() if t.strip()]
+        if examples is not None and name.endswith((".csv", ".tsv")):
+            with open(args.input, encoding=args.encoding, newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="," if name.endswith(".csv") else "\t"))
+    else:
+        texts = args.texts
+    classifier = load(args.run_dir, args.device)
+    predictions = classifier.predict(texts)
+    label_of = lambda p: "|".join(p["labels"]) if "labels" in p else p["label"]  # noqa: E731
+    if not args.output:
+        for text, p in zip(texts, predictions):
+            probability = f"\t{p['probability']:.4f}" if "probability" in p else ""
+            print(f"{label_of(p)}{probability}\t{text}")
+        return
+    out = Path(args.output)
+    if out.suffix.lower() == ".jsonl":
+        lines = [json.dumps({"text": t, "label": label_of(p), "probability": p.get("probability"), "probabilities": p["probabilities"]},
+                            ensure_ascii=False) for t, p in zip(texts, predictions)]
+        content = "\n".join(lines) + "\n"
+    else:
+        import io
+
+        delimiter = "\t" if out.suffix.lower() == ".tsv" else ","
+        base = rows if rows is not None else [{args.text_column: t} for t in texts]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(base[0].keys()) + ["predicted_label", "probability"], delimiter=delimiter)
+        writer.writeheader()
+        for row, p in zip(base, predictions):
+            writer.writerow({**row, "predicted_label": label_of(p), "probability": f"{p.get('probability', 1.0):.4f}"})
+        content = buffer.getvalue()
+    from nanonlp.checkpoint import atomic_write_text
+
+    atomic_write_text(out, content)
+    print(f"wrote {len(predictions)} predictions to {out}", file=sys.stderr)
+
+
+def cmd_eval_classifier(args) -> None:
+    from nanonlp.data import catalog
+    from nanonlp.data.readers import read_examples
+    from nanonlp.plots import confusion_matrix
+    from nanonlp.tasks.classify import default_eval_examples, load
+
+    classifier = load(args.run_dir, args.device)
+    data = classifier.config.data
+    if args.data:
+        entry = catalog.CATALOG.get(args.data)
+        data_format = args.format if args.format != "auto" else (entry.format if entry else "auto")
+        examples = read_examples(catalog.resolve(args.data), data_format, "test", data.text_column, data.label_column,
+                                 args.encoding or data.encoding, data.multi_label, data.label_separator)
+        source = args.data
+    else:
+        source, examples = default_eval_examples(classifier)
+    report = classifier.evaluate(examples)
+    plot = None
+    if "confusion" in report:
+        plot = Path(args.plot) if args.plot else Path(args.run_dir) / "confusion.png"
+        confusion_matrix(report["confusion"], report["labels"], plot)
+    if args.json:
+        print(json.dumps({"data": str(source), **{k: v for k, v in report.items() if k not in ("confusion",)}}))
+        return
+    print(f"data: {source} ({len(examples):,} examples)")
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1",
+                "ece", "in_scope_accuracy", "out_of_scope_recall"):
+        if key in report:
+            print(f"{key + ':':22s}{report[key]:.4f}")
+    print(f"\n{'label':24s} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+    for label, row in report["per_class"].items():
+        if row["support"] or row["precision"]:
+            print(f"{label[:24]:24s} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
+    if plot:
+        print(f"\nconfusion matrix: {plot}")
+
+
 def cmd_eval(args) -> None:
+    if _run_task(args.run_dir) == "classify":
+        return cmd_eval_classifier(args)
     from nanonlp.data import catalog
     from nanonlp.data.readers import read_text
     from nanonlp.tasks.lm import DATA_DIR, load, read_ids
@@ -109,7 +231,7 @@ def cmd_eval(args) -> None:
     lm = load(args.run_dir, args.device)
     if args.data:
         source = catalog.resolve(args.data)
-        text = read_text(source, args.encoding)
+        text = read_text(source, args.encoding or "utf-8")
     else:
         val = Path(args.run_dir) / DATA_DIR / "val.bin"
         if not val.is_file():
@@ -155,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
             cmd_sample(args)
         elif args.command == "eval":
             cmd_eval(args)
+        elif args.command == "classify":
+            cmd_classify(args)
         elif args.command == "data":
             cmd_data()
     except NanoNLPError as err:

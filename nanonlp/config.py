@@ -140,7 +140,6 @@ class ClassifyConfig:
     abstain_threshold: float = 0.0  # below this top probability the answer is out_of_scope; 0 never abstains
     tune_abstain: bool = False  # choose abstain_threshold on the dev set (out-of-scope dev examples needed)
     calibrate: bool = True  # fit a softmax temperature on the dev set after training (temperature scaling)
-    pooling: str = field(default="mean", metadata={"choices": ("mean", "cls", "last")})  # pretrained encoders: pooling
     freeze_encoder: bool = False  # pretrained encoders: train the new head only
     init_from: str = ""  # pretrained body: a BERT-format folder (model.type bert) or a nanonlp GPT run (model.type gpt)
 

@@ -44,3 +44,37 @@ def loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     plt.close(fig)
     atomic_write_bytes(out_path, buffer.getvalue())
     return Path(out_path)
+
+
+def confusion_matrix(matrix: list[list[int]], labels: list[str], out_path: str | Path) -> Path:
+    """Rows gold, columns predicted; counts written in the cells when there are few classes."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nanonlp.checkpoint import atomic_write_bytes
+
+    n = len(labels)
+    size = min(4 + 0.35 * n, 30)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=100)
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if n <= 40:
+        ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels, fontsize=8)
+    if n <= 15:
+        peak = max(max(row) for row in matrix) or 1
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(matrix[i][j]), ha="center", va="center", color="white" if matrix[i][j] > peak / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(out_path, buffer.getvalue())
+    return Path(out_path)

@@ -18,6 +18,7 @@ class CharTokenizer:
     """One id per distinct character of the training text, in sorted order (char-rnn's vocabulary)."""
 
     kind = "char"
+    pad_id = 0  # no id is reserved; classification masks padding out, so any id serves
 
     def __init__(self, chars: list[str]):
         self.chars = list(chars)
@@ -60,7 +61,7 @@ class BPETokenizer:
         self.tokenizer = tokenizer  # a tokenizers.Tokenizer
 
     @classmethod
-    def train(cls, text: str, vocab_size: int) -> "BPETokenizer":
+    def train(cls, text: str, vocab_size: int, special_tokens: tuple[str, ...] = ()) -> "BPETokenizer":
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tokenizer = Tokenizer(models.BPE())
@@ -70,6 +71,7 @@ class BPETokenizer:
             vocab_size=vocab_size,
             min_frequency=2,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=list(special_tokens),  # first ids, e.g. <pad> = 0 for classification batches
             show_progress=False,
         )
         tokenizer.train_from_iterator(_chunks(text), trainer=trainer, length=None)
@@ -93,6 +95,11 @@ class BPETokenizer:
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.token_to_id("<pad>")
+        return 0 if pad is None else pad  # GPT-2 vocabularies have no pad; masks keep it out of the way
 
     def encode(self, text: str) -> list[int]:
         if not text:
@@ -119,6 +126,62 @@ class BPETokenizer:
         atomic_write_text(Path(folder) / TOKENIZER_FILE, self.tokenizer.to_str())
 
 
+class WordTokenizer:
+    """Words (and optionally hashed word n-grams, as in fastText) for the from-scratch classifiers.
+
+    Ids: 0 is padding, 1 unknown words, then the vocabulary by descending frequency; with ngrams > 1,
+    every n-gram of 2..ngrams words adds one id in [len(words), len(words) + buckets), by a stable hash.
+    """
+
+    kind = "word"
+    pad_id, unk_id = 0, 1
+    PATTERN = r"\w+(?:'\w+)?|[^\w\s]"
+
+    def __init__(self, words: list[str], lowercase: bool = True, ngrams: int = 1, buckets: int = 0):
+        self.words, self.lowercase, self.ngrams, self.buckets = list(words), lowercase, ngrams, buckets
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def train(cls, texts, vocab_size: int, min_freq: int = 1, lowercase: bool = True, ngrams: int = 1, buckets: int = 0):
+        from collections import Counter
+
+        counts = Counter()
+        probe = cls(["<pad>", "<unk>"], lowercase)
+        for text in texts:
+            counts.update(probe.split(text))
+        kept = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_freq][: max(0, vocab_size - 2)]
+        return cls(["<pad>", "<unk>"] + kept, lowercase, ngrams, buckets if ngrams > 1 else 0)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words) + self.buckets
+
+    def split(self, text: str) -> list[str]:
+        import re
+
+        return re.findall(self.PATTERN, text.lower() if self.lowercase else text)
+
+    def encode(self, text: str) -> list[int]:
+        import zlib
+
+        tokens = self.split(text)
+        ids = [self.index.get(t, self.unk_id) for t in tokens]
+        for n in range(2, self.ngrams + 1):
+            for i in range(len(tokens) - n + 1):
+                # crc32, not hash(): Python salts str hashes per process, and ids must be stable.
+                ids.append(len(self.words) + zlib.crc32(" ".join(tokens[i : i + n]).encode("utf-8")) % self.buckets)
+        return ids
+
+    def decode(self, ids) -> str:
+        return " ".join(self.words[i] for i in ids if 0 < i < len(self.words))
+
+    def save(self, folder: str | Path) -> None:
+        from nanonlp.checkpoint import atomic_write_text
+
+        data = {"type": "word", "lowercase": self.lowercase, "ngrams": self.ngrams, "buckets": self.buckets, "words": self.words}
+        atomic_write_text(Path(folder) / TOKENIZER_FILE, json.dumps(data, ensure_ascii=False))
+
+
 def _chunks(text: str, lines_per_chunk: int = 1000):
     lines = text.splitlines(keepends=True)
     for i in range(0, len(lines), lines_per_chunk):
@@ -140,6 +203,8 @@ def load_tokenizer(folder: str | Path):
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("type") == "char":
         return CharTokenizer(data["chars"])
+    if data.get("type") == "word":
+        return WordTokenizer(data["words"], data["lowercase"], data["ngrams"], data["buckets"])
     if data.get("type") == "wordpiece":
         vocab = WordPieceTokenizer.read_vocab(folder)  # vocab.txt beside tokenizer.json
         return WordPieceTokenizer(vocab, data["lowercase"], data["strip_accents"], data["chinese_chars"])

@@ -4,13 +4,14 @@ Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for L
 Understanding": token + position + segment embeddings, post-LayerNorm blocks (the residual sum is
 normalised, unlike GPT-2), exact erf GELU. Module names follow Hugging Face's `BertModel`, so
 `from_huggingface` loads their checkpoints (BERT, MiniLM, sentence-transformers encoders) one
-tensor to one parameter. Task heads live with their tasks; this file ends at the hidden states.
+tensor to one parameter. `BertClassifier`, at the end, puts a classification head beside it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanonlp.errors import ConfigError, NanoNLPError
+from nanonlp.models.layers import Dropout
 
 
 @dataclass
@@ -280,3 +282,57 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "pytorch_model.bin").is_file():
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     raise NanoNLPError(f"'{folder}' has neither model.safetensors nor pytorch_model.bin; copy the weights file there.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# a classification head beside the encoder
+
+
+@dataclass
+class BertClassifierConfig:
+    pooling: str = field(default="mean", metadata={"choices": ("mean", "cls")})  # how token states become one vector
+    dropout: float = 0.1  # before the classification layer
+    num_classes: int = field(default=0, metadata={"derived": "the labels of the training data"})
+    encoder: dict = field(default_factory=dict, metadata={"derived": "the pretrained encoder's config.json"})
+
+    def validate(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+
+
+class BertClassifier(nn.Module):
+    """A BERT-style encoder, pooled to one vector per text, then a linear layer (Devlin et al. 2019, sec. 4)."""
+
+    def __init__(self, config: BertClassifierConfig, encoder: BertEncoder | None = None):
+        super().__init__()
+        if config.num_classes < 1:
+            raise NanoNLPError("BertClassifierConfig.num_classes must be set from the labels before building the model.")
+        self.config = config
+        self.bert = encoder if encoder is not None else BertEncoder(BertConfig(**config.encoder), pooler=False)
+        self.dropout = Dropout(config.dropout)
+        self.classifier = nn.Linear(self.bert.config.hidden_size, config.num_classes)
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor | None = None):
+        hidden = self.bert(input_ids, attention_mask)  # (B, T, H)
+        logits = self.classifier(self.dropout(pool(hidden, attention_mask, self.config.pooling)))  # (B, classes)
+        loss = F.cross_entropy(logits.float(), targets) if targets is not None else None
+        return logits, loss
+
+    def head_parameters(self):
+        return self.classifier.parameters()
+
+    def body_parameters(self):
+        return self.bert.parameters()
+
+    def flops_per_token(self) -> float:
+        return 6 * sum(p.numel() for n, p in self.bert.named_parameters() if "embeddings" not in n)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, config: BertClassifierConfig) -> "BertClassifier":
+        encoder = BertEncoder.from_huggingface(folder)
+        if encoder.pooler is not None:
+            encoder.pooler = None  # BERT's next-sentence pooler is not used by mean or [CLS] pooling here
+        config = dataclasses.replace(config, encoder=dataclasses.asdict(encoder.config))
+        return cls(config, encoder).train()

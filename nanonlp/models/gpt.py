@@ -243,3 +243,64 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "pytorch_model.bin").is_file():
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     raise NanoNLPError(f"'{folder}' has neither model.safetensors nor pytorch_model.bin.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# a classification head on a pretrained GPT (Radford et al. 2018; Howard & Ruder 2018, ULMFiT)
+
+
+@dataclass
+class GPTClassifierConfig:
+    pooling: str = field(default="last", metadata={"choices": ("last", "mean")})  # last real token, or the mean
+    dropout: float = 0.1  # before the classification layer
+    num_classes: int = field(default=0, metadata={"derived": "the labels of the training data"})
+    gpt: dict = field(default_factory=dict, metadata={"derived": "the pretrained language model's config"})
+
+    def validate(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+
+
+class GPTClassifier(nn.Module):
+    """A GPT body read up to its final LayerNorm, pooled, then a linear layer.
+
+    Attention is causal and padding comes after the text, so pads never reach a real position; the
+    'last' pooling reads the state of the last real token, which has seen the whole text.
+    """
+
+    def __init__(self, config: GPTClassifierConfig, body: GPT | None = None):
+        super().__init__()
+        if config.num_classes < 1:
+            raise NanoNLPError("GPTClassifierConfig.num_classes must be set from the labels before building the model.")
+        self.config = config
+        self.gpt = body if body is not None else GPT(GPTConfig(**config.gpt))
+        self.dropout = Dropout(config.dropout)
+        self.classifier = nn.Linear(self.gpt.config.n_embd, config.num_classes)
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor | None = None):
+        B, T = input_ids.shape
+        body = self.gpt.transformer
+        if T > self.gpt.config.block_size:
+            raise NanoNLPError(f"input of {T} tokens is longer than the GPT's block_size {self.gpt.config.block_size}; lower data.max_length.")
+        pos = torch.arange(T, device=input_ids.device)
+        x = body.drop(body.wte(input_ids) + body.wpe(pos))  # (B, T, C)
+        for block in body.h:
+            x = block(x)
+        x = body.ln_f(x)
+        mask = attention_mask.to(x.dtype)
+        if self.config.pooling == "last":
+            last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of the last real token
+            pooled = x[torch.arange(B, device=x.device), last]
+        else:
+            pooled = (x * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        logits = self.classifier(self.dropout(pooled))  # (B, classes)
+        loss = F.cross_entropy(logits.float(), targets) if targets is not None else None
+        return logits, loss
+
+    def head_parameters(self):
+        return self.classifier.parameters()
+
+    def flops_per_token(self) -> float:
+        return self.gpt.flops_per_token()

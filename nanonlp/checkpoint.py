@@ -102,6 +102,19 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({str(err).splitlines()[0]}).") from None
 
 
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Make sure `run_dir` may be written; True when it already holds a run to resume."""
+    has_run = (run_dir / "config.yaml").is_file()
+    if has_run and not resume:
+        if not overwrite:
+            raise NanoNLPError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it, "
+                               "--overwrite to start over, or set train.out_dir to a new folder.")
+        shutil.rmtree(run_dir)
+        has_run = False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return has_run
+
+
 def save_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 

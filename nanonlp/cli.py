@@ -87,6 +87,9 @@ def cmd_train(args, overrides: list[str]) -> None:
         from nanonlp.tasks.lm import train_lm as run
     try:
         result = run(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
+        # Ranks leave together: a rank tearing down gloo while rank 0 still writes its last files
+        # can abort the process ("terminate called without an active exception").
+        distributed().barrier()
     finally:
         if distributed().enabled:
             import torch.distributed

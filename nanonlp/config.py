@@ -138,7 +138,7 @@ class ClassifyConfig:
     class_weights: str = ""  # "" none; "balanced" (inverse class frequency); or one weight per label, "1.0,3.5"
     threshold: float = 0.5  # multi-label: a label is predicted when its probability reaches this
     abstain_threshold: float = 0.0  # below this top probability the answer is out_of_scope; 0 never abstains
-    tune_abstain: bool = False  # choose abstain_threshold on the dev set (out-of-scope dev examples needed)
+    tune_abstain: bool = False  # choose abstain_threshold for the best dev accuracy (out-of-scope dev examples needed)
     calibrate: bool = True  # fit a softmax temperature on the dev set after training (temperature scaling)
     freeze_encoder: bool = False  # pretrained encoders: train the new head only
     init_from: str = ""  # pretrained body: a BERT-format folder (model.type bert) or a nanonlp GPT run (model.type gpt)

@@ -126,6 +126,18 @@ class Distributed:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         return bool(flag.item())
 
+    def main_first(self, prepare, device: torch.device) -> None:
+        """Run prepare() on rank 0 alone (data, tokenizer, run directory) while the others wait;
+        if it fails there, every rank raises, so none is left waiting."""
+        error = None
+        if self.is_main:
+            try:
+                prepare()
+            except NanoNLPError as err:
+                error = err
+        if not self.all_ok(error is None, device):
+            raise error or NanoNLPError("rank 0 could not prepare the run; its message says why.")
+
     def agree(self, flag: bool, device: torch.device) -> bool:
         """Rank 0's decision, on every rank (so all ranks stop at the same step)."""
         if not self.enabled:

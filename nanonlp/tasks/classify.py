@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -252,14 +251,7 @@ def text_encoder(cfg: Config, tokenizer) -> Encoder:
 
 
 def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
-    has_run = (run_dir / "config.yaml").is_file()
-    if has_run and not resume:
-        if not overwrite:
-            raise NanoNLPError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it, "
-                               "--overwrite to start over, or set train.out_dir to a new folder.")
-        shutil.rmtree(run_dir)
-        has_run = False
-    run_dir.mkdir(parents=True, exist_ok=True)
+    has_run = checkpoint.claim_run_dir(run_dir, resume, overwrite)
     if has_run:
         return
     _check_tokenizer_choice(cfg)
@@ -298,14 +290,7 @@ def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, ove
     dist = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device)
     quiet = quiet or not dist.is_main
-    error = None
-    if dist.is_main:
-        try:
-            _prepare_run(cfg, run_dir, resume, overwrite, quiet)
-        except NanoNLPError as err:
-            error = err
-    if not dist.all_ok(error is None, device):
-        raise error or NanoNLPError("rank 0 could not prepare the run; its message says why.")
+    dist.main_first(lambda: _prepare_run(cfg, run_dir, resume, overwrite, quiet), device)
 
     saved = from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True)
     cfg.model, cfg.data = saved.model, saved.data  # the run's own data and model settings
@@ -409,16 +394,17 @@ def finish_run(cfg: Config, run_dir: Path, model, encoder, labels, dev, device, 
 
 
 def tune_abstain_threshold(probs: torch.Tensor, gold: list[str], labels: list[str]) -> float:
-    """The threshold on the top probability that maximises the mean of in-scope accuracy and out-of-scope recall."""
+    """The threshold on the top probability with the best dev accuracy, out_of_scope counted as a label.
+
+    Among equally good thresholds the highest wins: it abstains more where the dev set cannot tell."""
     if OUT_OF_SCOPE not in gold:
         raise NanoNLPError("classify.tune_abstain needs out-of-scope examples (label out_of_scope) in the dev data.")
-    best, best_score = 0.0, -1.0
+    best, best_correct = 0.0, -1
     for threshold in [i / 100 for i in range(0, 100)]:
         predicted = abstaining_predictions(probs, labels, threshold)
-        score = scope_metrics(gold, predicted)
-        value = (score["in_scope_accuracy"] + score["out_of_scope_recall"]) / 2
-        if value > best_score:
-            best, best_score = threshold, value
+        correct = sum(g == p for g, p in zip(gold, predicted))
+        if correct >= best_correct:
+            best, best_correct = threshold, correct
     return best
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -135,14 +134,7 @@ def _build_from_pretrained(cfg: Config):
 
 def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Rank 0 only: check the run directory, tokenize the data, write config.yaml and model.json."""
-    has_run = (run_dir / "config.yaml").is_file()
-    if has_run and not resume:
-        if not overwrite:
-            raise NanoNLPError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it, "
-                               "--overwrite to start over, or set train.out_dir to a new folder.")
-        shutil.rmtree(run_dir)
-        has_run = False
-    run_dir.mkdir(parents=True, exist_ok=True)
+    has_run = checkpoint.claim_run_dir(run_dir, resume, overwrite)
     if has_run:  # resume: the data and tokenizer of the run are reused as they are
         _check_resume_compatible(cfg, from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True))
         return
@@ -161,14 +153,7 @@ def train_lm(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: 
     dist = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device)
     quiet = quiet or not dist.is_main
-    error = None
-    if dist.is_main:
-        try:
-            _prepare_run(cfg, run_dir, resume, overwrite, quiet)
-        except NanoNLPError as err:
-            error = err
-    if not dist.all_ok(error is None, device):
-        raise error or NanoNLPError("rank 0 could not prepare the run; its message says why.")
+    dist.main_first(lambda: _prepare_run(cfg, run_dir, resume, overwrite, quiet), device)
 
     # Every rank rebuilds the model from what rank 0 wrote; the same seed gives the same weights.
     cfg.model = from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True).model

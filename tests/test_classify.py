@@ -252,3 +252,42 @@ def test_gpt_pretraining_then_classification(tmp_path, toy, corpus):
     assert saved.model.gpt["n_layer"] == 2 and saved.model.gpt["block_size"] == 32
     predictions = nanonlp.load(tmp_path / "run", device="cpu").predict(POSITIVE + NEGATIVE)
     assert [p["label"] for p in predictions] == ["pos"] * 8 + ["neg"] * 8
+
+
+def test_pretrained_heads_ignore_padding():
+    from nanonlp.models import BertClassifier, BertClassifierConfig, GPTClassifier, GPTClassifierConfig
+    from nanonlp.models.bert import BertConfig
+
+    torch.manual_seed(0)
+    encoder = {f.name: getattr(BertConfig(), f.name) for f in __import__("dataclasses").fields(BertConfig)}
+    encoder.update(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    gpt = dict(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0, vocab_size=30)
+    models = [BertClassifier(BertClassifierConfig(num_classes=3, encoder=encoder, dropout=0.0)),
+              GPTClassifier(GPTClassifierConfig(num_classes=3, gpt=gpt, dropout=0.0, pooling="last")),
+              GPTClassifier(GPTClassifierConfig(num_classes=3, gpt=gpt, dropout=0.0, pooling="mean"))]
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    padded_ids = torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1)
+    padded_mask = torch.cat([mask, torch.zeros(2, 3, dtype=torch.long)], 1)
+    for model in models:
+        model.eval()
+        with torch.no_grad():
+            a, _ = model(ids, mask)
+            b, _ = model(padded_ids, padded_mask)
+            alone, _ = model(ids[1:, :2], mask[1:, :2])
+        assert torch.allclose(a, b, atol=1e-5), type(model).__name__
+        assert torch.allclose(a[1:], alone, atol=1e-5), type(model).__name__
+
+
+def test_classifier_resume_continues_the_same_curve(tmp_path, toy):
+    def losses(run):
+        return [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+    extra = dict(train__max_steps=20, train__eval_interval=10, train__lr_decay_steps=20, train__log_interval=1,
+                 train__learning_rate=3e-3)
+    train_classifier(toy_config(tmp_path, toy, "text_cnn", out="straight", **extra), quiet=True)
+    train_classifier(toy_config(tmp_path, toy, "text_cnn", out="resumed", **{**extra, "train__max_steps": 10}), quiet=True)
+    train_classifier(toy_config(tmp_path, toy, "text_cnn", out="resumed", **extra), resume=True, quiet=True)
+    assert len(losses("straight")) == len(losses("resumed")) == 20
+    for a, b in zip(losses("straight"), losses("resumed")):
+        assert abs(a - b) < 1e-6

@@ -6,14 +6,28 @@ import json
 from pathlib import Path
 
 
+def _save_png(fig, out_path: str | Path) -> Path:
+    """Render, close, and write atomically (a killed run never leaves half a PNG)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from nanonlp.checkpoint import atomic_write_bytes
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(out_path, buffer.getvalue())
+    return Path(out_path)
+
+
 def loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     """Training loss per log step and validation loss per evaluation, against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from nanonlp.checkpoint import atomic_write_bytes
 
     metrics_path = Path(metrics_path)
     if not metrics_path.is_file():
@@ -36,26 +50,15 @@ def loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(out_path, buffer.getvalue())
-    return Path(out_path)
+    return _save_png(fig, out_path)
 
 
 def confusion_matrix(matrix: list[list[int]], labels: list[str], out_path: str | Path) -> Path:
     """Rows gold, columns predicted; counts written in the cells when there are few classes."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from nanonlp.checkpoint import atomic_write_bytes
 
     n = len(labels)
     size = min(4 + 0.35 * n, 30)
@@ -72,9 +75,4 @@ def confusion_matrix(matrix: list[list[int]], labels: list[str], out_path: str |
                 ax.text(j, i, str(matrix[i][j]), ha="center", va="center", color="white" if matrix[i][j] > peak / 2 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(out_path, buffer.getvalue())
-    return Path(out_path)
+    return _save_png(fig, out_path)

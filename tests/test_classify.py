@@ -1,8 +1,6 @@
 """Text classification: readers, loss, metrics, calibration, and the task end to end on toy data."""
 
 import json
-import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanonlp.errors import ConfigError, NanoNLPError
-from nanonlp.models.layers import Dropout
+from nanonlp.errors import ConfigError
+from nanonlp.models.layers import Dropout, check_data_fields
 
 
 @dataclass
@@ -36,10 +36,7 @@ class BagOfNgramsConfig:
 class BagOfNgrams(nn.Module):
     def __init__(self, config: BagOfNgramsConfig):
         super().__init__()
-        if config.vocab_size < 1 or config.num_classes < 1:
-            raise NanoNLPError("BagOfNgramsConfig.vocab_size and num_classes must be set from the data before building the model.")
-        if not 0 <= config.pad_id < config.vocab_size:
-            raise NanoNLPError(f"BagOfNgramsConfig.pad_id ({config.pad_id}) must be an id below vocab_size ({config.vocab_size}).")
+        check_data_fields(config)
         self.config = config
         # The mask in forward is what makes padding harmless; padding_idx also pins the padding row
         # at zero (no gradient), so a caller that forgets the mask still adds nothing to the sum.

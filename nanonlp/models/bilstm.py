@@ -16,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nanonlp.errors import ConfigError, NanoNLPError
-from nanonlp.models.layers import Dropout
+from nanonlp.errors import ConfigError
+from nanonlp.models.layers import Dropout, check_data_fields
 
 
 @dataclass
@@ -60,10 +60,7 @@ class AttentionPooling(nn.Module):
 class BiLSTMClassifier(nn.Module):
     def __init__(self, config: BiLSTMConfig):
         super().__init__()
-        if config.vocab_size < 1 or config.num_classes < 1:
-            raise NanoNLPError("BiLSTMConfig.vocab_size and num_classes must be set from the data before building the model.")
-        if not 0 <= config.pad_id < config.vocab_size:
-            raise NanoNLPError(f"BiLSTMConfig.pad_id ({config.pad_id}) must be an id below vocab_size ({config.vocab_size}).")
+        check_data_fields(config)
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.n_embd, padding_idx=config.pad_id)
         # nn.LSTM applies dropout between layers only; a one-layer stack would warn about it.

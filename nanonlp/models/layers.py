@@ -6,6 +6,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanonlp.errors import NanoNLPError
+
+
+def check_data_fields(config) -> None:
+    """A from-scratch classifier's sizes come from the data (tokenizer and labels): they must be set."""
+    name = type(config).__name__
+    if config.vocab_size < 1 or config.num_classes < 1:
+        raise NanoNLPError(f"{name}.vocab_size and num_classes must be set from the data before building the model.")
+    if not 0 <= config.pad_id < config.vocab_size:
+        raise NanoNLPError(f"{name}.pad_id ({config.pad_id}) must be an id below vocab_size ({config.vocab_size}).")
+
 
 class Dropout(nn.Module):
     """Inverted dropout (Srivastava et al. 2014), with a faster mask on CPUs.

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanonlp.errors import ConfigError, NanoNLPError
-from nanonlp.models.layers import Dropout
+from nanonlp.errors import ConfigError
+from nanonlp.models.layers import Dropout, check_data_fields
 
 
 @dataclass
@@ -49,10 +49,7 @@ class TextCNNConfig:
 class TextCNN(nn.Module):
     def __init__(self, config: TextCNNConfig):
         super().__init__()
-        if config.vocab_size < 1 or config.num_classes < 1:
-            raise NanoNLPError("TextCNNConfig.vocab_size and num_classes must be set from the data before building the model.")
-        if not 0 <= config.pad_id < config.vocab_size:
-            raise NanoNLPError(f"TextCNNConfig.pad_id ({config.pad_id}) must be an id below vocab_size ({config.vocab_size}).")
+        check_data_fields(config)
         self.config = config
         self.widths = config.widths()
         # padding_idx pins the padding vector at zero, the same zeros the model appends itself

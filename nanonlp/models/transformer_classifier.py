@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanonlp.errors import ConfigError, NanoNLPError
-from nanonlp.models.layers import Dropout
+from nanonlp.models.layers import Dropout, check_data_fields
 
 
 @dataclass
@@ -93,10 +93,7 @@ class EncoderBlock(nn.Module):
 class TransformerClassifier(nn.Module):
     def __init__(self, config: TransformerClassifierConfig):
         super().__init__()
-        if config.vocab_size < 1 or config.num_classes < 1:
-            raise NanoNLPError("TransformerClassifierConfig.vocab_size and num_classes must be set from the data before building the model.")
-        if not 0 <= config.pad_id < config.vocab_size:
-            raise NanoNLPError(f"TransformerClassifierConfig.pad_id ({config.pad_id}) must be an id below vocab_size ({config.vocab_size}).")
+        check_data_fields(config)
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd, padding_idx=config.pad_id)
         self.position_embedding = nn.Embedding(config.max_length, config.n_embd)

@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from nanonlp import checkpoint
-from nanonlp.config import ClassifyConfig, ClassifyDataConfig, Config, dump_yaml, from_dict, read_yaml, to_dict
+from nanonlp.config import ClassifyDataConfig, Config, dump_yaml, from_dict, read_yaml, to_dict
 from nanonlp.data import catalog
 from nanonlp.data.readers import OUT_OF_SCOPE, Example, read_examples
 from nanonlp.data.tokenizers import BPETokenizer, WordPieceTokenizer, WordTokenizer, load_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature, multilabel_report
 from nanonlp.models import BertClassifier, BertClassifierConfig, GPTClassifier, GPTClassifierConfig, build_model
-from nanonlp.train import TrainingJob, autocast, init_distributed, resolve_device, resolve_dtype, train
+from nanonlp.train import TrainingJob, init_distributed, resolve_device, resolve_dtype, train
 
 PRETRAINED = (BertClassifierConfig, GPTClassifierConfig)
 

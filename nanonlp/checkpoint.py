@@ -140,14 +140,20 @@ def write_step_checkpoint(run_dir: Path, step: int, model, train_state: dict, ke
             save_weights(model, tmp / "model.safetensors")
         _atomic(tmp / "train_state.pt", lambda t: torch.save(train_state, t))
         final = folder / name
-        if final.exists():  # the same step saved again after a resume
-            shutil.rmtree(final)
+        old = None
+        if final.exists():  # the same step saved again after a resume: move it aside, never delete first
+            old = folder / f".{name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            atomic_write_text(folder / LATEST, old.name + "\n")
         os.replace(tmp, final)
         _fsync_dir(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_text(folder / LATEST, name + "\n")
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     steps = sorted(p for p in folder.glob("step_*") if p.is_dir())
     for old in steps[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -289,7 +289,14 @@ def _trim_metrics(path: Path, step: int) -> None:
     """After a resume, drop log lines a killed run wrote past its last checkpoint."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # half a line from a run killed while writing it
+        if record.get("step", 0) <= step:
+            kept.append(line)
     checkpoint.atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -354,18 +361,26 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
         step, elapsed_before, best = state["step"], state["elapsed_s"], state["best"]
         rng = state["rng"]
         _set_rng_state(rng[dist.rank] if len(rng) == dist.world_size else rng[0])
-        job.load_data_state(state["data"])
+        data = state["data"]
+        if isinstance(data, list):  # one sampler state per rank
+            data = data[dist.rank] if len(data) == dist.world_size else data[0]
+        job.load_data_state(data)
         if dist.is_main:
             _trim_metrics(metrics_path, step)
         if not quiet:
             print(f"resuming from {latest} (step {step})", file=sys.stderr)
-    elif resume and not quiet:
-        print(f"no checkpoint in {run_dir} yet; starting from step 0", file=sys.stderr)
+    elif resume:
+        if dist.is_main:
+            _trim_metrics(metrics_path, 0)  # lines of a run killed before its first checkpoint
+        if not quiet:
+            print(f"no checkpoint in {run_dir} yet; starting from step 0", file=sys.stderr)
 
     sharded = False
     if cfg.fsdp and not dist.enabled and not quiet:
         print("train.fsdp needs several processes (torchrun); training unsharded", file=sys.stderr)
     if cfg.fsdp and dist.enabled:
+        if dtype == torch.float16:
+            raise ConfigError("train.fsdp with train.dtype float16 is not supported (the gradient scaler would see one shard); use bfloat16.")
         shard_model(model)
         sharded = True
     compiled = model
@@ -408,11 +423,13 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
             checkpoint.save_state_dict(weights, path, model)
 
     def save(step: int, weights: dict | None, optimizer_state: dict) -> None:
-        # Every rank's RNG state, so a resumed run draws the same dropout masks on each.
-        rng = [_rng_state()]
+        # Every rank's RNG and sampler state, so a resumed run draws the same dropout masks and
+        # batches on each.
+        rng, data = [_rng_state()], [job.data_state()]
         if dist.enabled:
-            rng = [None] * dist.world_size
+            rng, data = [None] * dist.world_size, [None] * dist.world_size
             torch.distributed.all_gather_object(rng, _rng_state())
+            torch.distributed.all_gather_object(data, job.data_state())
         if not dist.is_main:
             return
         state = {
@@ -420,7 +437,7 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
             "elapsed_s": elapsed_before + (time.perf_counter() - start_time),
             "optimizer": optimizer_state,
             "rng": rng,
-            "data": job.data_state(),
+            "data": data,
             "best": best,
             "fsdp": sharded,
         }
@@ -443,15 +460,20 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.devic
                 metrics = {k: float(v) for k, v in job.evaluate(compiled).items()}
             model.train()
         weights, optimizer_state = full_state()
+        improved = False
         if dist.is_main:
             log({"step": step, **metrics, "elapsed_s": round(elapsed_before + time.perf_counter() - start_time, 3)})
-            if _better(metrics[job.monitor], best.get(job.monitor), job.monitor_mode):
+            improved = _better(metrics[job.monitor], best.get(job.monitor), job.monitor_mode)
+            if improved:
                 best = {"step": step, **metrics}
-                save_weights(run_dir / "model.safetensors", weights)
-                checkpoint.save_json(run_dir / "best.json", best)
             if not quiet:
                 tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
+        # The step checkpoint (which records `best`) first, then the best weights: a kill between
+        # the two leaves a resumable state whose best.json is at worst one evaluation old.
         save(step, weights, optimizer_state)
+        if improved:
+            save_weights(run_dir / "model.safetensors", weights)
+            checkpoint.save_json(run_dir / "best.json", best)
         dist.barrier()
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=quiet or not sys.stderr.isatty(), unit="step", dynamic_ncols=True)

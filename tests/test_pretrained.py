@@ -49,3 +49,14 @@ def test_fine_tune_from_huggingface_weights(gpt2_folder, tmp_path, corpus):
     with torch.no_grad():
         assert torch.allclose(model.model(idx)[0], hf(idx).logits, atol=1e-4)
     assert model.tokenizer.encode("To be") == tokenizer.encode("To be")
+
+
+def test_resume_a_fine_tuned_gpt2_run(gpt2_folder, tmp_path, corpus):
+    folder, _, _ = gpt2_folder
+    overrides = tiny_overrides(corpus, tmp_path / "ft", train__init_from=folder, train__max_steps=2, train__eval_interval=2,
+                               model__block_size=32)
+    train_lm(load_config(None, overrides), quiet=True)
+    # the user's config still has the default shape; the run's shape came from the GPT-2 folder
+    defaults = [o for o in overrides if not o.startswith("--model.n_")]  # n_layer 6, n_embd 384, ... as in a user's YAML
+    result = train_lm(load_config(None, defaults + ["--train.max_steps=4"]), resume=True, quiet=True)
+    assert result.step == 4

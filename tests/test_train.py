@@ -175,3 +175,32 @@ def test_resume_with_a_different_model_is_refused(tiny_config):
     train_lm(tiny_config(train__max_steps=2, train__eval_interval=2), quiet=True)
     with pytest.raises(NanoNLPError, match="model.n_layer=2"):
         train_lm(tiny_config(model__n_layer=3), resume=True, quiet=True)
+
+
+def test_resume_survives_a_half_written_log_line(tiny_config):
+    train_lm(tiny_config(train__max_steps=10, train__lr_decay_steps=20), quiet=True)
+    metrics = Path(tiny_config().train.out_dir) / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 11, "lo')  # killed in the middle of a write
+    train_lm(tiny_config(train__lr_decay_steps=20), resume=True, quiet=True)
+    steps = [r["step"] for r in read_metrics(metrics.parent) if "loss" in r]
+    assert steps == list(range(1, 21))
+
+
+def test_resume_before_the_first_checkpoint_starts_a_clean_log(tiny_config):
+    import shutil
+
+    train_lm(tiny_config(train__max_steps=5), quiet=True)
+    run = Path(tiny_config().train.out_dir)
+    shutil.rmtree(run / "checkpoints")  # as if killed before its first checkpoint
+    train_lm(tiny_config(train__max_steps=5), resume=True, quiet=True)
+    steps = [r["step"] for r in read_metrics(run) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_saving_the_same_step_twice_keeps_a_valid_latest(tmp_path):
+    cfg = TrainConfig(max_steps=4, eval_interval=2, log_interval=1, dtype="float32")
+    train(_linear_job(), cfg, tmp_path, torch.device("cpu"), quiet=True)
+    checkpoint.write_step_checkpoint(tmp_path, 4, torch.nn.Linear(4, 1), {"step": 4}, keep=2)
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step_00000004"
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]

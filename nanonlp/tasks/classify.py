@@ -115,8 +115,10 @@ class BatchSampler:
             self._new_epoch()
         rows = self.batches[self.position]
         self.position += 1
-        input_ids, mask = self.encoder.batch([self.ids[i] for i in rows], self.device)
-        return input_ids, mask, self.targets[rows].to(self.device)
+        id_lists = [self.ids[i] for i in rows]
+        input_ids, mask = self.encoder.batch(id_lists, self.device)
+        # The real-token count rides along, counted on the host: no GPU sync just for throughput.
+        return input_ids, mask, self.targets[rows].to(self.device), sum(len(ids) for ids in id_lists)
 
     def state_dict(self) -> dict:
         flat = torch.tensor([i for b in self.batches for i in b], dtype=torch.long)
@@ -318,7 +320,7 @@ def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, ove
     dev_ids_known = [ids for ids, e in zip(dev_ids, dev) if multi or e.label in labels]
 
     def loss(model, batch):
-        input_ids, mask, y = batch
+        input_ids, mask, y, _ = batch
         logits, _ = model(input_ids, mask)
         return classification_loss(logits, y, weights, multi)
 
@@ -340,14 +342,15 @@ def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, ove
               f"{str(resolve_dtype(cfg.train.dtype, device)).replace('torch.', '')}", file=sys.stderr)
     job = TrainingJob(
         model=model, train_batch=sampler, loss=loss, evaluate=evaluate,
-        batch_tokens=lambda batch: int(batch[1].sum()),
+        batch_tokens=lambda batch: batch[3],
         data_state=sampler.state_dict, load_data_state=sampler.load_state_dict,
         monitor="val_micro_f1" if multi else "val_accuracy", monitor_mode="max",
         flops_per_token=model.flops_per_token(),
     )
     result = train(job, cfg.train, run_dir, device, resume=resume, quiet=quiet)
     if dist.is_main:
-        finish_run(cfg, run_dir, model, encoder, labels, dev, device, quiet)
+        # A fresh unsharded copy: under FSDP the trained model's forward would need every rank.
+        finish_run(cfg, run_dir, build_model(cfg.model).to(device), encoder, labels, dev, device, quiet)
         from nanonlp.plots import loss_curve
 
         loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")

@@ -111,8 +111,8 @@ def _check_resume_compatible(cfg: Config, saved: Config) -> None:
     for section in ("data", "model"):
         ours, theirs = to_dict(cfg)[section], to_dict(saved)[section]
         for key, value in theirs.items():
-            if key == "vocab_size":
-                continue
+            if key == "vocab_size" or (section == "model" and cfg.train.init_from and key != "dropout"):
+                continue  # a fine-tuned GPT-2's shape comes from its folder, not from the config
             if ours.get(key) != value:
                 raise ConfigError(
                     f"cannot resume: the run in '{cfg.train.out_dir}' was trained with {section}.{key}={value!r} "

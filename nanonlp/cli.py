@@ -126,6 +126,8 @@ def cmd_sample(args) -> None:
 def _run_task(run_dir: str) -> str:
     import yaml
 
+    if not Path(run_dir).is_dir():
+        raise NanoNLPError(f"run directory '{run_dir}' does not exist; pass the train.out_dir of a finished run.")
     config = Path(run_dir) / "config.yaml"
     if not config.is_file():
         return "lm"  # a Hugging Face GPT-2 folder, or an error reported by the loader

@@ -8,13 +8,9 @@ __version__ = "0.1.0"
 def load(run_dir, device: str = "auto"):
     """Rebuild a trained model from its run directory, ready to use: a language model (`.generate`)
     or a text classifier (`.predict`), as the run's config.yaml says."""
-    from pathlib import Path
+    from nanonlp.checkpoint import run_task
 
-    import yaml
-
-    config = Path(run_dir) / "config.yaml"
-    task = (yaml.safe_load(config.read_text()) or {}).get("task", "lm") if config.is_file() else "lm"
-    if task == "classify":
+    if run_task(run_dir) == "classify":
         from nanonlp.tasks.classify import load as load_classifier
 
         return load_classifier(run_dir, device)

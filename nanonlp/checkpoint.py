@@ -115,6 +115,28 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
     return has_run
 
 
+def read_huggingface_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face model folder: model.safetensors, else pytorch_model.bin (weights only)."""
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise NanoNLPError(f"'{folder}' has neither model.safetensors nor pytorch_model.bin; copy the weights file there.")
+
+
+def run_task(run_dir: str | Path) -> str:
+    """The task a run directory was trained for ("lm" for a Hugging Face GPT-2 folder, which has no config.yaml)."""
+    import yaml
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        return "lm"
+    return (yaml.safe_load(config.read_text()) or {}).get("task", "lm")
+
+
 def save_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 

@@ -124,14 +124,11 @@ def cmd_sample(args) -> None:
 
 
 def _run_task(run_dir: str) -> str:
-    import yaml
+    from nanonlp.checkpoint import run_task
 
     if not Path(run_dir).is_dir():
         raise NanoNLPError(f"run directory '{run_dir}' does not exist; pass the train.out_dir of a finished run.")
-    config = Path(run_dir) / "config.yaml"
-    if not config.is_file():
-        return "lm"  # a Hugging Face GPT-2 folder, or an error reported by the loader
-    return (yaml.safe_load(config.read_text()) or {}).get("task", "lm")
+    return run_task(run_dir)
 
 
 def cmd_classify(args) -> None:

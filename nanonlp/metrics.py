@@ -1,14 +1,9 @@
-"""Metrics: perplexity for language models; accuracy, precision/recall/F1, calibration for classifiers."""
+"""Metrics for classifiers: accuracy, precision/recall/F1, confusion matrices, calibration."""
 
 from __future__ import annotations
 
-import math
 
 import torch
-
-
-def perplexity(loss_nats: float) -> float:
-    return math.exp(loss_nats)
 
 
 def confusion_matrix(gold: list[int], predicted: list[int], num_classes: int) -> torch.Tensor:

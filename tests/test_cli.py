@@ -83,11 +83,11 @@ def test_evaluate_scores_every_token_once_with_context(trained_run):
 
 
 def test_run_directory_is_self_sufficient(trained_run, tmp_path):
+    before = nanonlp.load(trained_run, device="cpu").generate("To", max_new_tokens=20, temperature=0)
     moved = tmp_path / "elsewhere"
     trained_run.rename(moved)  # nothing refers back to the original path or the corpus
     (tmp_path / "corpus.txt").unlink()
-    model = nanonlp.load(moved, device="cpu")
-    assert model.generate("To", max_new_tokens=5, temperature=0).startswith("To")
+    assert nanonlp.load(moved, device="cpu").generate("To", max_new_tokens=20, temperature=0) == before
 
 
 def test_char_rnn_config_trains_and_samples(tmp_path, corpus, capsys):
@@ -97,7 +97,11 @@ def test_char_rnn_config_trains_and_samples(tmp_path, corpus, capsys):
           "--train.eval_interval=10", "--train.eval_batches=1", "--train.batch_size=4", "--train.device=cpu",
           "--model.hidden_size=32", "--model.n_embd=16", "--model.block_size=16"])
     main(["sample", str(out), "--prompt", "To", "--max-new-tokens", "10", "--seed", "1"])
-    assert capsys.readouterr().out.startswith("To")
+    text = capsys.readouterr().out
+    assert text.startswith("To") and len(text) == len("To") + 10 + 1  # ten characters, then the newline
+    assert set(text[2:-1]) <= set(VERSE)  # only characters of the training corpus
+    assert nanonlp.load(out, device="cpu").generate("To", max_new_tokens=10, seed=1) + "\n" == text
+    assert type(nanonlp.load(out, device="cpu").model).__name__ == "CharRNN"
 
 
 def test_bpe_tokenizer_run(tmp_path, corpus):

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanonlp.checkpoint import read_huggingface_weights
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.models.layers import Dropout
 
@@ -232,7 +233,7 @@ class BertEncoder(nn.Module):
         except ConfigError as error:
             raise NanoNLPError(f"config.json in '{folder}' does not describe a supported BERT: {error}") from None
         state = {}
-        for name, tensor in _read_weights(folder).items():
+        for name, tensor in read_huggingface_weights(folder).items():
             name = name.removeprefix("bert.")
             # very old TensorFlow conversions name LayerNorm parameters gamma and beta
             name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
@@ -274,14 +275,6 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "mean") 
     raise NanoNLPError(f"unknown pooling '{how}'; use mean or cls.")
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise NanoNLPError(f"'{folder}' has neither model.safetensors nor pytorch_model.bin; copy the weights file there.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,9 +315,6 @@ class BertClassifier(nn.Module):
 
     def head_parameters(self):
         return self.classifier.parameters()
-
-    def body_parameters(self):
-        return self.bert.parameters()
 
     def flops_per_token(self) -> float:
         return 6 * sum(p.numel() for n, p in self.bert.named_parameters() if "embeddings" not in n)

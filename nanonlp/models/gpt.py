@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanonlp.checkpoint import read_huggingface_weights
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.models.layers import Dropout
 
@@ -213,7 +214,7 @@ class GPT(nn.Module):
             block_size=hf["n_positions"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
             dropout=dropout, bias=True, vocab_size=hf["vocab_size"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
         )
-        state = _read_weights(folder)
+        state = read_huggingface_weights(folder)
         model = cls(config)
         # HF GPT-2 uses Conv1D, whose weight is the transpose of nn.Linear's.
         transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -235,14 +236,6 @@ class GPT(nn.Module):
         return model
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise NanoNLPError(f"'{folder}' has neither model.safetensors nor pytorch_model.bin.")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ training loop for this task.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -327,7 +326,3 @@ def load(run_dir: str | Path, device: str = "auto") -> LanguageModel:
     model.to(torch_device)
     return LanguageModel(model, load_tokenizer(run_dir), cfg, torch_device, run_dir)
 
-
-def model_summary(run_dir: Path) -> dict:
-    best = run_dir / "best.json"
-    return json.loads(best.read_text()) if best.is_file() else {}

@@ -6,10 +6,14 @@ __version__ = "0.1.0"
 
 
 def load(run_dir, device: str = "auto"):
-    """Rebuild a trained model from its run directory, ready to use: a language model (`.generate`)
-    or a text classifier (`.predict`), as the run's config.yaml says."""
+    """Rebuild a trained model from its run directory, ready to use: a language model (`.generate`),
+    a text classifier (`.predict`) or a translator (`.translate`), as the run's config.yaml says."""
     from nanonlp.checkpoint import run_task
 
+    if run_task(run_dir) == "translate":
+        from nanonlp.tasks.translate import load as load_translator
+
+        return load_translator(run_dir, device)
     if run_task(run_dir) == "classify":
         from nanonlp.tasks.classify import load as load_classifier
 

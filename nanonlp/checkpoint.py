@@ -194,3 +194,44 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_train_state(folder: Path) -> dict:
     return torch.load(folder / "train_state.pt", map_location="cpu", weights_only=True)
+
+
+def average_checkpoints(run_dir: str | Path, last: int, out_dir: str | Path) -> list[Path]:
+    """Average the weights of the last `last` step checkpoints of a run (Vaswani et al. 2017 average the
+    last 5 or 20) into a new run directory: a copy of the run with the averaged model.safetensors.
+    Returns the checkpoints averaged."""
+    from safetensors.torch import load_file, save_file
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise NanoNLPError(f"'{run_dir}' is not a run directory (it has no config.yaml).")
+    steps = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if p.is_dir() and (p / "model.safetensors").is_file())
+    if last < 1:
+        raise NanoNLPError(f"--last must be at least 1, got {last}.")
+    if len(steps) < last:
+        raise NanoNLPError(f"'{run_dir}' keeps {len(steps)} step checkpoint(s), fewer than --last {last}; average fewer, "
+                           "or train with a larger train.keep_checkpoints.")
+    if out_dir.exists():
+        raise NanoNLPError(f"'{out_dir}' already exists; choose another --out or delete it.")
+    chosen = steps[-last:]
+    total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for folder in chosen:
+        for name, tensor in load_file(str(folder / "model.safetensors")).items():
+            dtypes[name] = tensor.dtype
+            total[name] = total.get(name, 0) + tensor.double()
+    averaged = {name: (t / len(chosen)).to(dtypes[name]).contiguous() for name, t in total.items()}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        for item in run_dir.iterdir():
+            if item.name in ("checkpoints", "model.safetensors") or item.name.startswith("."):
+                continue
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        save_file(averaged, str(tmp / "model.safetensors"))
+        save_json(tmp / "averaged.json", {"run": str(run_dir), "checkpoints": [p.name for p in chosen]})
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return chosen

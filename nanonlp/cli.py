@@ -24,6 +24,11 @@ EXAMPLES = """examples:
   nanonlp classify runs/sst2_cnn "an utterly charming film"
   nanonlp classify runs/sst2_cnn --input reviews.csv --text-column review --output predictions.csv
   nanonlp eval runs/sst2_cnn --data ../shared/data/sst2/dev.txt
+  nanonlp train configs/multi30k_en_de_transformer.yaml
+  nanonlp translate runs/multi30k_en_de_transformer --beam 5 < sentences.en > sentences.de
+  nanonlp translate runs/multi30k_en_de_transformer "A man is riding a bike." --plot-attention attn.png
+  nanonlp eval runs/multi30k_en_de_transformer --src test.en --ref test.de
+  nanonlp average runs/multi30k_en_de_transformer --last 5
 """
 
 
@@ -62,13 +67,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", default="utf-8", help="encoding of --input")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
+    p = commands.add_parser("translate", help="translate sentences with a trained translation model")
+    p.add_argument("run_dir", help="run directory of a translation run")
+    p.add_argument("texts", nargs="*", help="sentences to translate (default: --input, else one sentence per line on stdin)")
+    p.add_argument("--input", help="a file with one sentence per line")
+    p.add_argument("--output", help="write the translations here, one per line (default: stdout)")
+    p.add_argument("--beam", type=int, help="beam width (default: the run's translate.beam_size); 1 is greedy")
+    p.add_argument("--nbest", type=int, default=1, help="print this many translations per sentence: INDEX<TAB>SCORE<TAB>TEXT")
+    p.add_argument("--length-penalty", type=float, help="GNMT alpha (default: the run's translate.length_penalty)")
+    p.add_argument("--batch-size", type=int, help="sentences translated at once (default: the run's translate.batch_size)")
+    p.add_argument("--plot-attention", metavar="PNG", help="write the attention heatmap of the (first) sentence here")
+    p.add_argument("--layer", type=int, default=-1, help="Transformer: the decoder layer whose cross-attention is plotted (default: last)")
+    p.add_argument("--encoding", default="utf-8", help="encoding of --input")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    p = commands.add_parser("average", help="average the last checkpoints of a run into a new run directory")
+    p.add_argument("run_dir", help="run directory written by `nanonlp train`")
+    p.add_argument("--last", type=int, default=5, help="how many of the newest step checkpoints to average")
+    p.add_argument("--out", help="the new run directory (default: RUN_avgN beside the run)")
+
     p = commands.add_parser("eval", help="evaluate a trained model: a language model's loss, perplexity and bits per "
-                            "character; a classifier's accuracy, P/R/F1, confusion matrix and calibration")
+                            "character; a classifier's accuracy, P/R/F1, confusion matrix and calibration; "
+                            "a translator's BLEU and chrF")
     p.add_argument("run_dir", help="run directory written by `nanonlp train`")
     p.add_argument("--data", help="a file or catalog name (default: the run's validation split, or a classifier's test split)")
     p.add_argument("--format", default="auto", help="classifier data layout: auto, label_text, csv, tsv, jsonl, clinc, sms")
     p.add_argument("--plot", help="classifier: where to write the confusion-matrix PNG (default: RUN/confusion.png)")
     p.add_argument("--encoding", default=None, help="encoding of --data (default: the run's data.encoding, or utf-8)")
+    p.add_argument("--src", help="translator: source sentences, one per line (default: the run's test split)")
+    p.add_argument("--ref", help="translator: reference translations of --src, one per line")
+    p.add_argument("--beam", type=int, help="translator: beam width (default: the run's translate.beam_size)")
+    p.add_argument("--output", help="translator: also write the translations here, one per line")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
@@ -83,6 +112,8 @@ def cmd_train(args, overrides: list[str]) -> None:
     cfg = load_config(args.config, overrides)
     if cfg.task == "classify":
         from nanonlp.tasks.classify import train_classifier as run
+    elif cfg.task == "translate":
+        from nanonlp.tasks.translate import train_translator as run
     else:
         from nanonlp.tasks.lm import train_lm as run
     try:
@@ -223,9 +254,102 @@ def cmd_eval_classifier(args) -> None:
         print(f"\nconfusion matrix: {plot}")
 
 
+def _read_lines(path: str, encoding: str = "utf-8") -> list[str]:
+    from nanonlp.data.readers import read_text
+
+    return read_text(path, encoding).splitlines()
+
+
+def _write_lines(lines: list[str], path: str | None) -> None:
+    if path is None:
+        for line in lines:
+            print(line, flush=True)
+        return
+    from nanonlp.checkpoint import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def cmd_translate(args) -> None:
+    from nanonlp.tasks.translate import load
+
+    if _run_task(args.run_dir) != "translate":
+        raise NanoNLPError(f"'{args.run_dir}' is not a translation run; `nanonlp translate` needs one trained with task: translate.")
+    for name in ("beam", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if args.nbest < 1:
+        raise ConfigError(f"--nbest must be at least 1, got {args.nbest}.")
+    if args.texts and args.input:
+        raise ConfigError("give sentences as arguments or with --input, not both.")
+    translator = load(args.run_dir, args.device)
+    if args.texts:
+        texts = args.texts
+    elif args.input:
+        texts = _read_lines(args.input, args.encoding)
+    else:
+        texts = sys.stdin.read().splitlines()
+    if not texts:
+        raise NanoNLPError("nothing to translate: give sentences as arguments, with --input FILE, or on stdin.")
+    beam = args.beam or translator.config.translate.beam_size
+    nbest = translator.translate_nbest(texts, beam, args.nbest, args.batch_size, args.length_penalty)
+    if args.nbest == 1:
+        _write_lines([n[0][0] for n in nbest], args.output)
+    else:
+        _write_lines([f"{i}\t{score:.4f}\t{text}" for i, options in enumerate(nbest) for text, score in options], args.output)
+    if args.output:
+        print(f"wrote {len(texts):,} translation(s) to {args.output}", file=sys.stderr)
+    if args.plot_attention:
+        from nanonlp.plots import attention_heatmap
+
+        source, target, weights = translator.attention(texts[0], beam, args.layer)
+        family = type(translator.model).__name__
+        title = f"{family} cross-attention, layer {args.layer}, mean of heads" if family == "Transformer" else f"{family} attention"
+        attention_heatmap(weights.numpy(), source, target, args.plot_attention, title)
+        print(f"attention heatmap: {args.plot_attention}", file=sys.stderr)
+
+
+def cmd_average(args) -> None:
+    from nanonlp.checkpoint import average_checkpoints
+
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else run_dir.parent / f"{run_dir.name}_avg{args.last}"
+    chosen = average_checkpoints(run_dir, args.last, out)
+    print(f"averaged {', '.join(p.name for p in chosen)} into {out}", file=sys.stderr)
+
+
+def cmd_eval_translator(args) -> None:
+    from nanonlp.tasks.translate import load, load_splits
+
+    if bool(args.src) != bool(args.ref):
+        raise ConfigError("give both --src and --ref (source sentences and their reference translations), or neither.")
+    translator = load(args.run_dir, args.device)
+    if args.src:
+        encoding = args.encoding or "utf-8"
+        sources, references, where = _read_lines(args.src, encoding), _read_lines(args.ref, encoding), f"{args.src} -> {args.ref}"
+    else:
+        _, _, test = load_splits(translator.config.data)
+        sources, references, where = [p.source for p in test], [p.target for p in test], "the run's test split"
+    report, hypotheses = translator.evaluate(sources, references, args.beam)
+    if args.output:
+        _write_lines(hypotheses, args.output)
+    if args.json:
+        print(json.dumps({"data": where, "beam": args.beam or translator.config.translate.beam_size, **report}))
+        return
+    print(f"data:  {where} ({len(sources):,} sentences, beam {args.beam or translator.config.translate.beam_size})")
+    print(f"BLEU:  {report['bleu']:.2f}   {report['bleu_detail']}")
+    print(f"       {report['bleu_signature']}")
+    print(f"chrF:  {report['chrf']:.2f}   {report['chrf_signature']}")
+
+
 def cmd_eval(args) -> None:
-    if _run_task(args.run_dir) == "classify":
+    task = _run_task(args.run_dir)
+    if task == "classify":
         return cmd_eval_classifier(args)
+    if task == "translate":
+        return cmd_eval_translator(args)
+    if args.src or args.ref:
+        raise ConfigError("--src and --ref are for translation runs; a language model takes --data.")
     from nanonlp.data import catalog
     from nanonlp.data.readers import read_text
     from nanonlp.tasks.lm import DATA_DIR, load, read_ids
@@ -256,7 +380,10 @@ def cmd_data() -> None:
 
     shared = os.environ.get("NANONLP_DATA")
     for entry in CATALOG.values():
-        here = [p for p in ([Path(shared) / entry.relative_path] if shared else []) + [cache_dir() / entry.relative_path] if p.is_file()]
+        relative = f"{entry.relative_path}.{entry.languages[0]}" if entry.format == "aligned" else entry.relative_path
+        here = [p for p in ([Path(shared) / relative] if shared else []) + [cache_dir() / relative] if p.is_file()]
+        if here and entry.format == "aligned":
+            here = [f"{str(here[0])[: -len(entry.languages[0])]}{{{','.join(entry.languages)}}}"]
         where = str(here[0]) if here else ("built on first use" if entry.build else f"downloaded on first use from {entry.url}")
         print(f"{entry.name:20s} {entry.description}\n{'':20s} {where}")
 
@@ -281,6 +408,10 @@ def main(argv: list[str] | None = None) -> None:
             cmd_eval(args)
         elif args.command == "classify":
             cmd_classify(args)
+        elif args.command == "translate":
+            cmd_translate(args)
+        elif args.command == "average":
+            cmd_average(args)
         elif args.command == "data":
             cmd_data()
     except NanoNLPError as err:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from nanonlp.errors import ConfigError
-from nanonlp.models import MODEL_CONFIGS
+from nanonlp.models import TASK_MODELS
 
 
 @dataclass
@@ -157,14 +157,69 @@ class ClassifyConfig:
                 raise ConfigError("classify.class_weights must all be positive.")
 
 
+@dataclass
+class TranslateDataConfig:
+    path: str = "multi30k"  # training pairs: a catalog name (multi30k, tatoeba_en_fr), a TSV file, or a prefix P of P.<lang> files
+    dev_path: str = ""  # validation pairs, same forms; "" uses the catalog's split, else holds dev_size pairs out
+    test_path: str = ""  # test pairs for `nanonlp eval`; "" uses the catalog's split, else holds test_size pairs out
+    source_lang: str = "en"  # the language translated from (a suffix of line-aligned files; a column of catalog TSVs)
+    target_lang: str = "de"  # the language translated into
+    source_column: int = 0  # TSV files: the column of the source sentence (0 is the first)
+    target_column: int = 1  # TSV files: the column of the target sentence
+    encoding: str = "utf-8"  # text encoding of the files
+    max_length: int = 100  # training pairs with more subword tokens than this on either side are dropped
+    max_length_ratio: float = 3.0  # ... and pairs where one side is this many times longer than the other; 0 keeps them
+    dedup: bool = True  # drop repeated training pairs, and training pairs whose source is a dev or test source
+    dev_size: int = 1000  # pairs held out for validation when the data has no dev split
+    test_size: int = 1000  # pairs held out for testing when the data has no test split
+    split_seed: int = 0  # seeds that hold-out
+    vocab_size: int = 8000  # BPE vocabulary size (per language when not joint)
+    joint_vocab: bool = True  # one BPE vocabulary trained on both languages (needed by model.share_embeddings)
+    batch_tokens: int = 4096  # a training batch holds about this many tokens (source or target, the longer); replaces train.batch_size
+
+    def validate(self) -> None:
+        for name in ("max_length", "vocab_size", "batch_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("source_column", "target_column", "dev_size", "test_size", "max_length_ratio"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name} must not be negative, got {getattr(self, name)}.")
+        if self.vocab_size < 260:
+            raise ConfigError(f"data.vocab_size must be at least 260 for a byte-level BPE vocabulary, got {self.vocab_size}.")
+        if self.source_column == self.target_column:
+            raise ConfigError("data.source_column and data.target_column must differ.")
+        if self.source_lang == self.target_lang:
+            raise ConfigError(f"data.source_lang and data.target_lang are both '{self.source_lang}'; name two languages.")
+
+
+@dataclass
+class TranslateConfig:
+    label_smoothing: float = 0.1  # share of the target probability spread over the vocabulary (Szegedy et al. 2016)
+    beam_size: int = 5  # beam width for translate and eval; 1 is greedy
+    length_penalty: float = 1.0  # GNMT alpha: scores are divided by ((5 + length) / 6) ** alpha; 0 turns it off
+    max_length_ratio: float = 1.5  # a translation has at most ratio * source tokens + max_length_offset tokens
+    max_length_offset: int = 10
+    batch_size: int = 64  # sentences translated at once
+    val_sentences: int = 500  # dev sentences translated (greedy) for the validation BLEU at each evaluation; 0 skips BLEU
+
+    def validate(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"translate.label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        for name in ("beam_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"translate.{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("length_penalty", "max_length_ratio", "max_length_offset", "val_sentences"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"translate.{name} must not be negative, got {getattr(self, name)}.")
+        if self.max_length_ratio == 0 and self.max_length_offset == 0:
+            raise ConfigError("translate.max_length_ratio and max_length_offset are both 0: translations could have no tokens.")
+
+
 # The sections each task reads, beside `model` and `train`, and the model families it trains.
 TASKS = {
     "lm": {"data": DataConfig, "sample": SampleConfig},
     "classify": {"data": ClassifyDataConfig, "classify": ClassifyConfig},
-}
-TASK_MODELS = {
-    "lm": ("gpt", "char_rnn"),
-    "classify": ("bag_of_ngrams", "text_cnn", "bilstm", "transformer", "bert", "gpt_classifier"),
+    "translate": {"data": TranslateDataConfig, "translate": TranslateConfig},
 }
 
 
@@ -176,9 +231,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig | None = None  # lm
     classify: ClassifyConfig | None = None  # classify
+    translate: TranslateConfig | None = None  # translate
 
 
-SECTIONS = {"data": DataConfig, "train": TrainConfig, "sample": SampleConfig, "classify": ClassifyConfig}
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "sample": SampleConfig, "classify": ClassifyConfig, "translate": TranslateConfig}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,12 +318,12 @@ def build(cls: type, raw: dict | None, section: str, allow_derived: bool = False
 def build_model_config(raw: dict | None, allow_derived: bool = False, task: str = "lm") -> Any:
     raw = dict(raw or {})
     family = raw.pop("type", None)
-    families = TASK_MODELS[task]
+    families = TASK_MODELS[task]  # model.type -> its Config dataclass; the same name may differ between tasks
     if family is None:
         raise ConfigError(f"model.type is missing; set it to one of: {', '.join(families)}.")
     if family not in families:
         raise ConfigError(f"model.type must be one of {', '.join(families)} for task {task}, got '{family}'.")
-    return build(MODEL_CONFIGS[family], raw, "model", allow_derived)
+    return build(families[family], raw, "model", allow_derived)
 
 
 def from_dict(raw: dict, allow_derived: bool = False) -> Config:
@@ -288,11 +344,11 @@ def from_dict(raw: dict, allow_derived: bool = False) -> Config:
 
 def to_dict(cfg: Config) -> dict:
     out = {"task": cfg.task}
-    for name in ("data", "model", "train", "sample", "classify"):
+    for name in ("data", "model", "train", "sample", "classify", "translate"):
         section = getattr(cfg, name)
         if section is not None:
             out[name] = dataclasses.asdict(section)
-    model_type = next(name for name, cls in MODEL_CONFIGS.items() if isinstance(cfg.model, cls))
+    model_type = next(name for name, cls in TASK_MODELS[cfg.task].items() if type(cfg.model) is cls)
     out["model"] = {"type": model_type, **out["model"]}
     return out
 

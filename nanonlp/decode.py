@@ -7,6 +7,7 @@ generates here: GPT carries a key/value cache as its state, CharRNN its hidden s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -66,3 +67,132 @@ def generate_ids(
                 break
     finally:
         model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------------
+# translation: greedy and beam search over an encoder-decoder
+#
+# A translation model has `encode(src) -> state` and `decode_step(tokens, state, step, need_weights)
+# -> (log-probabilities (B, V), state, attention)`, where the state is a dict of tensors with the batch
+# first, so that beam search can reorder it with one index_select per tensor.
+
+
+def reorder(state: dict, index: torch.Tensor) -> dict:
+    """Keep or repeat rows of every state tensor: row i of the result is row index[i] of the input."""
+    return {k: v.index_select(0, index) for k, v in state.items()}
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """Wu et al. 2016 (GNMT): ((5 + length) / 6) ** alpha; scores are divided by it. 0 turns it off."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def _allowed(logprobs: torch.Tensor, bos_id: int, pad_id: int) -> torch.Tensor:
+    logprobs = logprobs.clone()
+    logprobs[:, bos_id] = float("-inf")  # never produced: they only start or pad a sentence
+    logprobs[:, pad_id] = float("-inf")
+    return logprobs
+
+
+@torch.no_grad()
+def greedy_search(model, src: torch.Tensor, max_lengths: torch.Tensor, bos_id: int, eos_id: int, pad_id: int) -> list[list[int]]:
+    """The most likely next token at every step, per sentence, until eos or its max length (B,).
+
+    The eos token is not part of the returned ids."""
+    state = model.encode(src)
+    B = src.size(0)
+    tokens = torch.full((B,), bos_id, dtype=torch.long, device=src.device)
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    limit = max_lengths.tolist()
+    for step in range(max(limit)):
+        logprobs, state, _ = model.decode_step(tokens, state, step)
+        logprobs = _allowed(logprobs, bos_id, pad_id)
+        tokens = logprobs.argmax(dim=-1)
+        for i, token in enumerate(tokens.tolist()):
+            if done[i]:
+                continue
+            if token == eos_id:
+                done[i] = True
+                continue
+            out[i].append(token)
+            done[i] = len(out[i]) >= limit[i]
+        if all(done):
+            break
+    return out
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without bos and eos
+    score: float  # sum of log-probabilities (eos included) divided by the length penalty
+    logprob: float  # sum of log-probabilities
+
+
+@torch.no_grad()
+def beam_search(model, src: torch.Tensor, max_lengths: torch.Tensor, beam_size: int, bos_id: int, eos_id: int, pad_id: int,
+                alpha: float = 1.0, nbest: int = 1) -> list[list[Hypothesis]]:
+    """Batched beam search; for each sentence its `nbest` best finished hypotheses, best first.
+
+    Each sentence keeps `beam_size` live hypotheses. At every step the 2 x beam best extensions are
+    ranked: an extension ending in eos among the first beam_size finishes a hypothesis, the others fill
+    the beam. A sentence is done once it has beam_size finished hypotheses; at its maximum length
+    (max_lengths, in tokens before eos) eos is the only choice. Finished hypotheses are ranked by their
+    log-probability divided by the GNMT length penalty (length counted with eos). Beam size 1 is greedy.
+    """
+    B, K = src.size(0), beam_size
+    device = src.device
+    state = reorder(model.encode(src), torch.arange(B, device=device).repeat_interleave(K))  # (B*K, ...)
+    # Only the first copy of each sentence is live at the start, so the beam does not fill with duplicates.
+    scores = torch.full((B, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)
+    history: list[list[int]] = [[] for _ in range(B * K)]
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    done = [False] * B
+    limit = max_lengths.tolist()
+    for step in range(max(limit) + 1):
+        logprobs, state, _ = model.decode_step(tokens, state, step)
+        logprobs = _allowed(logprobs, bos_id, pad_id)  # (B*K, V)
+        V = logprobs.size(1)
+        for b in range(B):
+            if step >= limit[b]:  # at the maximum length only eos may follow
+                rows = logprobs[b * K : (b + 1) * K]
+                eos = rows[:, eos_id].clone()
+                rows.fill_(float("-inf"))
+                rows[:, eos_id] = eos
+        candidates = (scores[:, :, None] + logprobs.view(B, K, V)).view(B, K * V)  # (B, K*V)
+        top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)
+        top_scores, top_index = top_scores.tolist(), top_index.tolist()
+        next_rows, next_tokens, next_scores = [], [], []
+        for b in range(B):
+            kept = []
+            if not done[b]:
+                for rank, (score, index) in enumerate(zip(top_scores[b], top_index[b])):
+                    if score == float("-inf") or len(kept) == K:
+                        break
+                    beam, token = divmod(index, V)
+                    if token == eos_id:
+                        if rank < K:
+                            words = history[b * K + beam]
+                            finished[b].append(Hypothesis(list(words), score / length_penalty(len(words) + 1, alpha), score))
+                        continue
+                    kept.append((b * K + beam, token, score))
+                if len(finished[b]) >= K or not kept:
+                    done[b] = True
+            if done[b]:
+                kept = []
+            # Dead rows keep decoding a harmless token with score -inf; they never win again.
+            kept += [(b * K, eos_id, float("-inf"))] * (K - len(kept))
+            for row, token, score in kept:
+                next_rows.append(row)
+                next_tokens.append(token)
+                next_scores.append(score)
+        if all(done):
+            break
+        index = torch.tensor(next_rows, device=device)
+        history = [history[r] + [t] for r, t in zip(next_rows, next_tokens)]
+        state = reorder(state, index)
+        tokens = torch.tensor(next_tokens, device=device)
+        scores = torch.tensor(next_scores, device=device).view(B, K)
+    return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]

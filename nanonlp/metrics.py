@@ -89,3 +89,23 @@ def fit_temperature(logits: torch.Tensor, gold: torch.Tensor, steps: int = 200) 
 
     optimizer.step(closure)
     return float(log_t.detach().exp())
+
+
+def bleu_chrf(hypotheses: list[str], references: list[str]) -> dict:
+    """Corpus BLEU (Papineni et al. 2002) and chrF (Popovic 2015) of detokenised sentences, through
+    sacreBLEU (Post 2018) with its default 13a tokenisation, and the signatures that make them comparable."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} translations for {len(references)} references; they must pair up line by line.")
+    bleu, chrf = BLEU(), CHRF()
+    bleu_score = bleu.corpus_score(hypotheses, [references])
+    chrf_score = chrf.corpus_score(hypotheses, [references])
+    return {
+        "bleu": bleu_score.score,
+        "chrf": chrf_score.score,
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "bleu_detail": str(bleu_score),
+        "sentences": len(hypotheses),
+    }

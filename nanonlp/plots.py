@@ -76,3 +76,23 @@ def confusion_matrix(matrix: list[list[int]], labels: list[str], out_path: str |
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
     return _save_png(fig, out_path)
+
+
+def attention_heatmap(weights, source_tokens: list[str], target_tokens: list[str], out_path: str | Path, title: str = "") -> Path:
+    """Target tokens (rows) against source tokens (columns), shaded by attention weight. weights: (T, S)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T, S = len(target_tokens), len(source_tokens)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * S + 2), max(3.0, 0.4 * T + 1.5)), dpi=120)
+    image = ax.imshow(weights, cmap="viridis", aspect="auto", vmin=0.0)
+    ax.set_xticks(range(S), source_tokens, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(T), target_tokens, fontsize=8)
+    ax.set_xlabel("source")
+    ax.set_ylabel("translation")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return _save_png(fig, out_path)

@@ -29,7 +29,9 @@ class Entry:
     build: Callable[[], str] | None = None  # makes the file's text from an installed package instead
     member: str | None = None  # the URL is a zip archive: keep this member of it (sha256 is the member's)
     splits: tuple[tuple[str, str], ...] = ()  # other splits of the same data set: (split, catalog name)
-    format: str = "auto"  # the file's layout, for the classification readers
+    format: str = "auto"  # the file's layout: for the classification readers, or "tsv" / "aligned" pairs
+    languages: tuple[str, ...] = ()  # translation data: the languages, in column order (tsv) or as file suffixes (aligned)
+    checksums: tuple[tuple[str, str], ...] = ()  # aligned data: (language, sha256 of the uncompressed file)
 
     def split(self, name: str) -> str | None:
         return dict(self.splits).get(name)
@@ -99,6 +101,43 @@ CATALOG: dict[str, Entry] = {
             splits=(("dev", "clinc150"), ("test", "clinc150")),
             format="clinc",
         ),
+        *[
+            Entry(
+                name,
+                f"multi30k/{stem}",
+                f"Multi30k {description} (Elliott et al. 2016): English image captions with German and French translations",
+                url=f"https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{stem}.{{lang}}.gz",
+                splits=(("dev", "multi30k_val"), ("test", "multi30k_test")) if name == "multi30k" else (),
+                format="aligned",
+                languages=("en", "de", "fr"),
+                checksums=checksums,
+            )
+            for name, stem, description, checksums in [
+                ("multi30k", "train", "training split, 29,000 sentences", (
+                    ("en", "460a15fbd157e34a7a9957ee388c1ca247fe47af3ef25fb50442af6c274e0fc6"),
+                    ("de", "2c2b73fd2b548fbcde3a875e0a78d6ee94d498bfdee6bd3eae3945779e9ddf72"),
+                    ("fr", "5925a3c18f1587b6b54b87743106e6e8ab93618edb6f65d19eac0621f853a10d"))),
+                ("multi30k_val", "val", "validation split, 1,014 sentences", (
+                    ("en", "1f2a23d992769b5b3d209b0a10dd0b77c08cceb1f20dfb97ed0aafa49d107227"),
+                    ("de", "660e09eb7e1da2f856ea13ee5ad3cf6d36b3d5b0b733c857e94c5747a3dfc660"),
+                    ("fr", "5304e444d842e962b2dda4d816b70b22a1765b15401642b7ca37a67477e708dc"))),
+                ("multi30k_test", "test_2016_flickr", "test 2016 (Flickr), 1,000 sentences", (
+                    ("en", "399a4382932c1aadd3ceb9bef1008d388a64c76d4ae4e9d4728c6f4301cac182"),
+                    ("de", "4be6b5b3236b79c25475c6bb829800a7ce559e9ba7a1f6c2394fe4d40be46d16"),
+                    ("fr", "cb3160d69b002bb638e66cc7612fcd56cb0af82eadc9c142dedc438afb885ef6"))),
+            ]
+        ],
+        Entry(
+            "tatoeba_en_fr",
+            "tatoeba_eng_fra/fra.txt",
+            "Tatoeba English-French sentence pairs from manythings.org (167,130 pairs in the 2019-04-07 file)",
+            url="https://www.manythings.org/anki/fra-eng.zip",
+            # No checksum: manythings.org regenerates this file from tatoeba.org every few months
+            # (newer files add a third, attribution column, which the reader ignores).
+            member="fra.txt",
+            format="tsv",
+            languages=("en", "fr"),
+        ),
         Entry(
             "chatterbot_english",
             "chatterbot_english/dialogues.txt",
@@ -113,7 +152,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NANONLP_CACHE") or Path.home() / ".cache" / "nanonlp")
 
 
-def download(url: str, dest: Path, sha256: str | None, name: str, member: str | None = None) -> Path:
+def download(url: str, dest: Path, sha256: str | None, name: str, member: str | None = None, gzipped: bool = False) -> Path:
     """Fetch `url` to `dest` (or one member of a zip archive), verifying the checksum; nothing is left behind on failure."""
     hasher = hashlib.sha256()
     chunks = []
@@ -126,7 +165,7 @@ def download(url: str, dest: Path, sha256: str | None, name: str, member: str | 
         reason = getattr(err, "reason", err)
         raise NanoNLPError(
             f"could not download '{name}' from {url} ({reason}); without network, put the file at "
-            f"$NANONLP_DATA/{CATALOG[name].relative_path if name in CATALOG else name} or set data.path to a local copy."
+            f"$NANONLP_DATA/{dest.relative_to(cache_dir()) if dest.is_relative_to(cache_dir()) else dest.name} or set data.path to a local copy."
         ) from None
     if member is not None:
         import io
@@ -137,6 +176,14 @@ def download(url: str, dest: Path, sha256: str | None, name: str, member: str | 
         except (zipfile.BadZipFile, KeyError):
             raise NanoNLPError(f"the download of '{name}' from {url} is not a zip archive holding '{member}'.") from None
         hasher, chunks = hashlib.sha256(data), [data]
+    if gzipped:
+        import gzip
+
+        try:
+            data = gzip.decompress(b"".join(chunks))
+        except (OSError, EOFError):
+            raise NanoNLPError(f"the download of '{name}' from {url} is not a gzip file.") from None
+        hasher, chunks = hashlib.sha256(data), [data]
     if sha256 is not None and hasher.hexdigest() != sha256:
         raise NanoNLPError(
             f"the download of '{name}' from {url} has checksum {hasher.hexdigest()[:12]}..., expected {sha256[:12]}...; "
@@ -146,12 +193,16 @@ def download(url: str, dest: Path, sha256: str | None, name: str, member: str | 
     return dest
 
 
-def resolve(path_or_name: str) -> Path:
-    """A data path: an existing file as given, or a catalog name found locally or downloaded."""
+def resolve(path_or_name: str, language: str | None = None) -> Path:
+    """A data path: an existing file as given, or a catalog name found locally or downloaded.
+
+    Line-aligned translation data sets have one file per language: name it with `language`."""
     path = Path(path_or_name).expanduser()
     if path.is_file():
         return path
     entry = CATALOG.get(path_or_name)
+    if entry is not None and entry.format == "aligned":
+        return _resolve_language(entry, language)
     if entry is None:
         if path.exists():
             raise NanoNLPError(f"data path '{path}' is not a file; point data.path at a text file.")
@@ -169,3 +220,17 @@ def resolve(path_or_name: str) -> Path:
         atomic_write_bytes(cached, entry.build().encode("utf-8"))
         return cached
     return download(entry.url, cached, entry.sha256, entry.name, entry.member)
+
+
+def _resolve_language(entry: Entry, language: str | None) -> Path:
+    if language not in entry.languages:
+        raise NanoNLPError(f"'{entry.name}' has the languages {', '.join(entry.languages)}; got '{language}'. "
+                           "Set data.source_lang and data.target_lang to two of them.")
+    relative = f"{entry.relative_path}.{language}"
+    shared = os.environ.get("NANONLP_DATA")
+    if shared and (Path(shared) / relative).is_file():
+        return Path(shared) / relative
+    cached = cache_dir() / relative
+    if cached.is_file():
+        return cached
+    return download(entry.url.format(lang=language), cached, dict(entry.checksums).get(language), entry.name, gzipped=True)

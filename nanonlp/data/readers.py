@@ -197,3 +197,42 @@ def _non_empty(examples: list[Example], path: Path) -> list[Example]:
     if not examples:
         raise NanoNLPError(f"{path} holds no examples.")
     return examples
+
+
+# ---------------------------------------------------------------------------------------------------
+# sentence pairs for translation
+
+
+@dataclass(frozen=True)
+class Pair:
+    source: str
+    target: str
+
+
+def read_tsv_pairs(path: str | Path, source_column: int = 0, target_column: int = 1, encoding: str = "utf-8") -> list[Pair]:
+    """One pair per line, tab-separated (`Go.<TAB>Va !`); columns beyond the two chosen are ignored.
+
+    Blank lines are skipped; a line with too few columns is an error naming its line number."""
+    path = Path(path)
+    needed = max(source_column, target_column) + 1
+    pairs = []
+    for number, line in enumerate(_lines(path, encoding), start=1):
+        if not line.strip():
+            continue
+        columns = line.split("\t")
+        if len(columns) < needed:
+            raise NanoNLPError(f"{path}, line {number}: expected at least {needed} tab-separated columns "
+                               f"(source in column {source_column + 1}, target in column {target_column + 1}), found {len(columns)}; "
+                               "fix the line or set data.source_column / data.target_column.")
+        pairs.append(Pair(columns[source_column].strip(), columns[target_column].strip()))
+    return pairs
+
+
+def read_aligned_pairs(source_path: str | Path, target_path: str | Path, encoding: str = "utf-8") -> list[Pair]:
+    """Two files with one sentence per line, line i of one translating line i of the other."""
+    source_lines = read_text(source_path, encoding).splitlines()
+    target_lines = read_text(target_path, encoding).splitlines()
+    if len(source_lines) != len(target_lines):
+        raise NanoNLPError(f"'{source_path}' has {len(source_lines):,} lines but '{target_path}' has {len(target_lines):,}; "
+                           "line-aligned files must have one translation per line, in the same order.")
+    return [Pair(s.strip(), t.strip()) for s, t in zip(source_lines, target_lines)]

@@ -114,11 +114,22 @@ class BPETokenizer:
             ids.extend(encoding.ids)
         return ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Many single-line texts at once (Rust threads)."""
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def id_to_token(self, i: int) -> str:
         return self.tokenizer.id_to_token(i)
+
+    def token_id(self, token: str) -> int:
+        """The id of a special token such as <s>; an error if the vocabulary lacks it."""
+        i = self.tokenizer.token_to_id(token)
+        if i is None:
+            raise NanoNLPError(f"the BPE vocabulary has no {token} token; it was not trained with the special tokens this task needs.")
+        return i
 
     def save(self, folder: str | Path) -> None:
         from nanonlp.checkpoint import atomic_write_text

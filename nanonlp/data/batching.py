@@ -1,0 +1,79 @@
+"""Batching for sentence pairs: length buckets sized by token count, padding, and resumable order."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pad_batch(id_lists: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Lists of ids -> (B, longest) tensor, padded on the right."""
+    width = max(len(ids) for ids in id_lists)
+    out = torch.full((len(id_lists), width), pad_id, dtype=torch.long)
+    for row, ids in enumerate(id_lists):
+        out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def token_batches(lengths: list[int], batch_tokens: int, order: list[int]) -> list[list[int]]:
+    """Cut `order` (indices, already grouped by length) into batches whose padded size, the number of
+    sentences times the longest of them, stays within batch_tokens. A longer sentence gets a batch of its own."""
+    batches, current, longest = [], [], 0
+    for i in order:
+        new_longest = max(longest, lengths[i])
+        if current and new_longest * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, new_longest = [], lengths[i]
+        current.append(i)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    return batches
+
+
+class PairBatches:
+    """Shuffled batches of (source, target) id pairs, one epoch after another, of about batch_tokens tokens.
+
+    Each epoch shuffles the pairs, sorts them by length within chunks of 100 batches (little padding,
+    still random), cuts token-sized batches and shuffles the batches. The order depends only on the
+    seed and the position, both in `state_dict()` for an exact resume.
+    """
+
+    def __init__(self, sources: list[list[int]], targets: list[list[int]], batch_tokens: int, seed: int):
+        self.sources, self.targets, self.batch_tokens = sources, targets, batch_tokens
+        # target side: bos + tokens (input) and tokens + eos (output) have the same length, len + 1
+        self.lengths = [max(len(s), len(t) + 1) for s, t in zip(sources, targets)]
+        self.generator = torch.Generator().manual_seed(seed)
+        self.batches: list[list[int]] = []
+        self.position = 0
+
+    def _new_epoch(self) -> None:
+        order = torch.randperm(len(self.sources), generator=self.generator).tolist()
+        average = max(1, self.batch_tokens // max(1, sum(self.lengths) // max(1, len(self.lengths))))
+        chunk = 100 * average
+        order = [i for start in range(0, len(order), chunk)
+                 for i in sorted(order[start : start + chunk], key=lambda i: (self.lengths[i], len(self.sources[i])))]
+        batches = token_batches(self.lengths, self.batch_tokens, order)
+        shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
+        self.batches, self.position = [batches[i] for i in shuffle], 0
+
+    def __call__(self) -> list[int]:
+        """The indices of the next batch's pairs."""
+        if self.position >= len(self.batches):
+            self._new_epoch()
+        rows = self.batches[self.position]
+        self.position += 1
+        return rows
+
+    def state_dict(self) -> dict:
+        flat = torch.tensor([i for b in self.batches for i in b], dtype=torch.long)
+        sizes = torch.tensor([len(b) for b in self.batches], dtype=torch.long)
+        return {"generator": self.generator.get_state(), "order": flat, "sizes": sizes, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        flat, sizes = state["order"].tolist(), state["sizes"].tolist()
+        self.batches, start = [], 0
+        for size in sizes:
+            self.batches.append(flat[start : start + size])
+            start += size
+        self.position = state["position"]

@@ -136,7 +136,8 @@ def beam_search(model, src: torch.Tensor, max_lengths: torch.Tensor, beam_size: 
 
     Each sentence keeps `beam_size` live hypotheses. At every step the 2 x beam best extensions are
     ranked: an extension ending in eos among the first beam_size finishes a hypothesis, the others fill
-    the beam. A sentence is done once it has beam_size finished hypotheses; at its maximum length
+    the beam. A sentence is done once beam_size hypotheses have finished and the worst of the best
+    beam_size of them scores at least the best live hypothesis as it stands; at its maximum length
     (max_lengths, in tokens before eos) eos is the only choice. Finished hypotheses are ranked by their
     log-probability divided by the GNMT length penalty (length counted with eos). Beam size 1 is greedy.
     """
@@ -178,8 +179,14 @@ def beam_search(model, src: torch.Tensor, max_lengths: torch.Tensor, beam_size: 
                             finished[b].append(Hypothesis(list(words), score / length_penalty(len(words) + 1, alpha), score))
                         continue
                     kept.append((b * K + beam, token, score))
-                if len(finished[b]) >= K or not kept:
+                if not kept:
                     done[b] = True
+                elif len(finished[b]) >= K:
+                    # Done when the beam's k-th best finished hypothesis beats the best live one scored
+                    # as if it ended now (Hugging Face's rule). Stopping at k finished hypotheses alone
+                    # can end on poor ones while a far better hypothesis is still growing.
+                    kth = sorted((h.score for h in finished[b]), reverse=True)[K - 1]
+                    done[b] = kth >= kept[0][2] / length_penalty(step + 1, alpha)
             if done[b]:
                 kept = []
             # Dead rows keep decoding a harmless token with score -inf; they never win again.

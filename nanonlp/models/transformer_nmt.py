@@ -188,15 +188,18 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ encoder side
 
-    def encode(self, src: torch.Tensor) -> dict:
-        """The decoding state for source ids (B, S): each decoder layer's cross-attention keys and values."""
-        src_mask = src != self.config.pad_id  # (B, S)
-        attend = src_mask[:, None, None, :]  # (B, 1, 1, S)
+    def encoder_states(self, src: torch.Tensor) -> torch.Tensor:
+        """Source ids (B, S) -> the encoder's output (B, S, C)."""
+        attend = (src != self.config.pad_id)[:, None, None, :]  # (B, 1, 1, S)
         x = self.embed(self.source_embedding, src)
         for layer in self.encoder_layers:
             x = layer(x, attend)
-        memory = self.encoder_ln(x)  # (B, S, C)
-        state = {"src_mask": src_mask}
+        return self.encoder_ln(x)
+
+    def encode(self, src: torch.Tensor) -> dict:
+        """The decoding state for source ids (B, S): each decoder layer's cross-attention keys and values."""
+        memory = self.encoder_states(src)  # (B, S, C)
+        state = {"src_mask": src != self.config.pad_id}
         for i, layer in enumerate(self.decoder_layers):
             state[f"memory_k{i}"], state[f"memory_v{i}"] = layer.cross_attn.keys_values(memory)
         return state

@@ -140,8 +140,8 @@ class Seq2Seq(nn.Module):
 
     # ------------------------------------------------------------------ decoder side
 
-    def decode_step(self, tokens: torch.Tensor, state: dict, step: int = 0, need_weights: bool = False):
-        """One target step. tokens (B,) -> (log-probabilities (B, V), new state, attention (B, 1, S))."""
+    def _step(self, tokens: torch.Tensor, state: dict):
+        """One decoder step up to the attentional vector: tokens (B,) -> (attentional (B, H), new state, weights (B, S))."""
         emb = self.dropout(self.embed(tokens))  # (B, E)
         hidden = state["hidden"].transpose(0, 1).contiguous()  # (layers, B, H)
         if self.config.attention == "bahdanau":
@@ -159,22 +159,29 @@ class Seq2Seq(nn.Module):
             # Luong: the new state asks where to look.
             context, weights = self.attention(output, state["keys"], state["memory"], state["src_mask"])
         attentional = torch.tanh(self.combine(torch.cat([output, context], dim=1)))  # (B, H)
-        logits = self.out(self.dropout(attentional))  # (B, V)
         new_state = dict(state, attentional=attentional)
         if self.config.rnn == "lstm":
             new_state["hidden"], new_state["cell"] = rnn_state[0].transpose(0, 1), rnn_state[1].transpose(0, 1)
         else:
             new_state["hidden"] = rnn_state.transpose(0, 1)
-        return F.log_softmax(logits.float(), dim=-1), new_state, weights[:, None, :]
+        return attentional, new_state, weights
+
+    def decode_step(self, tokens: torch.Tensor, state: dict, step: int = 0, need_weights: bool = False):
+        """One target step. tokens (B,) -> (log-probabilities (B, V), new state, attention (B, 1, S))."""
+        attentional, state, weights = self._step(tokens, state)
+        logits = self.out(self.dropout(attentional))  # (B, V)
+        return F.log_softmax(logits.float(), dim=-1), state, weights[:, None, :]
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor | None = None, label_smoothing: float = 0.0):
         """Teacher forcing. src (B, S), tgt_in (B, T) starting with bos -> (log-probabilities (B, T, V), loss)."""
         state = self.encode(src)
-        steps = []
+        vectors = []
         for t in range(tgt_in.size(1)):
-            logprobs, state, _ = self.decode_step(tgt_in[:, t], state, t)
-            steps.append(logprobs)
-        logprobs = torch.stack(steps, dim=1)  # (B, T, V)
+            attentional, state, _ = self._step(tgt_in[:, t], state)
+            vectors.append(attentional)
+        # The output layer, the largest matmul, runs once over all steps instead of once per step.
+        logits = self.out(self.dropout(torch.stack(vectors, dim=1)))  # (B, T, V)
+        logprobs = F.log_softmax(logits.float(), dim=-1)
         loss = None
         if tgt_out is not None:
             loss = smoothed_cross_entropy(logprobs, tgt_out, self.config.pad_id, label_smoothing)

@@ -308,8 +308,9 @@ class Translator:
         was_training = self.model.training
         self.model.eval()
         sources = self._source_ids(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(sources[i]))  # similar lengths, less padding
-        out: list = [None] * len(texts)
+        # similar lengths share a batch (less padding); a blank line translates to a blank line
+        order = sorted((i for i in range(len(texts)) if texts[i].strip()), key=lambda i: len(sources[i]))
+        out: list = [[("", 0.0)] if not text.strip() else None for text in texts]
         v = self.vocab
         try:
             for rows in _chunks(order, batch_size):
@@ -336,6 +337,8 @@ class Translator:
         token over the source: the RNN's attention, or the Transformer's cross-attention of `layer`
         averaged over heads."""
         v = self.vocab
+        if not text.strip():
+            raise NanoNLPError("the sentence whose attention should be plotted is empty.")
         self.model.eval()
         source = self._source_ids([text])[0]
         beam_size = beam_size or self.config.translate.beam_size

@@ -225,7 +225,8 @@ def average_checkpoints(run_dir: str | Path, last: int, out_dir: str | Path) -> 
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
         for item in run_dir.iterdir():
-            if item.name in ("checkpoints", "model.safetensors") or item.name.startswith("."):
+            # best.json describes the best checkpoint, not the averaged weights
+            if item.name in ("checkpoints", "model.safetensors", "best.json") or item.name.startswith("."):
                 continue
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         save_file(averaged, str(tmp / "model.safetensors"))

@@ -255,9 +255,9 @@ def cmd_eval_classifier(args) -> None:
 
 
 def _read_lines(path: str, encoding: str = "utf-8") -> list[str]:
-    from nanonlp.data.readers import read_text
+    from nanonlp.data.readers import read_text, split_lines
 
-    return read_text(path, encoding).splitlines()
+    return split_lines(read_text(path, encoding))
 
 
 def _write_lines(lines: list[str], path: str | None) -> None:
@@ -280,6 +280,8 @@ def cmd_translate(args) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if args.nbest < 1:
         raise ConfigError(f"--nbest must be at least 1, got {args.nbest}.")
+    if args.length_penalty is not None and args.length_penalty < 0:
+        raise ConfigError(f"--length-penalty must not be negative, got {args.length_penalty}.")
     if args.texts and args.input:
         raise ConfigError("give sentences as arguments or with --input, not both.")
     translator = load(args.run_dir, args.device)
@@ -288,7 +290,9 @@ def cmd_translate(args) -> None:
     elif args.input:
         texts = _read_lines(args.input, args.encoding)
     else:
-        texts = sys.stdin.read().splitlines()
+        from nanonlp.data.readers import split_lines
+
+        texts = split_lines(sys.stdin.read())
     if not texts:
         raise NanoNLPError("nothing to translate: give sentences as arguments, with --input FILE, or on stdin.")
     beam = args.beam or translator.config.translate.beam_size
@@ -302,7 +306,7 @@ def cmd_translate(args) -> None:
     if args.plot_attention:
         from nanonlp.plots import attention_heatmap
 
-        source, target, weights = translator.attention(texts[0], beam, args.layer)
+        source, target, weights = translator.attention(texts[0], beam, args.layer, args.length_penalty)
         family = type(translator.model).__name__
         title = f"{family} cross-attention, layer {args.layer}, mean of heads" if family == "Transformer" else f"{family} attention"
         attention_heatmap(weights.numpy(), source, target, args.plot_attention, title)
@@ -323,12 +327,20 @@ def cmd_eval_translator(args) -> None:
 
     if bool(args.src) != bool(args.ref):
         raise ConfigError("give both --src and --ref (source sentences and their reference translations), or neither.")
+    if args.data or args.format != "auto":
+        raise ConfigError("a translation run is scored on --src and --ref files (or its own test split); --data and --format are for other tasks.")
+    if args.beam is not None and args.beam < 1:
+        raise ConfigError(f"--beam must be at least 1, got {args.beam}.")
     translator = load(args.run_dir, args.device)
     if args.src:
-        encoding = args.encoding or "utf-8"
+        encoding = args.encoding or translator.config.data.encoding
         sources, references, where = _read_lines(args.src, encoding), _read_lines(args.ref, encoding), f"{args.src} -> {args.ref}"
     else:
-        _, _, test = load_splits(translator.config.data)
+        from nanonlp.tasks.translate import check_data_unchanged
+
+        splits = load_splits(translator.config.data)
+        check_data_unchanged(Path(args.run_dir), splits)
+        test = splits[2]
         sources, references, where = [p.source for p in test], [p.target for p in test], "the run's test split"
     report, hypotheses = translator.evaluate(sources, references, args.beam)
     if args.output:
@@ -394,6 +406,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         sys.exit(2)
+    if extra and args.command in ("translate", "classify") and not any(a.startswith("-") for a in extra):
+        # texts after options (`translate RUN --beam 2 "A dog."`): argparse leaves them over
+        args.texts, extra = args.texts + extra, []
     if extra and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -186,6 +186,8 @@ class TranslateDataConfig:
                 raise ConfigError(f"data.{name} must not be negative, got {getattr(self, name)}.")
         if self.vocab_size < 260:
             raise ConfigError(f"data.vocab_size must be at least 260 for a byte-level BPE vocabulary, got {self.vocab_size}.")
+        if 0 < self.max_length_ratio < 1:
+            raise ConfigError(f"data.max_length_ratio must be 0 (off) or at least 1, got {self.max_length_ratio}; below 1 no pair passes.")
         if self.source_column == self.target_column:
             raise ConfigError("data.source_column and data.target_column must differ.")
         if self.source_lang == self.target_lang:

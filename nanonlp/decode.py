@@ -94,24 +94,35 @@ def _allowed(logprobs: torch.Tensor, bos_id: int, pad_id: int) -> torch.Tensor:
     return logprobs
 
 
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without bos and eos
+    score: float  # sum of log-probabilities (eos included) divided by the length penalty
+    logprob: float  # sum of log-probabilities
+
+
 @torch.no_grad()
-def greedy_search(model, src: torch.Tensor, max_lengths: torch.Tensor, bos_id: int, eos_id: int, pad_id: int) -> list[list[int]]:
+def greedy_search(model, src: torch.Tensor, max_lengths: torch.Tensor, bos_id: int, eos_id: int, pad_id: int,
+                  alpha: float = 0.0) -> list[Hypothesis]:
     """The most likely next token at every step, per sentence, until eos or its max length (B,).
 
-    The eos token is not part of the returned ids."""
+    The eos token is not part of the returned tokens; the score counts the log-probability of the eos
+    that ends the sentence, or of none when the length limit ends it."""
     state = model.encode(src)
     B = src.size(0)
     tokens = torch.full((B,), bos_id, dtype=torch.long, device=src.device)
     out: list[list[int]] = [[] for _ in range(B)]
+    logprob = [0.0] * B
     done = [False] * B
     limit = max_lengths.tolist()
     for step in range(max(limit)):
         logprobs, state, _ = model.decode_step(tokens, state, step)
         logprobs = _allowed(logprobs, bos_id, pad_id)
-        tokens = logprobs.argmax(dim=-1)
-        for i, token in enumerate(tokens.tolist()):
+        best, tokens = logprobs.max(dim=-1)
+        for i, (token, value) in enumerate(zip(tokens.tolist(), best.tolist())):
             if done[i]:
                 continue
+            logprob[i] += value
             if token == eos_id:
                 done[i] = True
                 continue
@@ -119,14 +130,7 @@ def greedy_search(model, src: torch.Tensor, max_lengths: torch.Tensor, bos_id: i
             done[i] = len(out[i]) >= limit[i]
         if all(done):
             break
-    return out
-
-
-@dataclass
-class Hypothesis:
-    tokens: list[int]  # without bos and eos
-    score: float  # sum of log-probabilities (eos included) divided by the length penalty
-    logprob: float  # sum of log-probabilities
+    return [Hypothesis(t, lp / length_penalty(len(t) + 1, alpha), lp) for t, lp in zip(out, logprob)]
 
 
 @torch.no_grad()

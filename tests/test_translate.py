@@ -226,7 +226,7 @@ def tiny_translate(tsv, out_dir, family: str = "transformer", **extra) -> list[s
 def test_shared_embeddings_need_a_joint_vocabulary(tmp_path):
     tsv = write_tsv(tmp_path / "pairs.tsv", toy_pairs())
     cfg = load_config(None, tiny_translate(tsv, tmp_path / "run", **{"data.joint_vocab": False}))
-    with pytest.raises(NanoNLPError, match="share_embeddings needs one vocabulary"):
+    with pytest.raises(ConfigError, match="share_embeddings needs one vocabulary"):
         train_translator(cfg, quiet=True)
     assert not (tmp_path / "run" / "config.yaml").exists()  # nothing half-prepared
 
@@ -367,3 +367,42 @@ def test_rnn_run_end_to_end(tmp_path, family):
     assert translator.translate([p.source for p in pairs], beam_size=3) == [p.target for p in pairs]
     source, target, weights = translator.attention(pairs[3].source)
     assert weights.shape == (len(target), len(source))
+
+
+def test_lines_split_only_at_newlines(tmp_path):
+    """A U+2028 or form feed inside a sentence must not shift line-aligned files."""
+    (tmp_path / "a.en").write_text("one\u2028sentence\ntwo\x0csentences\r\n", encoding="utf-8")
+    (tmp_path / "a.de").write_text("ein Satz\nzwei Sätze\n", encoding="utf-8")
+    assert read_aligned_pairs(tmp_path / "a.en", tmp_path / "a.de") == [Pair("one\u2028sentence", "ein Satz"),
+                                                                        Pair("two\x0csentences", "zwei Sätze")]
+
+
+def test_more_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="max_length_ratio must be 0 .off. or at least 1"):
+        load_config(None, ["task=translate", "--model.type=seq2seq", "--data.max_length_ratio=0.5"])
+    tsv = write_tsv(tmp_path / "pairs.tsv", toy_pairs())
+    cfg = load_config(None, tiny_translate(tsv, tmp_path / "run", **{"data.max_length": 300}))
+    with pytest.raises(ConfigError, match=r"data.max_length \(300\) \+ 1 .* must fit model.max_positions \(256\)"):
+        train_translator(cfg, quiet=True)
+    cfg = load_config(None, tiny_translate(tsv, tmp_path / "run2", **{"train.fsdp": True}))
+    with pytest.raises(ConfigError, match="train.fsdp is not supported for translation"):
+        train_translator(cfg, quiet=True)
+
+
+def test_changed_data_is_refused_on_resume_and_eval(tmp_path, capsys):
+    pairs = toy_pairs()
+    tsv = write_tsv(tmp_path / "pairs.tsv", pairs)
+    overrides = tiny_translate(tsv, tmp_path / "run", **{"train.max_steps": 4, "train.eval_interval": 2, "data.dev_size": 3,
+                                                          "data.test_size": 3, "data.dedup": True})
+    train_translator(load_config(None, overrides), quiet=True)
+    main(["eval", str(tmp_path / "run"), "--beam", "1", "--json"])  # unchanged data: fine
+    assert json.loads(capsys.readouterr().out)["sentences"] == 3
+    write_tsv(tsv, pairs[1:] + [Pair("a new sentence .", "ein neuer Satz .")])  # the file changed: other held-out pairs
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path / "run")])
+    assert exit_info.value.code == 1 and "changed since the run was prepared" in capsys.readouterr().err
+    with pytest.raises(NanoNLPError, match="changed since the run was prepared"):
+        train_translator(load_config(None, overrides + ["--train.max_steps=6"]), resume=True, quiet=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path / "run"), "--data", str(tsv)])
+    assert exit_info.value.code == 2 and "--data and --format are for other tasks" in capsys.readouterr().err

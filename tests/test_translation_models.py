@@ -109,10 +109,13 @@ SOURCES = torch.tensor([[5, 6, 7, 8, EOS], [9, 4, EOS, PAD, PAD], [3, EOS, PAD, 
 def test_beam_of_one_is_greedy(name):
     model = make(name)
     limits = torch.tensor([6, 4, 3, 5])
-    greedy = greedy_search(model, SOURCES, limits, BOS, EOS, PAD)
+    greedy = greedy_search(model, SOURCES, limits, BOS, EOS, PAD, alpha=1.0)
     beam = beam_search(model, SOURCES, limits, 1, BOS, EOS, PAD, alpha=1.0)
-    assert [b[0].tokens for b in beam] == greedy
-    assert all(len(g) <= limit for g, limit in zip(greedy, limits.tolist()))
+    assert [b[0].tokens for b in beam] == [g.tokens for g in greedy]
+    assert all(len(g.tokens) <= limit for g, limit in zip(greedy, limits.tolist()))
+    for g, b, limit in zip(greedy, beam, limits.tolist()):
+        if len(g.tokens) < limit:  # ended by its own eos: the same log-probability and score
+            assert g.score == pytest.approx(b[0].score, abs=1e-5)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -218,7 +221,7 @@ def test_each_family_learns_to_reverse_30_sequences(name):
     model = TOY_MODELS[name]()
     src = overfit(model, pairs, steps=400 if name == "transformer" else 250)
     limits = torch.tensor([len(t) + 3 for _, t in pairs])
-    assert greedy_search(model, src, limits, BOS, EOS, PAD) == [t for _, t in pairs]
+    assert [h.tokens for h in greedy_search(model, src, limits, BOS, EOS, PAD)] == [t for _, t in pairs]
     assert [h[0].tokens for h in beam_search(model, src, limits, 3, BOS, EOS, PAD)] == [t for _, t in pairs]
 
 
@@ -228,16 +231,41 @@ def test_bos_and_pad_are_never_produced():
         model.out.bias[BOS] = 50.0  # the model now prefers bos, then pad, above everything
         model.out.bias[PAD] = 40.0
     limits = torch.tensor([5, 5, 5, 5])
-    for tokens in greedy_search(model, SOURCES, limits, BOS, EOS, PAD):
-        assert BOS not in tokens and PAD not in tokens
+    for hypothesis in greedy_search(model, SOURCES, limits, BOS, EOS, PAD):
+        assert BOS not in hypothesis.tokens and PAD not in hypothesis.tokens
     for hypotheses in beam_search(model, SOURCES, limits, 3, BOS, EOS, PAD, nbest=3):
         assert all(BOS not in h.tokens and PAD not in h.tokens for h in hypotheses)
 
 
 def test_beam_stops_at_the_maximum_length_with_eos():
-    model = make("transformer_sinusoidal")
-    with torch.no_grad():
-        model.out.weight[EOS] = 0.0  # tied weights: eos becomes unlikely, so only the limit stops the search
-    result = beam_search(model, SOURCES, torch.tensor([3, 2, 1, 4]), 2, BOS, EOS, PAD, nbest=2)
-    for hypotheses, limit in zip(result, [3, 2, 1, 4]):
-        assert hypotheses and all(len(h.tokens) <= limit for h in hypotheses)
+    model = ShiftedEos(make("transformer_sinusoidal"), -50.0, -50.0)  # eos never wins: only the limit stops the search
+    limits = [3, 2, 1, 4]
+    result = beam_search(model, SOURCES, torch.tensor(limits), 2, BOS, EOS, PAD, nbest=2)
+    for hypotheses, limit in zip(result, limits):
+        assert [len(h.tokens) for h in hypotheses] == [limit, limit]
+        assert all(h.logprob < -50 for h in hypotheses)  # the forced eos is scored with its real log-probability
+    greedy = greedy_search(model, SOURCES, torch.tensor(limits), BOS, EOS, PAD)
+    assert [len(h.tokens) for h in greedy] == limits
+
+
+class Scripted:
+    """A 'model' whose next-token log-probabilities depend only on the step: token 3 is nearly certain
+    for four steps and eos then; before that eos costs 10 nats and every other token 20."""
+
+    def encode(self, src):
+        return {"src": src}
+
+    def decode_step(self, tokens, state, step, need_weights=False):
+        scores = torch.full((tokens.size(0), 6), -20.0)
+        scores[:, 3 if step < 4 else EOS] = 0.0
+        scores[:, EOS if step < 4 else 3] = -10.0
+        return torch.log_softmax(scores, dim=-1), state, None
+
+
+@pytest.mark.parametrize("beam", [1, 2, 3])
+def test_beam_does_not_stop_on_poor_finished_hypotheses_while_a_better_one_grows(beam):
+    """Stopping as soon as `beam` hypotheses have finished would return a 10-nat translation here:
+    the early eos extensions rank among the best candidates because the other live ones are worse."""
+    result = beam_search(Scripted(), torch.tensor([[3, EOS]]), torch.tensor([8]), beam, BOS, EOS, PAD, alpha=0.0, nbest=beam)[0]
+    assert result[0].tokens == [3, 3, 3, 3]
+    assert result[0].logprob > -0.01

@@ -49,8 +49,17 @@ class Example:
         return self.labels[0]
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines ended by \n (or \r\n) only. str.splitlines would also break at form feeds, \x1c-\x1e,
+    U+0085 and U+2028/9, which occur inside real sentences and would shift line-aligned files."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def _lines(path: Path, encoding: str) -> list[str]:
-    return read_text(path, encoding).splitlines()
+    return split_lines(read_text(path, encoding))
 
 
 def read_label_text(path: str | Path, encoding: str = "utf-8", multi_label: bool = False, separator: str = "|") -> list[Example]:
@@ -230,8 +239,8 @@ def read_tsv_pairs(path: str | Path, source_column: int = 0, target_column: int 
 
 def read_aligned_pairs(source_path: str | Path, target_path: str | Path, encoding: str = "utf-8") -> list[Pair]:
     """Two files with one sentence per line, line i of one translating line i of the other."""
-    source_lines = read_text(source_path, encoding).splitlines()
-    target_lines = read_text(target_path, encoding).splitlines()
+    source_lines = split_lines(read_text(source_path, encoding))
+    target_lines = split_lines(read_text(target_path, encoding))
     if len(source_lines) != len(target_lines):
         raise NanoNLPError(f"'{source_path}' has {len(source_lines):,} lines but '{target_path}' has {len(target_lines):,}; "
                            "line-aligned files must have one translation per line, in the same order.")

@@ -8,6 +8,8 @@ models, the training loop and decoding.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -19,8 +21,8 @@ from nanonlp.data import catalog
 from nanonlp.data.batching import PairBatches, pad_batch
 from nanonlp.data.readers import Pair, read_aligned_pairs, read_tsv_pairs
 from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer
-from nanonlp.decode import Hypothesis, beam_search, greedy_search
-from nanonlp.errors import NanoNLPError
+from nanonlp.decode import beam_search, greedy_search
+from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.metrics import bleu_chrf
 from nanonlp.models import build_model
 from nanonlp.train import TrainingJob, init_distributed, resolve_device, resolve_dtype, train
@@ -97,6 +99,28 @@ def load_splits(cfg: TranslateDataConfig) -> tuple[list[Pair], list[Pair], list[
     return train_pairs, dev, test
 
 
+def fingerprint(splits: tuple[list[Pair], list[Pair], list[Pair]]) -> str:
+    """SHA-256 of every pair of every split, in order."""
+    digest = hashlib.sha256()
+    for name, pairs in zip(("train", "dev", "test"), splits):
+        digest.update(name.encode())
+        for p in pairs:
+            digest.update(f"{p.source}\t{p.target}\n".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def check_data_unchanged(run_dir: Path, splits) -> None:
+    """Refuse to resume or score a run whose data changed since it was prepared: the held-out pairs
+    would differ, so the test set could overlap what the model trained on."""
+    path = Path(run_dir) / DATA_FILE
+    if path.is_file() and json.loads(path.read_text())["sha256"] != fingerprint(splits):
+        raise NanoNLPError(f"the data of '{run_dir}' changed since the run was prepared (its splits no longer match {DATA_FILE}); "
+                           "restore the original files, or train a new run on the new data.")
+
+
+DATA_FILE = "data.json"
+
+
 class Vocabularies:
     """The source and target BPE tokenizers (the same object when the vocabulary is joint), with the
     special ids every translator uses: sources end with eos; targets start with bos and end with eos."""
@@ -166,12 +190,21 @@ def make_batch(sources: list[list[int]], targets: list[list[int]], vocab: Vocabu
 def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
     if checkpoint.claim_run_dir(run_dir, resume, overwrite):
         return
+    if getattr(cfg.model, "share_embeddings", False) and not cfg.data.joint_vocab:
+        raise ConfigError("model.share_embeddings needs one vocabulary for both languages: set data.joint_vocab: true "
+                          "or model.share_embeddings: false.")
+    cap = getattr(cfg.model, "max_positions", None)
+    if cap is not None and cfg.data.max_length + 1 > cap:
+        raise ConfigError(f"data.max_length ({cfg.data.max_length}) + 1 for the end token must fit model.max_positions ({cap}); "
+                          "lower the one or raise the other.")
     train_pairs, dev, test = load_splits(cfg.data)
     vocab = Vocabularies.train(cfg.data, train_pairs)
     cfg.model = dataclasses.replace(cfg.model, source_vocab_size=vocab.source.vocab_size, target_vocab_size=vocab.target.vocab_size,
                                     pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
     build_model(cfg.model)  # fail now, before anything is written, if the settings do not fit together
     vocab.save(run_dir)
+    checkpoint.save_json(run_dir / DATA_FILE, {"sha256": fingerprint((train_pairs, dev, test)), "train_pairs": len(train_pairs),
+                                               "dev_pairs": len(dev), "test_pairs": len(test)})
     checkpoint.save_model_config(run_dir, to_dict(cfg)["model"]["type"], cfg.model)
     if not quiet:
         joint = "joint" if cfg.data.joint_vocab else "separate"
@@ -183,6 +216,10 @@ def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quie
 
 def train_translator(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: bool = False):
     run_dir = Path(cfg.train.out_dir)
+    if cfg.train.fsdp:
+        # The decoders run outside the root module's forward (encode, decode_step, validation BLEU),
+        # where FSDP's sharded parameters are not gathered.
+        raise ConfigError("train.fsdp is not supported for translation; under torchrun translation trains with DDP (leave fsdp off).")
     dist = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device)
     quiet = quiet or not dist.is_main
@@ -196,7 +233,9 @@ def train_translator(cfg: Config, resume: bool = False, quiet: bool = False, ove
     if dist.rank > 0:
         torch.manual_seed(cfg.train.seed + 1000 * dist.rank)
 
-    train_pairs, dev, _ = load_splits(cfg.data)
+    splits = load_splits(cfg.data)
+    check_data_unchanged(run_dir, splits)
+    train_pairs, dev, _ = splits
     sources = vocab.encode_sources([p.source for p in train_pairs])
     targets = vocab.encode_targets([p.target for p in train_pairs])
     kept = [i for i in range(len(sources)) if keep_pair(sources[i], targets[i], cfg.data)]
@@ -210,8 +249,10 @@ def train_translator(cfg: Config, resume: bool = False, quiet: bool = False, ove
     sources, targets = [sources[i] for i in kept], [targets[i] for i in kept]
     sampler = PairBatches(sources, targets, cfg.data.batch_tokens, cfg.train.seed)
 
-    dev_sources = vocab.encode_sources([p.source for p in dev])
-    dev_targets = vocab.encode_targets([p.target for p in dev])
+    # Dev pairs are scored whole, except beyond a Transformer's position table (then cut, eos kept).
+    cap = getattr(cfg.model, "max_positions", None) or 1 << 30
+    dev_sources = [s if len(s) <= cap else s[: cap - 1] + [vocab.eos_id] for s in vocab.encode_sources([p.source for p in dev])]
+    dev_targets = [t[: cap - 1] for t in vocab.encode_targets([p.target for p in dev])]
     smoothing = cfg.translate.label_smoothing
 
     def train_batch():
@@ -298,8 +339,8 @@ class Translator:
     @torch.no_grad()
     def translate_nbest(self, texts: list[str], beam_size: int | None = None, nbest: int = 1,
                         batch_size: int | None = None, alpha: float | None = None) -> list[list[tuple[str, float]]]:
-        """For each text its `nbest` translations with their scores, best first. Beam size 1 is greedy
-        search (its score is the sum of log-probabilities)."""
+        """For each text its `nbest` translations with their scores (log-probability divided by the
+        length penalty), best first. Beam size 1 is greedy search."""
         beam_size = beam_size or self.config.translate.beam_size
         batch_size = batch_size or self.config.translate.batch_size
         alpha = self.config.translate.length_penalty if alpha is None else alpha
@@ -318,7 +359,7 @@ class Translator:
                 src = pad_batch(batch, v.pad_id).to(self.device)
                 limits = self.max_lengths(batch)
                 if beam_size == 1:
-                    results = [[Hypothesis(ids, float("nan"), float("nan"))] for ids in greedy_search(self.model, src, limits, v.bos_id, v.eos_id, v.pad_id)]
+                    results = [[h] for h in greedy_search(self.model, src, limits, v.bos_id, v.eos_id, v.pad_id, alpha)]
                 else:
                     results = beam_search(self.model, src, limits, beam_size, v.bos_id, v.eos_id, v.pad_id, alpha, nbest)
                 for i, hypotheses in zip(rows, results):
@@ -332,7 +373,7 @@ class Translator:
         return [n[0][0] for n in self.translate_nbest(texts, beam_size, 1, batch_size)]
 
     @torch.no_grad()
-    def attention(self, text: str, beam_size: int | None = None, layer: int = -1):
+    def attention(self, text: str, beam_size: int | None = None, layer: int = -1, alpha: float | None = None):
         """Source pieces, translation pieces (with </s>), and the attention (T, S) of each translation
         token over the source: the RNN's attention, or the Transformer's cross-attention of `layer`
         averaged over heads."""
@@ -344,10 +385,9 @@ class Translator:
         beam_size = beam_size or self.config.translate.beam_size
         src = torch.tensor([source], device=self.device)
         limits = self.max_lengths([source])
-        if beam_size == 1:
-            tokens = greedy_search(self.model, src, limits, v.bos_id, v.eos_id, v.pad_id)[0]
-        else:
-            tokens = beam_search(self.model, src, limits, beam_size, v.bos_id, v.eos_id, v.pad_id, self.config.translate.length_penalty)[0][0].tokens
+        alpha = self.config.translate.length_penalty if alpha is None else alpha
+        # beam search (beam 1 is greedy) ends every translation with eos, forced at the length limit
+        tokens = beam_search(self.model, src, limits, beam_size, v.bos_id, v.eos_id, v.pad_id, alpha)[0][0].tokens
         state = self.model.encode(src)
         rows = []
         for step, token in enumerate([v.bos_id] + tokens):  # feed the translation back, reading the attention

@@ -406,3 +406,20 @@ def test_changed_data_is_refused_on_resume_and_eval(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", str(tmp_path / "run"), "--data", str(tsv)])
     assert exit_info.value.code == 2 and "--data and --format are for other tasks" in capsys.readouterr().err
+
+
+def test_two_process_translation_training_learns_and_resumes(tmp_path):
+    """torchrun, gloo: each rank trains on half of the pairs; rank 0 alone logs, evaluates and saves."""
+    from test_distributed import torchrun, train_losses
+
+    pairs = toy_pairs()
+    tsv = write_tsv(tmp_path / "pairs.tsv", pairs)
+    args = tiny_translate(tsv, tmp_path / "run", **{"data.dev_path": str(tsv), "data.test_path": str(tsv), "train.max_steps": 200,
+                                                    "train.eval_interval": 100})[1:]  # torchrun takes no task=; the file sets it
+    config = tmp_path / "translate.yaml"
+    config.write_text("task: translate\nmodel: {type: transformer}\n")
+    torchrun([str(config), *args, "--quiet"])
+    assert sorted(train_losses(tmp_path / "run")) == [50, 100, 150, 200]  # one writer: each step logged once
+    assert load(tmp_path / "run").translate([p.source for p in pairs], 1) == [p.target for p in pairs]
+    torchrun([str(config), *args, "--quiet", "--resume", "--train.max_steps=250"])
+    assert sorted(train_losses(tmp_path / "run")) == [50, 100, 150, 200, 250]

@@ -56,6 +56,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # how many of the latest step checkpoints to keep
     early_stopping: int = 0  # stop after this many evaluations without a better validation metric; 0 never
     head_learning_rate: float = 0.0  # models with a pretrained body: peak rate of the new head; 0 = learning_rate
+    layer_decay: float = 1.0  # pretrained encoders: each layer below the top learns at this factor of the one above; 1 = off
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16", "float16")})
@@ -73,6 +74,8 @@ class TrainConfig:
                      "early_stopping", "head_learning_rate"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}.")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"train.layer_decay must be in (0, 1], got {self.layer_decay}.")
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}.")
         if self.min_lr > self.learning_rate:

@@ -210,10 +210,20 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     head_ids = set()
     if cfg.head_learning_rate and hasattr(model, "head_parameters"):
         head_ids = {id(p) for p in model.head_parameters()}
+    # Layer-wise decay (Howard and Ruder 2018; Clark et al. 2020): a pretrained body's layer k of L
+    # learns at layer_decay ** (L - k) times the rate of its top layer; embeddings count as layer 0.
+    depths, top = {}, 0
+    if cfg.layer_decay < 1.0 and hasattr(model, "layer_depths"):
+        depths, top = model.layer_depths()
+    scales: dict[float, list] = {}
+    for p in params:
+        if id(p) in head_ids:
+            scale = cfg.head_learning_rate / cfg.learning_rate
+        else:
+            scale = cfg.layer_decay ** (top - depths[id(p)]) if id(p) in depths else 1.0
+        scales.setdefault(scale, []).append(p)
     groups = []
-    for is_head in (False, True):
-        part = [p for p in params if (id(p) in head_ids) == is_head]
-        scale = cfg.head_learning_rate / cfg.learning_rate if is_head else 1.0
+    for scale, part in scales.items():
         groups += [{"params": [p for p in part if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
                    {"params": [p for p in part if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
     groups = [g for g in groups if g["params"]]

@@ -261,3 +261,26 @@ def test_missing_or_incomplete_vocab_is_a_clear_error(tmp_path):
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n", encoding="utf-8")
     with pytest.raises(NanoNLPError, match=r"lacks \[CLS\], \[SEP\]"):
         WordPieceTokenizer.from_folder(tmp_path)
+
+
+def test_layer_wise_learning_rates():
+    """train.layer_decay: encoder layer i of L learns at decay ** (L - i) of the top rate, the embeddings at
+    decay ** L; the new head keeps head_learning_rate."""
+    from nanonlp.config import TrainConfig
+    from nanonlp.models.bert import BertClassifier, BertClassifierConfig
+    from nanonlp.train import make_optimizer
+
+    model = BertClassifier(BertClassifierConfig(num_classes=2, encoder=TINY))
+    cfg = TrainConfig(learning_rate=1e-4, head_learning_rate=1e-3, layer_decay=0.5)
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    scale = {id(p): g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert scale[id(named["bert.embeddings.word_embeddings.weight"])] == 0.25
+    assert scale[id(named["bert.encoder.layer.0.attention.self.query.weight"])] == 0.5
+    assert scale[id(named["bert.encoder.layer.1.output.LayerNorm.bias"])] == 1.0
+    assert scale[id(named["classifier.weight"])] == pytest.approx(10.0)
+    assert len(scale) == len(named)  # every parameter is in exactly one group
+    off = make_optimizer(model, TrainConfig(learning_rate=1e-4), torch.device("cpu"))
+    assert {g["lr_scale"] for g in off.param_groups} == {1.0}
+    with pytest.raises(ConfigError, match="layer_decay must be in"):
+        TrainConfig(layer_decay=1.5).validate()

@@ -316,6 +316,19 @@ class BertClassifier(nn.Module):
     def head_parameters(self):
         return self.classifier.parameters()
 
+    def layer_depths(self) -> tuple[dict[int, int], int]:
+        """For layer-wise learning rates: id(parameter) -> depth (embeddings 0, encoder layer i at i + 1),
+        and the top depth. The head is left out: it has its own rate."""
+        depths, top = {}, 0
+        for name, p in self.bert.named_parameters():
+            if ".layer." in f".{name}":
+                depth = int(name.split("layer.")[1].split(".")[0]) + 1
+            else:
+                depth = 0 if "embeddings" in name else None  # e.g. a pooler sits on top
+            depths[id(p)] = depth
+            top = max(top, depth or 0)
+        return {k: (top if v is None else v) for k, v in depths.items()}, top
+
     def flops_per_token(self) -> float:
         return 6 * sum(p.numel() for n, p in self.bert.named_parameters() if "embeddings" not in n)
 

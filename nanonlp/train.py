@@ -246,6 +246,13 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
+def model_summary(model: torch.nn.Module, device: torch.device, dtype_name: str) -> str:
+    """The line a task prints before training: model family, size, device and precision."""
+    n_params = sum(p.numel() for p in model.parameters())
+    dtype = str(resolve_dtype(dtype_name, device)).replace("torch.", "")
+    return f"model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters; device {device}, {dtype}"
+
+
 # ---------------------------------------------------------------------------------------------------
 # what a task gives the loop
 

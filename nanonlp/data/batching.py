@@ -30,36 +30,23 @@ def token_batches(lengths: list[int], batch_tokens: int, order: list[int]) -> li
     return batches
 
 
-class PairBatches:
-    """Shuffled batches of (source, target) id pairs, one epoch after another, of about batch_tokens tokens.
+class EpochBatches:
+    """Batches of example indices, one shuffled epoch after another. A subclass cuts each epoch into
+    batches with `self.generator`; the order then depends only on the seed and the position, both in
+    `state_dict()` for an exact resume."""
 
-    Each epoch shuffles the pairs, sorts them by length within chunks of 100 batches (little padding,
-    still random), cuts token-sized batches and shuffles the batches. The order depends only on the
-    seed and the position, both in `state_dict()` for an exact resume.
-    """
-
-    def __init__(self, sources: list[list[int]], targets: list[list[int]], batch_tokens: int, seed: int):
-        self.sources, self.targets, self.batch_tokens = sources, targets, batch_tokens
-        # target side: bos + tokens (input) and tokens + eos (output) have the same length, len + 1
-        self.lengths = [max(len(s), len(t) + 1) for s, t in zip(sources, targets)]
+    def __init__(self, seed: int):
         self.generator = torch.Generator().manual_seed(seed)
         self.batches: list[list[int]] = []
         self.position = 0
 
-    def _new_epoch(self) -> None:
-        order = torch.randperm(len(self.sources), generator=self.generator).tolist()
-        average = max(1, self.batch_tokens // max(1, sum(self.lengths) // max(1, len(self.lengths))))
-        chunk = 100 * average
-        order = [i for start in range(0, len(order), chunk)
-                 for i in sorted(order[start : start + chunk], key=lambda i: (self.lengths[i], len(self.sources[i])))]
-        batches = token_batches(self.lengths, self.batch_tokens, order)
-        shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
-        self.batches, self.position = [batches[i] for i in shuffle], 0
+    def epoch_batches(self) -> list[list[int]]:
+        raise NotImplementedError
 
-    def __call__(self) -> list[int]:
-        """The indices of the next batch's pairs."""
+    def next_rows(self) -> list[int]:
+        """The indices of the next batch, starting a new epoch when this one is used up."""
         if self.position >= len(self.batches):
-            self._new_epoch()
+            self.batches, self.position = self.epoch_batches(), 0
         rows = self.batches[self.position]
         self.position += 1
         return rows
@@ -77,3 +64,27 @@ class PairBatches:
             self.batches.append(flat[start : start + size])
             start += size
         self.position = state["position"]
+
+
+class PairBatches(EpochBatches):
+    """Shuffled batches of (source, target) id pairs of about batch_tokens tokens each.
+
+    Each epoch shuffles the pairs, sorts them by length within chunks of 100 batches (little padding,
+    still random), cuts token-sized batches and shuffles the batches.
+    """
+
+    def __init__(self, sources: list[list[int]], targets: list[list[int]], batch_tokens: int, seed: int):
+        super().__init__(seed)
+        self.sources, self.targets, self.batch_tokens = sources, targets, batch_tokens
+        # target side: bos + tokens (input) and tokens + eos (output) have the same length, len + 1
+        self.lengths = [max(len(s), len(t) + 1) for s, t in zip(sources, targets)]
+
+    def epoch_batches(self) -> list[list[int]]:
+        order = torch.randperm(len(self.sources), generator=self.generator).tolist()
+        average = max(1, self.batch_tokens // max(1, sum(self.lengths) // max(1, len(self.lengths))))
+        chunk = 100 * average
+        order = [i for start in range(0, len(order), chunk)
+                 for i in sorted(order[start : start + chunk], key=lambda i: (self.lengths[i], len(self.sources[i])))]
+        batches = token_batches(self.lengths, self.batch_tokens, order)
+        shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
+        return [batches[i] for i in shuffle]

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from nanonlp import checkpoint
 from nanonlp.config import ClassifyDataConfig, Config, dump_yaml, from_dict, read_yaml, to_dict
 from nanonlp.data import catalog
+from nanonlp.data.batching import EpochBatches
 from nanonlp.data.readers import OUT_OF_SCOPE, Example, read_examples
 from nanonlp.data.tokenizers import BPETokenizer, WordPieceTokenizer, WordTokenizer, load_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature, multilabel_report
 from nanonlp.models import BertClassifier, BertClassifierConfig, GPTClassifier, GPTClassifierConfig, build_model
-from nanonlp.train import TrainingJob, init_distributed, resolve_device, resolve_dtype, train
+from nanonlp.train import TrainingJob, init_distributed, model_summary, resolve_device, train
 
 PRETRAINED = (BertClassifierConfig, GPTClassifierConfig)
 
@@ -91,48 +92,28 @@ class Encoder:
         return input_ids.to(device), mask.to(device)
 
 
-class BatchSampler:
-    """Shuffled mini-batches, one epoch after another; texts of similar length share a batch.
-
-    The order depends only on the seed and the position, both saved for resume."""
+class BatchSampler(EpochBatches):
+    """Shuffled mini-batches of batch_size texts, one epoch after another; texts of similar length
+    share a batch. Calling it gives the next batch as tensors on the device."""
 
     def __init__(self, ids: list[list[int]], targets: torch.Tensor, batch_size: int, encoder: Encoder, device, seed: int):
+        super().__init__(seed)
         self.ids, self.targets, self.batch_size, self.encoder, self.device = ids, targets, batch_size, encoder, device
-        self.generator = torch.Generator().manual_seed(seed)
-        self.batches: list[list[int]] = []
-        self.position = 0
 
-    def _new_epoch(self) -> None:
+    def epoch_batches(self) -> list[list[int]]:
         order = torch.randperm(len(self.ids), generator=self.generator).tolist()
         chunk = self.batch_size * 50  # sort by length within chunks: less padding, still random
         order = [i for start in range(0, len(order), chunk) for i in sorted(order[start : start + chunk], key=lambda i: len(self.ids[i]))]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
-        self.batches, self.position = [batches[i] for i in shuffle], 0
+        return [batches[i] for i in shuffle]
 
     def __call__(self):
-        if self.position >= len(self.batches):
-            self._new_epoch()
-        rows = self.batches[self.position]
-        self.position += 1
+        rows = self.next_rows()
         id_lists = [self.ids[i] for i in rows]
         input_ids, mask = self.encoder.batch(id_lists, self.device)
         # The real-token count rides along, counted on the host: no GPU sync just for throughput.
         return input_ids, mask, self.targets[rows].to(self.device), sum(len(ids) for ids in id_lists)
-
-    def state_dict(self) -> dict:
-        flat = torch.tensor([i for b in self.batches for i in b], dtype=torch.long)
-        sizes = torch.tensor([len(b) for b in self.batches], dtype=torch.long)
-        return {"generator": self.generator.get_state(), "order": flat, "sizes": sizes, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        flat, sizes = state["order"].tolist(), state["sizes"].tolist()
-        self.batches, start = [], 0
-        for size in sizes:
-            self.batches.append(flat[start : start + size])
-            start += size
-        self.position = state["position"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -337,9 +318,7 @@ def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, ove
         return metrics
 
     if not quiet:
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters; device {device}, "
-              f"{str(resolve_dtype(cfg.train.dtype, device)).replace('torch.', '')}", file=sys.stderr)
+        print(model_summary(model, device, cfg.train.dtype), file=sys.stderr)
     job = TrainingJob(
         model=model, train_batch=sampler, loss=loss, evaluate=evaluate,
         batch_tokens=lambda batch: batch[3],

@@ -23,7 +23,7 @@ from nanonlp.data.tokenizers import BPETokenizer, StreamDecoder, load_tokenizer,
 from nanonlp.decode import generate_ids
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.models import GPT, GPTConfig, build_model
-from nanonlp.train import TrainingJob, autocast, init_distributed, resolve_device, resolve_dtype, train
+from nanonlp.train import TrainingJob, autocast, init_distributed, model_summary, resolve_device, resolve_dtype, train
 
 DATA_DIR = "data"
 
@@ -183,9 +183,7 @@ def train_lm(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: 
     if not quiet:
         if dist.enabled:
             print(f"distributed: {dist.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'})", file=sys.stderr)
-        n_params = sum(p.numel() for p in model.parameters())
-        dtype = resolve_dtype(tc.dtype, device)
-        print(f"model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters; device {device}, {str(dtype).replace('torch.', '')}", file=sys.stderr)
+        print(model_summary(model, device, tc.dtype), file=sys.stderr)
     job = TrainingJob(
         model=model,
         train_batch=sampler,

@@ -25,7 +25,7 @@ from nanonlp.decode import beam_search, greedy_search
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.metrics import bleu_chrf
 from nanonlp.models import build_model
-from nanonlp.train import TrainingJob, init_distributed, resolve_device, resolve_dtype, train
+from nanonlp.train import TrainingJob, init_distributed, model_summary, resolve_device, train
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2 of every vocabulary
 
@@ -148,8 +148,12 @@ class Vocabularies:
     def load(cls, run_dir: Path) -> "Vocabularies":
         return cls(load_tokenizer(run_dir / "source"), load_tokenizer(run_dir / "target"))
 
-    def encode_sources(self, texts: list[str]) -> list[list[int]]:
-        return [ids + [self.eos_id] for ids in self.source.encode_batch(texts)]
+    def encode_sources(self, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
+        """Source ids ending with eos; beyond max_tokens (a Transformer's position table) cut, eos kept."""
+        out = [ids + [self.eos_id] for ids in self.source.encode_batch(texts)]
+        if max_tokens is not None:
+            out = [s if len(s) <= max_tokens else s[: max_tokens - 1] + [self.eos_id] for s in out]
+        return out
 
     def encode_targets(self, texts: list[str]) -> list[list[int]]:
         return self.target.encode_batch(texts)
@@ -249,14 +253,14 @@ def train_translator(cfg: Config, resume: bool = False, quiet: bool = False, ove
     sources, targets = [sources[i] for i in kept], [targets[i] for i in kept]
     sampler = PairBatches(sources, targets, cfg.data.batch_tokens, cfg.train.seed)
 
-    # Dev pairs are scored whole, except beyond a Transformer's position table (then cut, eos kept).
-    cap = getattr(cfg.model, "max_positions", None) or 1 << 30
-    dev_sources = [s if len(s) <= cap else s[: cap - 1] + [vocab.eos_id] for s in vocab.encode_sources([p.source for p in dev])]
-    dev_targets = [t[: cap - 1] for t in vocab.encode_targets([p.target for p in dev])]
+    # Dev pairs are scored whole, except beyond a Transformer's position table.
+    cap = getattr(cfg.model, "max_positions", None)
+    dev_sources = vocab.encode_sources([p.source for p in dev], cap)
+    dev_targets = [t[: cap - 1] if cap else t for t in vocab.encode_targets([p.target for p in dev])]
     smoothing = cfg.translate.label_smoothing
 
     def train_batch():
-        rows = sampler()
+        rows = sampler.next_rows()
         return make_batch([sources[i] for i in rows], [targets[i] for i in rows], vocab, device)
 
     def loss(model, batch):
@@ -284,9 +288,7 @@ def train_translator(cfg: Config, resume: bool = False, quiet: bool = False, ove
         return metrics
 
     if not quiet:
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters; device {device}, "
-              f"{str(resolve_dtype(cfg.train.dtype, device)).replace('torch.', '')}; {len(sources):,} training pairs", file=sys.stderr)
+        print(f"{model_summary(model, device, cfg.train.dtype)}; {len(sources):,} training pairs", file=sys.stderr)
     job = TrainingJob(
         model=model, train_batch=train_batch, loss=loss, evaluate=evaluate,
         batch_tokens=lambda batch: batch[3],
@@ -330,11 +332,7 @@ class Translator:
         return torch.tensor(limits)
 
     def _source_ids(self, texts: list[str]) -> list[list[int]]:
-        ids = self.vocab.encode_sources([t.strip() for t in texts])
-        cap = getattr(self.model.config, "max_positions", None)
-        if cap:  # a Transformer sees at most max_positions source tokens; keep the eos
-            ids = [s if len(s) <= cap else s[: cap - 1] + [self.vocab.eos_id] for s in ids]
-        return ids
+        return self.vocab.encode_sources([t.strip() for t in texts], getattr(self.model.config, "max_positions", None))
 
     @torch.no_grad()
     def translate_nbest(self, texts: list[str], beam_size: int | None = None, nbest: int = 1,

@@ -145,8 +145,25 @@ class ClassifyConfig:
     calibrate: bool = True  # fit a softmax temperature on the dev set after training (temperature scaling)
     freeze_encoder: bool = False  # pretrained encoders: train the new head only
     init_from: str = ""  # pretrained body: a BERT-format folder (model.type bert) or a nanonlp GPT run (model.type gpt)
+    teacher: str = ""  # knowledge distillation: a trained classification run whose probabilities this model learns
+    distill_weight: float = 1.0  # share of the loss on the teacher's probabilities; the rest is on the gold labels
+    distill_temperature: float = 1.0  # softens teacher and student distributions alike (Hinton et al. 2015)
+    augment_copies: int = 0  # altered copies of each training text, labelled by the teacher (Tang et al. 2019)
+    augment_drop: float = 0.1  # in a copy, each word is deleted with this probability
+    augment_span: float = 0.25  # a copy is then cut to a random span of 1 to 5 words with this probability
 
     def validate(self) -> None:
+        if self.augment_copies < 0:
+            raise ConfigError(f"classify.augment_copies must be 0 or more, got {self.augment_copies}.")
+        if self.augment_copies and not self.teacher:
+            raise ConfigError("classify.augment_copies needs classify.teacher: the teacher labels the altered copies.")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError(f"classify.distill_weight must be between 0 and 1, got {self.distill_weight}.")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"classify.distill_temperature must be positive, got {self.distill_temperature}.")
+        for key in ("augment_drop", "augment_span"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"classify.{key} must be in [0, 1), got {getattr(self, key)}.")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"classify.threshold must be between 0 and 1, got {self.threshold}.")
         if not 0.0 <= self.abstain_threshold < 1.0:

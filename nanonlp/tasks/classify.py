@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,7 +26,7 @@ from nanonlp.data.tokenizers import BPETokenizer, WordPieceTokenizer, WordTokeni
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature, multilabel_report
 from nanonlp.models import BertClassifier, BertClassifierConfig, GPTClassifier, GPTClassifierConfig, build_model
-from nanonlp.train import TrainingJob, init_distributed, model_summary, resolve_device, train
+from nanonlp.train import TrainingJob, autocast, init_distributed, model_summary, resolve_device, resolve_dtype, train
 
 PRETRAINED = (BertClassifierConfig, GPTClassifierConfig)
 
@@ -113,7 +115,15 @@ class BatchSampler(EpochBatches):
         id_lists = [self.ids[i] for i in rows]
         input_ids, mask = self.encoder.batch(id_lists, self.device)
         # The real-token count rides along, counted on the host: no GPU sync just for throughput.
-        return input_ids, mask, self.targets[rows].to(self.device), sum(len(ids) for ids in id_lists)
+        return input_ids, mask, take(self.targets, rows, self.device), sum(len(ids) for ids in id_lists)
+
+
+def take(targets, rows, device=None):
+    """Rows of a target tensor, or of each tensor in a tuple of them (distillation's targets)."""
+    if isinstance(targets, tuple):
+        return tuple(take(t, rows, device) for t in targets)
+    picked = targets[rows]
+    return picked if device is None else picked.to(device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,10 +240,99 @@ def text_encoder(cfg: Config, tokenizer) -> Encoder:
 
 
 # ---------------------------------------------------------------------------------------------------
+# knowledge distillation
+
+
+def altered_copies(text: str, copies: int, drop: float, span: float, rng: random.Random) -> list[str]:
+    """Tang et al. (2019)'s augmentation for distillation: each copy deletes every word with
+    probability `drop` (one word always stays), then with probability `span` keeps only a random
+    run of 1 to 5 of the remaining words."""
+    words = text.split()
+    if not words:
+        return []
+    out = []
+    for _ in range(copies):
+        kept = [w for w in words if rng.random() >= drop] or [rng.choice(words)]
+        if rng.random() < span:
+            n = rng.randint(1, min(5, len(kept)))
+            start = rng.randrange(len(kept) - n + 1)
+            kept = kept[start : start + n]
+        out.append(" ".join(kept))
+    return out
+
+
+def _load_teacher(cfg: Config, labels: list[str], device) -> TextClassifier:
+    teacher_dir = Path(cfg.classify.teacher)
+    if not (teacher_dir / "config.yaml").is_file() or checkpoint.run_task(teacher_dir) != "classify":
+        raise ConfigError(f"classify.teacher '{teacher_dir}' is not a trained classification run; give the run directory of `nanonlp train` with task: classify.")
+    teacher = load(teacher_dir, device=str(device))
+    if teacher.labels != labels:
+        raise ConfigError(f"classify.teacher '{teacher_dir}' predicts labels {teacher.labels[:6]}, the training data has {labels[:6]}; "
+                          "a teacher must be trained on the same labels.")
+    if teacher.multi_label != cfg.data.multi_label:
+        raise ConfigError(f"classify.teacher '{teacher_dir}' has data.multi_label {teacher.multi_label}; this run has {cfg.data.multi_label}.")
+    return teacher
+
+
+def write_distillation_set(cfg: Config, examples: list[Example], labels: list[str], run_dir: Path, device) -> int:
+    """Labels the training texts and their altered copies with the teacher's logits, in
+    run_dir/distill.jsonl (the training texts first, in order). Returns the number of copies."""
+    teacher = _load_teacher(cfg, labels, device)
+    c = cfg.classify
+    rng = random.Random(cfg.train.seed)
+    texts = [e.text for e in examples]
+    seen = set(texts)
+    for text in list(texts):
+        for copy in altered_copies(text, c.augment_copies, c.augment_drop, c.augment_span, rng):
+            if copy not in seen:
+                seen.add(copy)
+                texts.append(copy)
+    with autocast(teacher.device, resolve_dtype(teacher.config.train.dtype, teacher.device)):  # the teacher's own precision
+        logits = predict_logits(teacher.model, teacher.encoder, [teacher.encoder.ids(t) for t in texts], teacher.device, batch_size=256)
+    lines = (json.dumps({"text": t, "logits": [round(v, 5) for v in row]}, ensure_ascii=False) for t, row in zip(texts, logits.tolist()))
+    checkpoint.atomic_write_text(run_dir / "distill.jsonl", "\n".join(lines) + "\n")
+    return len(texts) - len(examples)
+
+
+def read_distillation_set(cfg: Config, examples: list[Example], run_dir: Path) -> tuple[list[str], torch.Tensor]:
+    """The texts and teacher logits written when the run was prepared."""
+    rows = [json.loads(line) for line in (run_dir / "distill.jsonl").read_text(encoding="utf-8").splitlines()]
+    if [r["text"] for r in rows[: len(examples)]] != [e.text for e in examples]:
+        raise NanoNLPError(f"the training data of '{run_dir}' changed since its teacher labelled it; train a new run (--overwrite).")
+    return [r["text"] for r in rows], torch.tensor([r["logits"] for r in rows])
+
+
+def distillation_targets(teacher_logits: torch.Tensor, gold: torch.Tensor, temperature: float, multi_label: bool):
+    """(soft targets, gold targets, has-gold mask) for every distillation text; the altered copies
+    (after the len(gold) training texts) have no gold label."""
+    scaled = teacher_logits / temperature
+    soft = torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=1)
+    extra = len(teacher_logits) - len(gold)
+    filler = torch.zeros((extra,) + tuple(gold.shape[1:]), dtype=gold.dtype)
+    has_gold = torch.cat([torch.ones(len(gold), dtype=torch.bool), torch.zeros(extra, dtype=torch.bool)])
+    return soft, torch.cat([gold, filler]), has_gold
+
+
+def distillation_loss(logits: torch.Tensor, targets, weight: float, temperature: float, class_w: torch.Tensor | None, multi_label: bool) -> torch.Tensor:
+    """weight x T^2 x (divergence from the teacher's softened distribution) + (1 - weight) x the
+    ordinary loss on the texts that have gold labels (Hinton et al. 2015)."""
+    soft, gold, has_gold = targets
+    scaled = logits.float() / temperature
+    if multi_label:
+        soft_loss = F.binary_cross_entropy_with_logits(scaled, soft)
+    else:
+        soft_loss = F.kl_div(F.log_softmax(scaled, dim=1), soft, reduction="batchmean")
+    loss = weight * temperature**2 * soft_loss
+    if weight < 1.0 and bool(has_gold.any()):
+        loss = loss + (1.0 - weight) * classification_loss(logits[has_gold], gold[has_gold], class_w, multi_label)
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------------
 # training
 
 
-def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
+def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: bool, device) -> None:
     has_run = checkpoint.claim_run_dir(run_dir, resume, overwrite)
     if has_run:
         return
@@ -258,6 +357,12 @@ def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quie
     if not quiet:
         print(f"data: {len(train_examples):,} training and {len(dev):,} validation examples, {len(labels)} labels; "
               f"{tokenizer.kind} tokenizer, vocabulary {tokenizer.vocab_size:,}", file=sys.stderr)
+    if cfg.classify.teacher:
+        start = time.perf_counter()
+        copies = write_distillation_set(cfg, train_examples, labels, run_dir, device)
+        if not quiet:
+            print(f"distillation: teacher {cfg.classify.teacher} labelled the {len(train_examples):,} training texts and "
+                  f"{copies:,} altered copies in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     checkpoint.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))  # last: marks the run as prepared
 
 
@@ -273,7 +378,7 @@ def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, ove
     dist = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device)
     quiet = quiet or not dist.is_main
-    dist.main_first(lambda: _prepare_run(cfg, run_dir, resume, overwrite, quiet), device)
+    dist.main_first(lambda: _prepare_run(cfg, run_dir, resume, overwrite, quiet, device), device)
 
     saved = from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True)
     cfg.model, cfg.data = saved.model, saved.data  # the run's own data and model settings
@@ -292,9 +397,16 @@ def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, ove
     multi = cfg.data.multi_label
     targets = make_targets(train_examples, labels, multi)
     weights = None if multi else class_weights(cfg.classify.class_weights, targets, len(labels))
-    train_ids = [encoder.ids(e.text) for e in train_examples]
+    distill = cfg.classify.teacher != ""
+    if distill:  # the training texts and their altered copies, with the teacher's probabilities
+        texts, teacher_logits = read_distillation_set(cfg, train_examples, run_dir)
+        targets = distillation_targets(teacher_logits, targets, cfg.classify.distill_temperature, multi)
+    else:
+        texts = [e.text for e in train_examples]
+    train_ids = [encoder.ids(text) for text in texts]
     if dist.enabled:  # each rank trains on its own shard of the examples
-        train_ids, targets = train_ids[dist.rank :: dist.world_size], targets[dist.rank :: dist.world_size]
+        shard = range(dist.rank, len(train_ids), dist.world_size)
+        train_ids, targets = [train_ids[i] for i in shard], take(targets, list(shard))
     sampler = BatchSampler(train_ids, targets, cfg.train.batch_size, encoder, device, cfg.train.seed)
     dev_ids = [encoder.ids(e.text) for e in dev]
     dev_targets = make_targets([e for e in dev if multi or e.label in labels], labels, multi)
@@ -303,6 +415,8 @@ def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, ove
     def loss(model, batch):
         input_ids, mask, y, _ = batch
         logits, _ = model(input_ids, mask)
+        if distill:
+            return distillation_loss(logits, y, cfg.classify.distill_weight, cfg.classify.distill_temperature, weights, multi)
         return classification_loss(logits, y, weights, multi)
 
     def evaluate(model) -> dict:

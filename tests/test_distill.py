@@ -116,3 +116,10 @@ def test_distillation_errors(tmp_path, toy):
     toy[0].write_text(toy[0].read_text().replace("a good film", "a great film"))
     with pytest.raises(NanoNLPError, match="changed since its teacher labelled it"):
         train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=10, classify__teacher=teacher), resume=True, quiet=True)
+
+
+def test_a_teacher_cannot_be_added_on_resume(tmp_path, toy):
+    teacher = _flipped_teacher(tmp_path, toy)
+    train_classifier(toy_config(tmp_path, toy, out="plain", train__max_steps=5, train__eval_interval=5), quiet=True)
+    with pytest.raises(NanoNLPError, match="prepared without classify.teacher"):
+        train_classifier(toy_config(tmp_path, toy, out="plain", train__max_steps=10, classify__teacher=teacher), resume=True, quiet=True)

@@ -294,8 +294,10 @@ def write_distillation_set(cfg: Config, examples: list[Example], labels: list[st
     return len(texts) - len(examples)
 
 
-def read_distillation_set(cfg: Config, examples: list[Example], run_dir: Path) -> tuple[list[str], torch.Tensor]:
+def read_distillation_set(examples: list[Example], run_dir: Path) -> tuple[list[str], torch.Tensor]:
     """The texts and teacher logits written when the run was prepared."""
+    if not (run_dir / "distill.jsonl").is_file():
+        raise NanoNLPError(f"'{run_dir}' was prepared without classify.teacher; resume it without one, or train a new run (--overwrite).")
     rows = [json.loads(line) for line in (run_dir / "distill.jsonl").read_text(encoding="utf-8").splitlines()]
     if [r["text"] for r in rows[: len(examples)]] != [e.text for e in examples]:
         raise NanoNLPError(f"the training data of '{run_dir}' changed since its teacher labelled it; train a new run (--overwrite).")
@@ -399,7 +401,7 @@ def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, ove
     weights = None if multi else class_weights(cfg.classify.class_weights, targets, len(labels))
     distill = cfg.classify.teacher != ""
     if distill:  # the training texts and their altered copies, with the teacher's probabilities
-        texts, teacher_logits = read_distillation_set(cfg, train_examples, run_dir)
+        texts, teacher_logits = read_distillation_set(train_examples, run_dir)
         targets = distillation_targets(teacher_logits, targets, cfg.classify.distill_temperature, multi)
     else:
         texts = [e.text for e in train_examples]

@@ -288,7 +288,7 @@ def write_distillation_set(cfg: Config, examples: list[Example], labels: list[st
                 seen.add(copy)
                 texts.append(copy)
     with autocast(teacher.device, resolve_dtype(teacher.config.train.dtype, teacher.device)):  # the teacher's own precision
-        logits = predict_logits(teacher.model, teacher.encoder, [teacher.encoder.ids(t) for t in texts], teacher.device, batch_size=256)
+        logits = predict_logits(teacher.model, teacher.encoder, [teacher.encoder.ids(t) for t in texts], teacher.device)
     lines = (json.dumps({"text": t, "logits": [round(v, 5) for v in row]}, ensure_ascii=False) for t, row in zip(texts, logits.tolist()))
     checkpoint.atomic_write_text(run_dir / "distill.jsonl", "\n".join(lines) + "\n")
     return len(texts) - len(examples)

@@ -157,6 +157,10 @@ class ClassifyConfig:
             raise ConfigError(f"classify.augment_copies must be 0 or more, got {self.augment_copies}.")
         if self.augment_copies and not self.teacher:
             raise ConfigError("classify.augment_copies needs classify.teacher: the teacher labels the altered copies.")
+        if self.augment_copies and self.distill_weight == 0.0:
+            raise ConfigError("classify.augment_copies with distill_weight 0 trains on nothing but the gold labels; raise distill_weight or set augment_copies: 0.")
+        if self.teacher and self.class_weights and self.distill_weight == 1.0:
+            raise ConfigError("classify.class_weights weigh the gold-label loss, which distill_weight 1 leaves out; lower distill_weight or drop class_weights.")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ConfigError(f"classify.distill_weight must be between 0 and 1, got {self.distill_weight}.")
         if self.distill_temperature <= 0:

@@ -8,6 +8,7 @@ This is the one place that joins the readers, tokenizers, batching, models and t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import sys
@@ -18,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from nanonlp import checkpoint
-from nanonlp.config import ClassifyDataConfig, Config, dump_yaml, from_dict, read_yaml, to_dict
+from nanonlp.config import ClassifyConfig, ClassifyDataConfig, Config, dump_yaml, from_dict, read_yaml, to_dict
 from nanonlp.data import catalog
 from nanonlp.data.batching import EpochBatches
-from nanonlp.data.readers import OUT_OF_SCOPE, Example, read_examples
+from nanonlp.data.readers import OUT_OF_SCOPE, Example, read_examples, split_lines
 from nanonlp.data.tokenizers import BPETokenizer, WordPieceTokenizer, WordTokenizer, load_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature, multilabel_report
@@ -244,9 +245,9 @@ def text_encoder(cfg: Config, tokenizer) -> Encoder:
 
 
 def altered_copies(text: str, copies: int, drop: float, span: float, rng: random.Random) -> list[str]:
-    """Tang et al. (2019)'s augmentation for distillation: each copy deletes every word with
-    probability `drop` (one word always stays), then with probability `span` keeps only a random
-    run of 1 to 5 of the remaining words."""
+    """Altered copies of a text for distillation, after Tang et al. (2019) with word deletion in
+    place of their masking: each copy deletes every word with probability `drop` (one word always
+    stays), then with probability `span` keeps only a random run of 1 to 5 of the remaining words."""
     words = text.split()
     if not words:
         return []
@@ -261,47 +262,71 @@ def altered_copies(text: str, copies: int, drop: float, span: float, rng: random
     return out
 
 
-def _load_teacher(cfg: Config, labels: list[str], device) -> TextClassifier:
-    teacher_dir = Path(cfg.classify.teacher)
+DISTILL_KEYS = ("teacher", "distill_weight", "distill_temperature", "augment_copies", "augment_drop", "augment_span")
+
+
+def check_teacher(cfg: ClassifyConfig, multi_label: bool, labels: list[str]) -> Path:
+    """The teacher's run directory, after checking that it can teach this run."""
+    teacher_dir = Path(cfg.teacher)
     if not (teacher_dir / "config.yaml").is_file() or checkpoint.run_task(teacher_dir) != "classify":
         raise ConfigError(f"classify.teacher '{teacher_dir}' is not a trained classification run; give the run directory of `nanonlp train` with task: classify.")
-    teacher = load(teacher_dir, device=str(device))
-    if teacher.labels != labels:
-        raise ConfigError(f"classify.teacher '{teacher_dir}' predicts labels {teacher.labels[:6]}, the training data has {labels[:6]}; "
+    taught = json.loads((teacher_dir / "labels.json").read_text())
+    if taught != labels:
+        missing, extra = sorted(set(labels) - set(taught)), sorted(set(taught) - set(labels))
+        detail = (f"it lacks {', '.join(missing[:5])}" if missing else "") + ("; " if missing and extra else "") + \
+                 (f"it adds {', '.join(extra[:5])}" if extra else "") or "its labels are in another order"
+        raise ConfigError(f"classify.teacher '{teacher_dir}' was trained on other labels than this data ({detail}); "
                           "a teacher must be trained on the same labels.")
-    if teacher.multi_label != cfg.data.multi_label:
-        raise ConfigError(f"classify.teacher '{teacher_dir}' has data.multi_label {teacher.multi_label}; this run has {cfg.data.multi_label}.")
-    return teacher
+    teacher_multi = bool((read_yaml(teacher_dir / "config.yaml").get("data") or {}).get("multi_label", False))
+    if teacher_multi != multi_label:
+        raise ConfigError(f"classify.teacher '{teacher_dir}' has data.multi_label {str(teacher_multi).lower()}; this run has {str(multi_label).lower()}.")
+    return teacher_dir
 
 
-def write_distillation_set(cfg: Config, examples: list[Example], labels: list[str], run_dir: Path, device) -> int:
+def _fingerprint(examples: list[Example]) -> str:
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps([e.text, list(e.labels)]).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def write_distillation_set(cfg: ClassifyConfig, teacher_dir: Path, examples: list[Example], seed: int, run_dir: Path, device) -> int:
     """Labels the training texts and their altered copies with the teacher's logits, in
-    run_dir/distill.jsonl (the training texts first, in order). Returns the number of copies."""
-    teacher = _load_teacher(cfg, labels, device)
-    c = cfg.classify
-    rng = random.Random(cfg.train.seed)
+    run_dir/distill.jsonl: a header line (the training data's size and fingerprint), then one line
+    per text, the training texts first and in order. Returns the number of copies."""
+    teacher = load(teacher_dir, device=str(device))
+    rng = random.Random(seed)
     texts = [e.text for e in examples]
-    seen = set(texts)
-    for text in list(texts):
-        for copy in altered_copies(text, c.augment_copies, c.augment_drop, c.augment_span, rng):
+    seen = {" ".join(t.split()) for t in texts}
+    for text in [e.text for e in examples]:
+        for copy in altered_copies(text, cfg.augment_copies, cfg.augment_drop, cfg.augment_span, rng):
             if copy not in seen:
                 seen.add(copy)
                 texts.append(copy)
-    with autocast(teacher.device, resolve_dtype(teacher.config.train.dtype, teacher.device)):  # the teacher's own precision
+    dtype = teacher.config.train.dtype
+    if dtype == "float16" and teacher.device.type != "cuda":
+        dtype = "auto"  # a teacher trained in float16 on a GPU labels in bf16/float32 on a CPU
+    with autocast(teacher.device, resolve_dtype(dtype, teacher.device)):
         logits = predict_logits(teacher.model, teacher.encoder, [teacher.encoder.ids(t) for t in texts], teacher.device)
-    lines = (json.dumps({"text": t, "logits": [round(v, 5) for v in row]}, ensure_ascii=False) for t, row in zip(texts, logits.tolist()))
-    checkpoint.atomic_write_text(run_dir / "distill.jsonl", "\n".join(lines) + "\n")
+    header = {"training_texts": len(examples), "fingerprint": _fingerprint(examples), "teacher": str(teacher_dir)}
+    lines = [json.dumps(header)] + [json.dumps({"text": t, "logits": [round(v, 5) for v in row]}) for t, row in zip(texts, logits.tolist())]
+    checkpoint.atomic_write_text(run_dir / "distill.jsonl", "\n".join(lines) + "\n")  # ASCII JSON: one text per line
     return len(texts) - len(examples)
 
 
 def read_distillation_set(examples: list[Example], run_dir: Path) -> tuple[list[str], torch.Tensor]:
     """The texts and teacher logits written when the run was prepared."""
-    if not (run_dir / "distill.jsonl").is_file():
-        raise NanoNLPError(f"'{run_dir}' was prepared without classify.teacher; resume it without one, or train a new run (--overwrite).")
-    rows = [json.loads(line) for line in (run_dir / "distill.jsonl").read_text(encoding="utf-8").splitlines()]
-    if [r["text"] for r in rows[: len(examples)]] != [e.text for e in examples]:
+    path = run_dir / "distill.jsonl"
+    if not path.is_file():
+        raise NanoNLPError(f"'{path}' is missing: the teacher's labels of this run are gone; train a new run (--overwrite).")
+    try:
+        header, *rows = [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
+        texts, logits = [r["text"] for r in rows], torch.tensor([r["logits"] for r in rows])
+    except (ValueError, KeyError, TypeError) as error:
+        raise NanoNLPError(f"'{path}' is damaged ({error}); train a new run (--overwrite).") from None
+    if header.get("training_texts") != len(examples) or header.get("fingerprint") != _fingerprint(examples):
         raise NanoNLPError(f"the training data of '{run_dir}' changed since its teacher labelled it; train a new run (--overwrite).")
-    return [r["text"] for r in rows], torch.tensor([r["logits"] for r in rows])
+    return texts, logits
 
 
 def distillation_targets(teacher_logits: torch.Tensor, gold: torch.Tensor, temperature: float, multi_label: bool):
@@ -311,23 +336,23 @@ def distillation_targets(teacher_logits: torch.Tensor, gold: torch.Tensor, tempe
     soft = torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=1)
     extra = len(teacher_logits) - len(gold)
     filler = torch.zeros((extra,) + tuple(gold.shape[1:]), dtype=gold.dtype)
-    has_gold = torch.cat([torch.ones(len(gold), dtype=torch.bool), torch.zeros(extra, dtype=torch.bool)])
+    has_gold = torch.cat([torch.ones(len(gold)), torch.zeros(extra)])
     return soft, torch.cat([gold, filler]), has_gold
 
 
-def distillation_loss(logits: torch.Tensor, targets, weight: float, temperature: float, class_w: torch.Tensor | None, multi_label: bool) -> torch.Tensor:
+def distillation_loss(logits: torch.Tensor, targets, weight: float, temperature: float, weights: torch.Tensor | None, multi_label: bool) -> torch.Tensor:
     """weight x T^2 x (divergence from the teacher's softened distribution) + (1 - weight) x the
-    ordinary loss on the texts that have gold labels (Hinton et al. 2015)."""
+    ordinary loss of the texts that have gold labels (Hinton et al. 2015). Both terms are means over
+    the whole batch, so a gold text counts as much as a copy; class weights scale the gold term."""
     soft, gold, has_gold = targets
     scaled = logits.float() / temperature
     if multi_label:
         soft_loss = F.binary_cross_entropy_with_logits(scaled, soft)
+        gold_loss = F.binary_cross_entropy_with_logits(logits.float(), gold.float(), reduction="none").mean(1)
     else:
         soft_loss = F.kl_div(F.log_softmax(scaled, dim=1), soft, reduction="batchmean")
-    loss = weight * temperature**2 * soft_loss
-    if weight < 1.0 and bool(has_gold.any()):
-        loss = loss + (1.0 - weight) * classification_loss(logits[has_gold], gold[has_gold], class_w, multi_label)
-    return loss
+        gold_loss = F.cross_entropy(logits.float(), gold, weight=None if weights is None else weights.to(logits.device), reduction="none")
+    return weight * temperature**2 * soft_loss + (1.0 - weight) * (gold_loss * has_gold).mean()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,6 +360,8 @@ def distillation_loss(logits: torch.Tensor, targets, weight: float, temperature:
 
 
 def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: bool, device) -> None:
+    if cfg.classify.teacher and Path(cfg.classify.teacher).resolve() == run_dir.resolve():
+        raise ConfigError("classify.teacher is this run's own directory; a teacher is a finished run elsewhere (see train.out_dir).")
     has_run = checkpoint.claim_run_dir(run_dir, resume, overwrite)
     if has_run:
         return
@@ -346,6 +373,8 @@ def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quie
         labels = sorted({e.label for e in train_examples})
     if len(labels) < 2:
         raise NanoNLPError(f"the training data has {len(labels)} label(s); a classifier needs at least two.")
+    teacher_dir = check_teacher(cfg.classify, cfg.data.multi_label, labels) if cfg.classify.teacher else None
+    (run_dir / "distill.jsonl").unlink(missing_ok=True)  # left over from a preparation that stopped
     if isinstance(cfg.model, PRETRAINED):
         cfg.model = dataclasses.replace(cfg.model, num_classes=len(labels))
         model, tokenizer = _pretrained(cfg)
@@ -359,12 +388,15 @@ def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quie
     if not quiet:
         print(f"data: {len(train_examples):,} training and {len(dev):,} validation examples, {len(labels)} labels; "
               f"{tokenizer.kind} tokenizer, vocabulary {tokenizer.vocab_size:,}", file=sys.stderr)
-    if cfg.classify.teacher:
-        start = time.perf_counter()
-        copies = write_distillation_set(cfg, train_examples, labels, run_dir, device)
+    if teacher_dir is not None:
         if not quiet:
-            print(f"distillation: teacher {cfg.classify.teacher} labelled the {len(train_examples):,} training texts and "
-                  f"{copies:,} altered copies in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+            print(f"distillation: teacher {teacher_dir} labels the training texts and {cfg.classify.augment_copies} altered copies of each",
+                  file=sys.stderr)
+        start = time.perf_counter()
+        copies = write_distillation_set(cfg.classify, teacher_dir, train_examples, cfg.train.seed, run_dir, device)
+        if not quiet:
+            print(f"distillation: {len(train_examples):,} training texts and {copies:,} distinct copies labelled "
+                  f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     checkpoint.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))  # last: marks the run as prepared
 
 
@@ -384,6 +416,10 @@ def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, ove
 
     saved = from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True)
     cfg.model, cfg.data = saved.model, saved.data  # the run's own data and model settings
+    changed = [key for key in DISTILL_KEYS if getattr(cfg.classify, key) != getattr(saved.classify, key)]
+    if changed:
+        raise ConfigError(f"'{run_dir}' was prepared with other distillation settings ({', '.join('classify.' + k for k in changed)}); "
+                          "resume with the run's own (its config.yaml), or train a new run (--overwrite).")
     tokenizer, labels = load_tokenizer(run_dir), json.loads((run_dir / "labels.json").read_text())
     torch.manual_seed(cfg.train.seed)
     fresh = checkpoint.latest_checkpoint(run_dir) is None

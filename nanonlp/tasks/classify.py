@@ -273,8 +273,8 @@ def check_teacher(cfg: ClassifyConfig, multi_label: bool, labels: list[str]) -> 
     taught = json.loads((teacher_dir / "labels.json").read_text())
     if taught != labels:
         missing, extra = sorted(set(labels) - set(taught)), sorted(set(taught) - set(labels))
-        detail = (f"it lacks {', '.join(missing[:5])}" if missing else "") + ("; " if missing and extra else "") + \
-                 (f"it adds {', '.join(extra[:5])}" if extra else "") or "its labels are in another order"
+        parts = ([f"it lacks {', '.join(missing[:5])}"] if missing else []) + ([f"it adds {', '.join(extra[:5])}"] if extra else [])
+        detail = "; ".join(parts) or "its labels are in another order"
         raise ConfigError(f"classify.teacher '{teacher_dir}' was trained on other labels than this data ({detail}); "
                           "a teacher must be trained on the same labels.")
     teacher_multi = bool((read_yaml(teacher_dir / "config.yaml").get("data") or {}).get("multi_label", False))

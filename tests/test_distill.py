@@ -128,8 +128,11 @@ def test_distillation_errors(tmp_path, toy):
         toy_config(tmp_path, toy, classify__teacher="x", classify__augment_copies=2, classify__distill_weight=0.0)
     with pytest.raises(ConfigError, match="class_weights"):
         toy_config(tmp_path, toy, classify__teacher="x", classify__class_weights="balanced")
-    with pytest.raises(ConfigError, match="not a trained classification run"):
+    with pytest.raises(ConfigError, match="does not exist; train the teacher first"):
         train_classifier(toy_config(tmp_path, toy, classify__teacher=tmp_path / "nowhere"), quiet=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="not a trained classification run"):
+        train_classifier(toy_config(tmp_path, toy, classify__teacher=tmp_path / "empty"), quiet=True)
     assert not (tmp_path / "run" / "config.yaml").exists()  # the run was not marked as prepared
     assert not (tmp_path / "run" / "tokenizer.json").exists()  # the teacher is checked before any work
     train_classifier(toy_config(tmp_path, toy, train__max_steps=5, train__eval_interval=5), quiet=True)  # the folder is reusable

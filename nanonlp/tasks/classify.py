@@ -268,6 +268,9 @@ DISTILL_KEYS = ("teacher", "distill_weight", "distill_temperature", "augment_cop
 def check_teacher(cfg: ClassifyConfig, multi_label: bool, labels: list[str]) -> Path:
     """The teacher's run directory, after checking that it can teach this run."""
     teacher_dir = Path(cfg.teacher)
+    if not teacher_dir.exists():
+        raise ConfigError(f"classify.teacher '{teacher_dir}' does not exist; train the teacher first (its train.out_dir), "
+                          "or point classify.teacher at a finished classification run.")
     if not (teacher_dir / "config.yaml").is_file() or checkpoint.run_task(teacher_dir) != "classify":
         raise ConfigError(f"classify.teacher '{teacher_dir}' is not a trained classification run; give the run directory of `nanonlp train` with task: classify.")
     taught = json.loads((teacher_dir / "labels.json").read_text())

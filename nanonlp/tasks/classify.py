@@ -293,7 +293,8 @@ def _fingerprint(examples: list[Example]) -> str:
     return digest.hexdigest()
 
 
-def write_distillation_set(cfg: ClassifyConfig, teacher_dir: Path, examples: list[Example], seed: int, run_dir: Path, device) -> int:
+def write_distillation_set(cfg: ClassifyConfig, teacher_dir: Path, examples: list[Example], seed: int, run_dir: Path, device,
+                           progress: bool = False) -> int:
     """Labels the training texts and their altered copies with the teacher's logits, in
     run_dir/distill.jsonl: a header line (the training data's size and fingerprint), then one line
     per text, the training texts first and in order. Returns the number of copies."""
@@ -310,7 +311,7 @@ def write_distillation_set(cfg: ClassifyConfig, teacher_dir: Path, examples: lis
     if dtype == "float16" and teacher.device.type != "cuda":
         dtype = "auto"  # a teacher trained in float16 on a GPU labels in bf16/float32 on a CPU
     with autocast(teacher.device, resolve_dtype(dtype, teacher.device)):
-        logits = predict_logits(teacher.model, teacher.encoder, [teacher.encoder.ids(t) for t in texts], teacher.device)
+        logits = predict_logits(teacher.model, teacher.encoder, [teacher.encoder.ids(t) for t in texts], teacher.device, progress=progress)
     header = {"training_texts": len(examples), "fingerprint": _fingerprint(examples), "teacher": str(teacher_dir)}
     lines = [json.dumps(header)] + [json.dumps({"text": t, "logits": [round(v, 5) for v in row]}) for t, row in zip(texts, logits.tolist())]
     checkpoint.atomic_write_text(run_dir / "distill.jsonl", "\n".join(lines) + "\n")  # ASCII JSON: one text per line
@@ -396,7 +397,7 @@ def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quie
             print(f"distillation: teacher {teacher_dir} labels the training texts and {cfg.classify.augment_copies} altered copies of each",
                   file=sys.stderr)
         start = time.perf_counter()
-        copies = write_distillation_set(cfg.classify, teacher_dir, train_examples, cfg.train.seed, run_dir, device)
+        copies = write_distillation_set(cfg.classify, teacher_dir, train_examples, cfg.train.seed, run_dir, device, progress=not quiet)
         if not quiet:
             print(f"distillation: {len(train_examples):,} training texts and {copies:,} distinct copies labelled "
                   f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
@@ -492,12 +493,16 @@ def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, ove
 
 
 @torch.no_grad()
-def predict_logits(model, encoder: Encoder, id_lists: list[list[int]], device, batch_size: int = 64) -> torch.Tensor:
+def predict_logits(model, encoder: Encoder, id_lists: list[list[int]], device, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """Logits for every id list, in batches of similar lengths; `progress` shows a bar on a terminal."""
+    from tqdm import tqdm
+
     was_training = model.training
     model.eval()
     order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths, less padding
     out = [None] * len(id_lists)
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, disable=not (progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True, leave=False):
         rows = order[start : start + batch_size]
         input_ids, mask = encoder.batch([id_lists[i] for i in rows], device)
         logits, _ = model(input_ids, mask)

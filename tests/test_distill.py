@@ -181,6 +181,9 @@ def test_resume_keeps_the_runs_distillation(tmp_path, toy):
     shutil.rmtree(teacher)
     result = train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=10, **extra), resume=True, quiet=True)
     assert result.step == 10
+    (tmp_path / "student" / "distill.jsonl").write_text('{"training_texts": 16}\n{"text": "cut off', encoding="utf-8")
+    with pytest.raises(NanoNLPError, match="distill.jsonl' is damaged"):
+        train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=15, **extra), resume=True, quiet=True)
 
 
 def test_texts_with_unicode_line_separators_survive_the_distillation_file(tmp_path, toy):

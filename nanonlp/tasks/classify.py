@@ -302,8 +302,8 @@ def write_distillation_set(cfg: ClassifyConfig, teacher_dir: Path, examples: lis
     rng = random.Random(seed)
     texts = [e.text for e in examples]
     seen = {" ".join(t.split()) for t in texts}
-    for text in [e.text for e in examples]:
-        for copy in altered_copies(text, cfg.augment_copies, cfg.augment_drop, cfg.augment_span, rng):
+    for example in examples:
+        for copy in altered_copies(example.text, cfg.augment_copies, cfg.augment_drop, cfg.augment_span, rng):
             if copy not in seen:
                 seen.add(copy)
                 texts.append(copy)

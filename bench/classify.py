@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 from nanonlp.config import load_config  # noqa: E402
 from nanonlp.tasks.classify import default_eval_examples, load, load_splits, train_classifier  # noqa: E402
 
-SMS = ["--data.path=sms_spam", "--data.encoding=utf-8", "--data.dev_fraction=0.2", "--data.split_seed=0"]
-CLINC = ["--data.path=clinc150", "--data.encoding=utf-8", "--data.max_length=48", "--classify.tune_abstain=true",
+SMS = ["--data.path=sms_spam", "--data.encoding=utf-8", "--data.detokenize=false", "--data.dev_fraction=0.2", "--data.split_seed=0"]
+CLINC = ["--data.path=clinc150", "--data.encoding=utf-8", "--data.detokenize=false", "--data.max_length=48", "--classify.tune_abstain=true",
          "--train.max_steps=1500", "--train.eval_interval=500", "--train.head_learning_rate=3e-3", "--train.learning_rate=1e-4"]
 
 EXPERIMENTS = {

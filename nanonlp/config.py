@@ -122,6 +122,7 @@ class ClassifyDataConfig:
     vocab_size: int = 30000  # word: most frequent words kept; bpe: vocabulary size
     min_freq: int = 1  # word: drop words seen fewer times in training
     lowercase: bool = True  # word/bpe: lowercase text first
+    detokenize: bool = False  # join Penn Treebank tokens back into plain text first (SST: "do n't" -> "don't", -lrb- -> "(")
     ngrams: int = 1  # word: add hashed word n-grams up to this order (2 = bigrams, for bag_of_ngrams)
     ngram_buckets: int = 200000  # hash buckets for those n-grams
     max_length: int = 128  # tokens kept per text (longer texts are truncated)

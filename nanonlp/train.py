@@ -133,10 +133,12 @@ class Distributed:
         if self.is_main:
             try:
                 prepare()
-            except NanoNLPError as err:
+            except Exception as err:  # not only ours: an OOM or a bug there must not leave the others waiting
                 error = err
         if not self.all_ok(error is None, device):
-            raise error or NanoNLPError("rank 0 could not prepare the run; its message says why.")
+            if error is not None:
+                raise error
+            raise NanoNLPError("rank 0 could not prepare the run; its message says why.")
 
     def agree(self, flag: bool, device: torch.device) -> bool:
         """Rank 0's decision, on every rank (so all ranks stop at the same step)."""

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 import nanonlp
 from nanonlp.cli import main
 from nanonlp.config import load_config
-from nanonlp.data.readers import OUT_OF_SCOPE, read_clinc, read_examples
+from nanonlp.data.readers import OUT_OF_SCOPE, join_ptb_tokens, read_clinc, read_examples
+from nanonlp.data.tokenizers import WordPieceTokenizer
 from nanonlp.errors import NanoNLPError
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature
 from nanonlp.tasks.classify import (abstaining_predictions, class_weights, classification_loss, scope_metrics,
-                                    train_classifier, tune_abstain_threshold)
+                                    text_encoder, train_classifier, tune_abstain_threshold)
 
 POSITIVE = ["a good film", "truly good and warm", "good acting , good story", "what a good surprise", "good fun",
             "the cast is good", "simply good", "good , very good"]
@@ -38,6 +39,47 @@ def toy_config(tmp_path, toy, family="bag_of_ngrams", out="run", **extra):
               "train.weight_decay": 0.0}
     values.update({k.replace("__", "."): v for k, v in extra.items()})
     return load_config(None, ["--task=classify"] + [f"--{k}={v}" for k, v in values.items()])
+
+
+# -- Penn Treebank tokens back to plain text (data.detokenize) -------------------------------------
+
+
+@pytest.mark.parametrize("ptb, plain", [
+    ("they wo n't sit still", "they won't sit still"),
+    ("it 's a -lrb- sic -rrb- film", "it's a ( sic ) film"),
+    ("-LRB- a -RRB- -lsb- b -rsb- -lcb- c -rcb-", "( a ) [ b ] { c }"),
+    ("a comedy\\/drama , `` great '' !", 'a comedy/drama , " great " !'),
+    ("i 'm sure we 'll see , they 're back , he 'd go , i 've been", "i'm sure we'll see , they're back , he'd go , i've been"),
+    ("DO N'T", "DON'T"),
+    ("Don't stop: it's fine.", "Don't stop: it's fine."),  # plain text is left alone
+    ("the 's-curve", "the 's-curve"),  # a word that starts with a quote is not a clitic
+    ("n't", "n't"),
+])
+def test_join_ptb_tokens(ptb, plain):
+    assert join_ptb_tokens(ptb) == plain
+
+
+def test_detokenize_gives_the_tokenizer_plain_text(tmp_path, toy):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "do", "don", "n", "'", "t", "it", "s", "(", ")", "good"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    wordpiece = WordPieceTokenizer.from_folder(tmp_path)
+    ptb, plain = "it 's good -lrb- do n't -rrb-", "it's good ( don't )"
+    joined = text_encoder(toy_config(tmp_path, toy, data__detokenize="true", data__max_length=32), wordpiece)
+    assert joined.ids(ptb) == joined.ids(plain) == wordpiece.encode(plain)
+    as_is = text_encoder(toy_config(tmp_path, toy, data__max_length=32), wordpiece)
+    assert as_is.ids(ptb) != as_is.ids(plain)
+    short = text_encoder(toy_config(tmp_path, toy, data__detokenize="true", data__max_length=5), wordpiece)
+    assert short.ids(ptb) == wordpiece.encode(plain)[:4] + [wordpiece.sep_id]  # truncated, still ending on [SEP]
+    # A trained word vocabulary is built from the joined texts, and a saved run answers PTB and plain text alike.
+    train = tmp_path / "ptb.txt"
+    train.write_text("pos i do n't hate it\nneg i do n't like it\npos it 's -lrb- truly -rrb- fine\nneg it 's dull\n" * 4)
+    cfg = toy_config(tmp_path, (train, train), out="ptb_run", data__detokenize="true", train__max_steps=10, train__eval_interval=10)
+    train_classifier(cfg, quiet=True)
+    classifier = nanonlp.load(tmp_path / "ptb_run")
+    words = classifier.encoder.tokenizer.inner.words
+    assert "don't" in words and "it's" in words and "n't" not in words and "-lrb-" not in words
+    texts = ["i do n't hate it", "it 's -lrb- truly -rrb- fine"]
+    assert torch.equal(classifier.probabilities(texts), classifier.probabilities([join_ptb_tokens(t) for t in texts]))
 
 
 # -- readers: bad rows are reported with their line numbers ----------------------------------------

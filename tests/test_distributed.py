@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import tiny_overrides
 from nanonlp.config import load_config
@@ -99,3 +100,49 @@ def test_fsdp_matches_one_process_and_resumes(tmp_path, corpus, config_file):
     idx = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.allclose(model.model(idx)[0], single_model.model(idx)[0], atol=1e-3)
+
+
+def _prepare_and_fail(rank: int, port: int, results) -> None:
+    """One of two gloo processes: rank 0's preparation fails with an error that is not ours."""
+    import torch.distributed as dist
+
+    from nanonlp.errors import NanoNLPError
+    from nanonlp.train import Distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        def prepare():
+            raise RuntimeError("out of memory while the teacher labels")
+
+        Distributed(rank=rank, local_rank=rank, world_size=2).main_first(prepare, torch.device("cpu"))
+        results.put((rank, "returned"))
+    except NanoNLPError as error:
+        results.put((rank, f"NanoNLPError: {error}"))
+    except RuntimeError as error:
+        results.put((rank, f"RuntimeError: {error}"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_failure_of_any_kind_on_rank_0_during_preparation_stops_every_rank():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    procs = [context.Process(target=_prepare_and_fail, args=(rank, port, results)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+    assert not hung, "a rank was left waiting for rank 0"
+    outcome = dict(results.get(timeout=5) for _ in procs)
+    assert outcome[0] == "RuntimeError: out of memory while the teacher labels"  # rank 0 keeps its own error
+    assert outcome[1].startswith("NanoNLPError: rank 0 could not prepare the run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,23 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     if not text.strip():
         raise NanoNLPError(f"'{path}' is empty (or only whitespace); a language model needs text to learn from.")
     return text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Penn Treebank tokens back to plain text
+
+# Brackets and quotes as the Penn Treebank writes them (SST, PTB-style corpora), lowercased or not.
+_PTB_SYMBOLS = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}", "``": '"', "''": '"'}
+# Clitics split off their word: "do n't", "it 's", "we 're", "i 've", "i 'm", "we 'll", "he 'd".
+_CLITIC = re.compile(r" (n't|'s|'re|'ve|'m|'ll|'d)(?= |$)", re.IGNORECASE)
+
+
+def join_ptb_tokens(text: str) -> str:
+    """Undo the Penn Treebank tokenization that a pretrained encoder never saw: "wo n't" -> "won't",
+    "it 's" -> "it's", "-lrb- sic -rrb-" -> "( sic )", "\\/" -> "/", "``" and "''" -> '"'. Spaces
+    around punctuation stay (a WordPiece tokenizer splits there anyway); plain text passes unchanged."""
+    words = [_PTB_SYMBOLS.get(word.lower(), word).replace("\\/", "/").replace("\\*", "*") for word in text.split(" ")]
+    return _CLITIC.sub(r"\1", " ".join(words))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from nanonlp import checkpoint
 from nanonlp.config import ClassifyConfig, ClassifyDataConfig, Config, dump_yaml, from_dict, read_yaml, to_dict
 from nanonlp.data import catalog
 from nanonlp.data.batching import EpochBatches
-from nanonlp.data.readers import OUT_OF_SCOPE, Example, read_examples, split_lines
+from nanonlp.data.readers import OUT_OF_SCOPE, Example, join_ptb_tokens, read_examples, split_lines
 from nanonlp.data.tokenizers import BPETokenizer, WordPieceTokenizer, WordTokenizer, load_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature, multilabel_report
@@ -82,7 +82,7 @@ class Encoder:
         ids = self.tokenizer.encode(text)
         if len(ids) > self.max_length:
             sep = getattr(self.tokenizer, "sep_id", None)
-            ids = ids[: self.max_length - 1] + [sep] if isinstance(self.tokenizer, WordPieceTokenizer) else ids[: self.max_length]
+            ids = ids[: self.max_length - 1] + [sep] if sep is not None else ids[: self.max_length]  # WordPiece ends on [SEP]
         return ids or [self.pad_id]  # an empty text still needs one position (masked in)
 
     def batch(self, id_lists: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,6 +217,8 @@ def _check_tokenizer_choice(cfg: Config) -> None:
 
 
 def _train_tokenizer(cfg: ClassifyDataConfig, texts: list[str]):
+    if cfg.detokenize:
+        texts = [join_ptb_tokens(t) for t in texts]
     if cfg.tokenizer == "word":
         return WordTokenizer.train(texts, cfg.vocab_size, cfg.min_freq, cfg.lowercase, cfg.ngrams, cfg.ngram_buckets)
     text = "\n".join(t.lower() if cfg.lowercase else t for t in texts)
@@ -234,9 +236,23 @@ class _Lowercasing:
         return self.inner.encode(text.lower())
 
 
+class _Detokenizing:
+    """Applies data.detokenize in front of any tokenizer: every text the run reads or is asked about."""
+
+    def __init__(self, tokenizer):
+        self.inner = tokenizer
+        self.pad_id = tokenizer.pad_id
+        self.sep_id = getattr(tokenizer, "sep_id", None)
+
+    def encode(self, text: str) -> list[int]:
+        return self.inner.encode(join_ptb_tokens(text))
+
+
 def text_encoder(cfg: Config, tokenizer) -> Encoder:
     if isinstance(tokenizer, BPETokenizer) and cfg.data.lowercase and cfg.data.tokenizer == "bpe":
         tokenizer = _Lowercasing(tokenizer)
+    if cfg.data.detokenize:
+        tokenizer = _Detokenizing(tokenizer)
     return Encoder(tokenizer, cfg.data.max_length)
 
 
@@ -273,7 +289,11 @@ def check_teacher(cfg: ClassifyConfig, multi_label: bool, labels: list[str]) -> 
                           "or point classify.teacher at a finished classification run.")
     if not (teacher_dir / "config.yaml").is_file() or checkpoint.run_task(teacher_dir) != "classify":
         raise ConfigError(f"classify.teacher '{teacher_dir}' is not a trained classification run; give the run directory of `nanonlp train` with task: classify.")
-    taught = json.loads((teacher_dir / "labels.json").read_text())
+    try:
+        taught = json.loads((teacher_dir / "labels.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"classify.teacher '{teacher_dir}' has no readable labels.json ({error.__class__.__name__}); "
+                          "train the teacher again or point classify.teacher at another run.") from None
     if taught != labels:
         missing, extra = sorted(set(labels) - set(taught)), sorted(set(taught) - set(labels))
         parts = ([f"it lacks {', '.join(missing[:5])}"] if missing else []) + ([f"it adds {', '.join(extra[:5])}"] if extra else [])

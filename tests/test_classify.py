@@ -51,6 +51,9 @@ def toy_config(tmp_path, toy, family="bag_of_ngrams", out="run", **extra):
     ("a comedy\\/drama , `` great '' !", 'a comedy/drama , " great " !'),
     ("i 'm sure we 'll see , they 're back , he 'd go , i 've been", "i'm sure we'll see , they're back , he'd go , i've been"),
     ("DO N'T", "DON'T"),
+    ("a \\*s\\* rating", "a *s* rating"),
+    ("it 's\tfine ,\n\ni do n't\tknow  -lrb- why -rrb-", "it's\tfine ,\n\ni don't\tknow  ( why )"),  # whitespace kept
+    ("it\n's", "it\n's"),  # a clitic is joined across a space or tab, not a line break
     ("Don't stop: it's fine.", "Don't stop: it's fine."),  # plain text is left alone
     ("the 's-curve", "the 's-curve"),  # a word that starts with a quote is not a clitic
     ("n't", "n't"),

@@ -144,9 +144,11 @@ def test_distillation_errors(tmp_path, toy):
     train_classifier(toy_config(tmp_path, (other, other), out="three_labels", train__max_steps=5, train__eval_interval=5), quiet=True)
     with pytest.raises(ConfigError, match="it lacks neg, pos; it adds maybe, no, yes"):
         train_classifier(toy_config(tmp_path, toy, out="mismatch", classify__teacher=tmp_path / "three_labels"), quiet=True)
-    (tmp_path / "three_labels" / "labels.json").write_text('["maybe", "no"')  # damaged
-    with pytest.raises(ConfigError, match="has no readable labels.json"):
-        train_classifier(toy_config(tmp_path, toy, out="mismatch", classify__teacher=tmp_path / "three_labels"), quiet=True)
+    for damaged in ('["maybe", "no"', "42", None):  # cut short, not a list, missing
+        labels_file = tmp_path / "three_labels" / "labels.json"
+        labels_file.unlink() if damaged is None else labels_file.write_text(damaged)
+        with pytest.raises(ConfigError, match="has no readable labels.json"):
+            train_classifier(toy_config(tmp_path, toy, out="mismatch", classify__teacher=tmp_path / "three_labels"), quiet=True)
     # The training data changed after the teacher labelled it (a text edited, a label flipped, the last
     # lines cut): resuming refuses.
     teacher = _flipped_teacher(tmp_path, toy)

@@ -39,16 +39,18 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
 
 # Brackets and quotes as the Penn Treebank writes them (SST, PTB-style corpora), lowercased or not.
 _PTB_SYMBOLS = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}", "``": '"', "''": '"'}
-# Clitics split off their word: "do n't", "it 's", "we 're", "i 've", "i 'm", "we 'll", "he 'd".
-_CLITIC = re.compile(r" (n't|'s|'re|'ve|'m|'ll|'d)(?= |$)", re.IGNORECASE)
+# A clitic split off its word by a space or tab: "do n't", "it 's", "we 're", "i 've", "i 'm", "we 'll", "he 'd".
+_CLITIC = re.compile(r"(?<=\S)[ \t](n't|'s|'re|'ve|'m|'ll|'d)(?=\s|$)", re.IGNORECASE)
 
 
 def join_ptb_tokens(text: str) -> str:
-    """Undo the Penn Treebank tokenization that a pretrained encoder never saw: "wo n't" -> "won't",
-    "it 's" -> "it's", "-lrb- sic -rrb-" -> "( sic )", "\\/" -> "/", "``" and "''" -> '"'. Spaces
-    around punctuation stay (a WordPiece tokenizer splits there anyway); plain text passes unchanged."""
-    words = [_PTB_SYMBOLS.get(word.lower(), word).replace("\\/", "/").replace("\\*", "*") for word in text.split(" ")]
-    return _CLITIC.sub(r"\1", " ".join(words))
+    """Undo the parts of Penn Treebank tokenization that a pretrained encoder never saw in plain text:
+    split clitics ("wo n't" -> "won't", "it 's" -> "it's"), bracket and quote symbols ("-lrb- sic -rrb-"
+    -> "( sic )", "``" and "''" -> '"') and the escapes "\\/" and "\\*". Spaces around punctuation
+    stay (a WordPiece tokenizer splits there anyway), and so does every run of whitespace."""
+    parts = re.split(r"(\s+)", text)  # words at even positions, the whitespace between them at odd ones
+    parts[::2] = [_PTB_SYMBOLS.get(word.lower(), word).replace("\\/", "/").replace("\\*", "*") for word in parts[::2]]
+    return _CLITIC.sub(r"\1", "".join(parts))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -291,8 +291,10 @@ def check_teacher(cfg: ClassifyConfig, multi_label: bool, labels: list[str]) -> 
         raise ConfigError(f"classify.teacher '{teacher_dir}' is not a trained classification run; give the run directory of `nanonlp train` with task: classify.")
     try:
         taught = json.loads((teacher_dir / "labels.json").read_text(encoding="utf-8"))
+        if not isinstance(taught, list):
+            raise ValueError("not a list of labels")
     except (OSError, ValueError) as error:
-        raise ConfigError(f"classify.teacher '{teacher_dir}' has no readable labels.json ({error.__class__.__name__}); "
+        raise ConfigError(f"classify.teacher '{teacher_dir}' has no readable labels.json ({error}); "
                           "train the teacher again or point classify.teacher at another run.") from None
     if taught != labels:
         missing, extra = sorted(set(labels) - set(taught)), sorted(set(taught) - set(labels))

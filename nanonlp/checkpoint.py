@@ -72,34 +72,59 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def save_weights(model: torch.nn.Module, path: str | Path) -> None:
-    from safetensors.torch import save_model
+def _aliases(model: torch.nn.Module) -> set[str]:
+    """Names under which a tied parameter appears a second time (GPT's lm_head.weight is wte.weight)."""
+    unique = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    return {name for name, _ in model.named_parameters(remove_duplicate=False)} - unique
 
-    # save_model drops the duplicate of tied tensors (GPT's lm_head shares wte's weight).
-    _atomic(Path(path), lambda tmp: save_model(model, tmp))
+
+def _standalone(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor that owns its whole storage. On CUDA, cuDNN packs an RNN's weights into one flat
+    buffer, each weight a view of it, and safetensors refuses to save such views."""
+    tensor = tensor.detach()
+    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.nbytes:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    save_state_dict(model.state_dict(), path, model)
 
 
 def save_state_dict(weights: dict, path: str | Path, model: torch.nn.Module) -> None:
-    """Save a full state dict (e.g. gathered from FSDP shards), dropping aliases of tied parameters."""
+    """Save a state dict (the model's own, or one gathered from FSDP shards), dropping aliases of tied parameters."""
     from safetensors.torch import save_file
 
-    unique = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
-    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - unique
-    tensors = {k: v.contiguous() for k, v in weights.items() if k not in aliases}
+    aliases = _aliases(model)
+    tensors = {k: _standalone(v) for k, v in weights.items() if k not in aliases}
     _atomic(Path(path), lambda tmp: save_file(tensors, tmp))
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    from safetensors.torch import load_model
+    """Copy saved weights into the model's own tensors (so cuDNN's flat RNN buffer stays in place);
+    a tied parameter is loaded once, through its first name."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise NanoNLPError(f"weights file '{path}' does not exist.")
     device = next(model.parameters()).device
     try:
-        load_model(model, str(path), strict=True, device=str(device))
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise NanoNLPError(f"'{path}' is not a readable safetensors file ({err}); train the run again or restore the file.") from None
+    expected = set(model.state_dict()) - _aliases(model)
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        detail = "; ".join(part for part in (f"missing {', '.join(missing[:3])}" if missing else "",
+                                              f"unexpected {', '.join(unexpected[:3])}" if unexpected else "") if part)
+        raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({detail}).")
+    try:
+        model.load_state_dict(state, strict=False)  # strict=False: the aliases come with their first name
     except RuntimeError as err:
-        raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({str(err).splitlines()[0]}).") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({lines[-1] if lines else err}).") from None
 
 
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:

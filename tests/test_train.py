@@ -204,3 +204,50 @@ def test_saving_the_same_step_twice_keeps_a_valid_latest(tmp_path):
     checkpoint.write_step_checkpoint(tmp_path, 4, torch.nn.Linear(4, 1), {"step": 4}, keep=2)
     assert checkpoint.latest_checkpoint(tmp_path).name == "step_00000004"
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def _flat_like_cudnn(module: torch.nn.Module) -> torch.Tensor:
+    """Make every parameter a view of one flat buffer, as cuDNN does with an RNN's weights on CUDA."""
+    params = list(module.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    offset = 0
+    for p in params:
+        p.data = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
+def test_weights_that_are_views_of_one_flat_buffer_save_and_load_in_place(tmp_path):
+    torch.manual_seed(0)
+    source = torch.nn.LSTM(4, 3, bidirectional=True)
+    _flat_like_cudnn(source)
+    checkpoint.save_weights(source, tmp_path / "w.safetensors")  # safetensors' save_model refuses such views
+    target = torch.nn.LSTM(4, 3, bidirectional=True)
+    flat = _flat_like_cudnn(target)
+    checkpoint.load_weights(target, tmp_path / "w.safetensors")
+    for (name, a), (_, b) in zip(source.named_parameters(), target.named_parameters()):
+        assert torch.equal(a, b), name
+    assert torch.equal(flat, torch.cat([p.detach().reshape(-1) for p in source.parameters()]))  # loaded into the buffer
+    x = torch.randn(5, 2, 4)
+    assert torch.equal(source(x)[0], target(x)[0])
+
+
+def test_tied_weights_are_saved_once_and_loaded_through_both_names(tmp_path):
+    from nanonlp.models.gpt import GPT, GPTConfig
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    checkpoint.save_weights(model, tmp_path / "w.safetensors")
+    saved = load_file(str(tmp_path / "w.safetensors"))
+    assert "lm_head.weight" not in saved and "transformer.wte.weight" in saved
+    again = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    checkpoint.load_weights(again, tmp_path / "w.safetensors")
+    assert again.lm_head.weight is again.transformer.wte.weight
+    assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+    wrong = GPT(GPTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    with pytest.raises(NanoNLPError, match="do not fit the model"):
+        checkpoint.load_weights(wrong, tmp_path / "w.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(NanoNLPError, match="not a readable safetensors file"):
+        checkpoint.load_weights(again, tmp_path / "bad.safetensors")

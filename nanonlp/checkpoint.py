@@ -18,6 +18,7 @@ before `latest` points at it, so a run killed at any moment leaves the previous 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -72,10 +73,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _first_names(model: torch.nn.Module) -> dict[str, str]:
+    """Every name of a parameter or buffer -> the first name the same tensor was registered under
+    (GPT's lm_head.weight -> transformer.wte.weight: tied weights are one tensor under two names)."""
+    first, names = {}, {}
+    for name, tensor in itertools.chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
+        names[name] = first.setdefault(id(tensor), name)
+    return names
+
+
 def _aliases(model: torch.nn.Module) -> set[str]:
-    """Names under which a tied parameter appears a second time (GPT's lm_head.weight is wte.weight)."""
-    unique = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
-    return {name for name, _ in model.named_parameters(remove_duplicate=False)} - unique
+    """The second and later names of tied tensors."""
+    return {name for name, first in _first_names(model).items() if name != first}
 
 
 def _standalone(tensor: torch.Tensor) -> torch.Tensor:
@@ -84,6 +93,8 @@ def _standalone(tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.detach()
     if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.nbytes:
         return tensor
+    if tensor.device.type != "cpu":
+        return tensor.to("cpu").contiguous()  # a copy of the view alone, and no second copy on the GPU
     return tensor.clone(memory_format=torch.contiguous_format)
 
 
@@ -114,17 +125,28 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as err:
         raise NanoNLPError(f"'{path}' is not a readable safetensors file ({err}); train the run again or restore the file.") from None
+    # A tied tensor is saved once. Files written before 2026-11-26 (safetensors' save_model) may
+    # carry it under another of its names (lm_head.weight for GPT): read it under its first name.
+    first = _first_names(model)
+    for key in [k for k in state if first.get(k, k) != k]:
+        value = state.pop(key)
+        state.setdefault(first[key], value)
     expected = set(model.state_dict()) - _aliases(model)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        detail = "; ".join(part for part in (f"missing {', '.join(missing[:3])}" if missing else "",
-                                              f"unexpected {', '.join(unexpected[:3])}" if unexpected else "") if part)
+        def listed(kind: str, names: list[str]) -> str:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            return f"{kind} {', '.join(names[:3])}{more}" if names else ""
+
+        detail = "; ".join(part for part in (listed("missing", missing), listed("unexpected", unexpected)) if part)
         raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({detail}).")
     try:
-        model.load_state_dict(state, strict=False)  # strict=False: the aliases come with their first name
+        result = model.load_state_dict(state, strict=False)  # strict=False: the aliases come with their first name
     except RuntimeError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({lines[-1] if lines else err}).") from None
+    if result.unexpected_keys or set(result.missing_keys) - _aliases(model):
+        raise NanoNLPError(f"weights in '{path}' did not load into every tensor of the model; train the run again.")
 
 
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:

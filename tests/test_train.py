@@ -248,6 +248,31 @@ def test_tied_weights_are_saved_once_and_loaded_through_both_names(tmp_path):
     wrong = GPT(GPTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, n_embd=8))
     with pytest.raises(NanoNLPError, match="do not fit the model"):
         checkpoint.load_weights(wrong, tmp_path / "w.safetensors")
+    # A file written by safetensors' save_model (this project before 2026-11-26) keeps the tied weight
+    # under lm_head.weight: it still loads.
+    from safetensors.torch import save_model
+
+    save_model(model, str(tmp_path / "old.safetensors"))
+    assert "lm_head.weight" in load_file(str(tmp_path / "old.safetensors"))
+    old = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    checkpoint.load_weights(old, tmp_path / "old.safetensors")
+    assert old.lm_head.weight is old.transformer.wte.weight and torch.equal(old.lm_head.weight, model.lm_head.weight)
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(NanoNLPError, match="not a readable safetensors file"):
         checkpoint.load_weights(again, tmp_path / "bad.safetensors")
+
+
+def test_a_module_registered_twice_saves_its_buffers_once(tmp_path):
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.BatchNorm1d(3)
+            self.b = self.a  # the same module (and its running-statistics buffers) under a second name
+
+    torch.manual_seed(0)
+    model = Twice()
+    model.a(torch.randn(8, 3))  # training mode: moves the running statistics
+    checkpoint.save_weights(model, tmp_path / "w.safetensors")
+    again = Twice()
+    checkpoint.load_weights(again, tmp_path / "w.safetensors")
+    assert torch.equal(again.a.running_mean, model.a.running_mean) and again.b is again.a

@@ -208,6 +208,12 @@ def test_calibration_and_evaluation_files(tmp_path, toy, capsys):
     main(["eval", str(tmp_path / "run"), "--data", str(toy[1]), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["accuracy"] == 1.0 and report["per_class"]["pos"]["support"] == 2
+    assert report["labels"] == ["neg", "pos"]  # no out_of_scope row: nothing is, or is answered, out of scope
+    classifier = nanonlp.load(tmp_path / "run")
+    classifier.calibration["abstain_threshold"] = 1.01  # every answer becomes out_of_scope
+    abstained = classifier.evaluate(read_examples(toy[1]))
+    assert abstained["labels"] == ["neg", "pos", OUT_OF_SCOPE] and abstained["accuracy"] == 0.0
+    assert abstained["per_class"][OUT_OF_SCOPE]["support"] == 0
     assert (tmp_path / "run" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -632,7 +632,9 @@ class TextClassifier:
             gold = make_targets(examples, self.labels, True)
             return multilabel_report(gold, (probs >= self.calibration.get("threshold", 0.5)).long(), self.labels)
         predicted = [p["label"] for p in self.predict([e.text for e in examples])]
-        names = self.labels + ([OUT_OF_SCOPE] if OUT_OF_SCOPE not in self.labels else [])
+        # out_of_scope is a row of its own only where a text is, or is answered, out of scope.
+        scoped = OUT_OF_SCOPE not in self.labels and (OUT_OF_SCOPE in predicted or any(e.label == OUT_OF_SCOPE for e in examples))
+        names = self.labels + ([OUT_OF_SCOPE] if scoped else [])
         index = {label: i for i, label in enumerate(names)}
         unknown = sorted({e.label for e in examples if e.label not in index})
         if unknown:

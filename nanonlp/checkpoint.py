@@ -131,7 +131,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     for key in [k for k in state if first.get(k, k) != k]:
         value = state.pop(key)
         state.setdefault(first[key], value)
-    expected = set(model.state_dict()) - _aliases(model)
+    expected = {name for name in model.state_dict() if first.get(name, name) == name}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         def listed(kind: str, names: list[str]) -> str:
@@ -141,12 +141,10 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         detail = "; ".join(part for part in (listed("missing", missing), listed("unexpected", unexpected)) if part)
         raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({detail}).")
     try:
-        result = model.load_state_dict(state, strict=False)  # strict=False: the aliases come with their first name
-    except RuntimeError as err:
+        model.load_state_dict(state, strict=False)  # the names were checked above; the aliases come with their first name
+    except RuntimeError as err:  # a shape that does not fit
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({lines[-1] if lines else err}).") from None
-    if result.unexpected_keys or set(result.missing_keys) - _aliases(model):
-        raise NanoNLPError(f"weights in '{path}' did not load into every tensor of the model; train the run again.")
 
 
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:

@@ -225,34 +225,24 @@ def _train_tokenizer(cfg: ClassifyDataConfig, texts: list[str]):
     return BPETokenizer.train(text, cfg.vocab_size, special_tokens=("<pad>",))
 
 
-class _Lowercasing:
-    """Applies data.lowercase in front of a BPE tokenizer (the word tokenizer lowercases itself)."""
+class _Transformed:
+    """A tokenizer that transforms each text first: data.lowercase in front of BPE (the word tokenizer
+    lowercases itself), data.detokenize in front of any, so it reaches every text the run reads or is asked about."""
 
-    def __init__(self, tokenizer):
-        self.inner = tokenizer
-        self.pad_id = tokenizer.pad_id
-
-    def encode(self, text: str) -> list[int]:
-        return self.inner.encode(text.lower())
-
-
-class _Detokenizing:
-    """Applies data.detokenize in front of any tokenizer: every text the run reads or is asked about."""
-
-    def __init__(self, tokenizer):
-        self.inner = tokenizer
+    def __init__(self, tokenizer, transform):
+        self.inner, self.transform = tokenizer, transform
         self.pad_id = tokenizer.pad_id
         self.sep_id = getattr(tokenizer, "sep_id", None)
 
     def encode(self, text: str) -> list[int]:
-        return self.inner.encode(join_ptb_tokens(text))
+        return self.inner.encode(self.transform(text))
 
 
 def text_encoder(cfg: Config, tokenizer) -> Encoder:
     if isinstance(tokenizer, BPETokenizer) and cfg.data.lowercase and cfg.data.tokenizer == "bpe":
-        tokenizer = _Lowercasing(tokenizer)
+        tokenizer = _Transformed(tokenizer, str.lower)
     if cfg.data.detokenize:
-        tokenizer = _Detokenizing(tokenizer)
+        tokenizer = _Transformed(tokenizer, join_ptb_tokens)
     return Encoder(tokenizer, cfg.data.max_length)
 
 

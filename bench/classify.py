@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nanonlp.config import load_config  # noqa: E402
-from nanonlp.tasks.classify import default_eval_examples, load, load_splits, train_classifier  # noqa: E402
+from nanonlp import load  # noqa: E402
+from nanonlp.tasks.classify import default_eval_examples, load_splits  # noqa: E402
+from nanonlp.train import fit  # noqa: E402
 
 SMS = ["--data.path=sms_spam", "--data.encoding=utf-8", "--data.detokenize=false", "--data.dev_fraction=0.2", "--data.split_seed=0"]
 CLINC = ["--data.path=clinc150", "--data.encoding=utf-8", "--data.detokenize=false", "--data.max_length=48", "--classify.tune_abstain=true",
@@ -68,7 +70,7 @@ def main() -> None:
             overrides = overrides + [f"--classify.teacher={runs[TEACHERS[name]]}"]
         cfg = load_config(ROOT / config, overrides + [f"--train.out_dir={out}"])
         start = time.perf_counter()
-        result = train_classifier(cfg, quiet=True, overwrite=True)
+        result = fit(cfg, quiet=True, overwrite=True)
         seconds = time.perf_counter() - start
         runs[name], seconds_of[name] = out, seconds
         classifier = load(out)
@@ -77,12 +79,12 @@ def main() -> None:
             report = classifier.evaluate(dev)
             figures = f"spam F1 {report['per_class']['spam']['f1']:.4f}, accuracy {report['accuracy']:.4f}"
         elif name.startswith("clinc"):
-            _, test = default_eval_examples(classifier)
+            _, test, _ = default_eval_examples(classifier)
             report = classifier.evaluate(test)
             figures = (f"in-scope accuracy {report['in_scope_accuracy']:.4f}, out-of-scope recall {report['out_of_scope_recall']:.4f} "
                        f"(abstain below {classifier.calibration['abstain_threshold']:.2f})")
         else:
-            _, dev = default_eval_examples(classifier)
+            _, dev, _ = default_eval_examples(classifier)
             report = classifier.evaluate(dev)
             figures = f"dev accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}, ECE {report['ece']:.4f}"
         if name in TEACHERS:  # the student's seconds include the teacher labelling its texts

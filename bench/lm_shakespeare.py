@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from nanonlp.config import load_config  # noqa: E402
-from nanonlp.tasks.lm import train_lm  # noqa: E402
-from nanonlp.train import matmul_peak_tflops, resolve_device, resolve_dtype  # noqa: E402
+from nanonlp.train import fit  # noqa: E402
+from nanonlp.device import resolve_device, resolve_dtype  # noqa: E402
+from nanonlp.train import matmul_peak_tflops  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; device {device}, {str(dtype).replace('torch.', '')}; "
           f"matmul peak {peak:.3f} TFLOP/s", flush=True)
     print(f"config: {args.config} {' '.join(overrides[3:])}", flush=True)
-    result = train_lm(cfg, quiet=True, overwrite=True)
+    result = fit(cfg, quiet=True, overwrite=True)
 
     records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "loss" in r]

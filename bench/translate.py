@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nanonlp.config import load_config  # noqa: E402
-from nanonlp.tasks.translate import load, load_splits, train_translator  # noqa: E402
+from nanonlp import load  # noqa: E402
+from nanonlp.tasks.translate import load_splits  # noqa: E402
+from nanonlp.train import fit  # noqa: E402
 
 EXPERIMENTS = {
     "multi30k_transformer": "configs/multi30k_en_de_transformer.yaml",
@@ -39,7 +41,7 @@ def run(name: str, config: str, minutes: float, out_root: Path, beam: int) -> di
     overrides = [f"--train.out_dir={out_dir}"] + ([f"--train.max_seconds={minutes * 60}"] if minutes else [])
     cfg = load_config(ROOT / config, overrides)
     started = time.perf_counter()
-    result = train_translator(cfg, quiet=False, overwrite=True)
+    result = fit(cfg, quiet=False, overwrite=True)
     wall = time.perf_counter() - started
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["elapsed_s"], r["step"], r["val_bleu"], r["val_loss"]) for r in records if "val_bleu" in r]

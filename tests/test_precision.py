@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_overrides
 from nanonlp.config import load_config
 from nanonlp.models import GPT, GPTConfig
-from nanonlp.tasks.lm import train_lm
+from nanonlp.train import fit
 from nanonlp.train import compiler_available
 
 
@@ -23,7 +23,7 @@ def test_bf16_and_fp32_training_curves_agree(tmp_path, corpus):
     for dtype in ("float32", "bfloat16"):
         cfg = load_config(None, tiny_overrides(corpus, tmp_path / dtype, train__dtype=dtype, train__max_steps=50,
                                                train__eval_interval=50))
-        train_lm(cfg, quiet=True)
+        fit(cfg, quiet=True)
         curves[dtype] = logged_losses(tmp_path / dtype)
     fp32, bf16 = curves["float32"], curves["bfloat16"]
     assert len(fp32) == len(bf16) == 50

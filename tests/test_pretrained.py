@@ -7,7 +7,7 @@ import nanonlp
 from conftest import VERSE, tiny_overrides
 from nanonlp.config import load_config
 from nanonlp.data.tokenizers import BPETokenizer
-from nanonlp.tasks.lm import train_lm
+from nanonlp.train import fit
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_fine_tune_from_huggingface_weights(gpt2_folder, tmp_path, corpus):
                                train__weight_decay=0.0, model__block_size=32)
     overrides = [o for o in overrides if not o.startswith(("--model.n_", "--model.type"))] + ["--model.type=gpt"]
     cfg = load_config(None, overrides)
-    train_lm(cfg, quiet=True)
+    fit(cfg, quiet=True)
     model = nanonlp.load(tmp_path / "ft", device="cpu")
     assert model.model.config.n_layer == 2 and model.model.config.block_size == 32  # positions cropped to 32
     idx = torch.tensor([tokenizer.encode(VERSE)[:32]])
@@ -55,8 +55,8 @@ def test_resume_a_fine_tuned_gpt2_run(gpt2_folder, tmp_path, corpus):
     folder, _, _ = gpt2_folder
     overrides = tiny_overrides(corpus, tmp_path / "ft", train__init_from=folder, train__max_steps=2, train__eval_interval=2,
                                model__block_size=32)
-    train_lm(load_config(None, overrides), quiet=True)
+    fit(load_config(None, overrides), quiet=True)
     # the user's config still has the default shape; the run's shape came from the GPT-2 folder
     defaults = [o for o in overrides if not o.startswith("--model.n_")]  # n_layer 6, n_embd 384, ... as in a user's YAML
-    result = train_lm(load_config(None, defaults + ["--train.max_steps=4"]), resume=True, quiet=True)
+    result = fit(load_config(None, defaults + ["--train.max_steps=4"]), resume=True, quiet=True)
     assert result.step == 4

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanonlp import checkpoint
+from nanonlp import checkpoint, io
 from conftest import tiny_overrides
 from nanonlp.config import TrainConfig, load_config
 from nanonlp.errors import NanoNLPError
-from nanonlp.tasks.lm import train_lm
+from nanonlp.train import fit
 from nanonlp.train import TrainingJob, forward_backward, learning_rate, train
 
 
@@ -22,7 +22,7 @@ def test_tiny_gpt_overfits_a_one_batch_corpus(tmp_path, corpus):
     cfg = load_config(None, tiny_overrides(corpus, tmp_path / "run", **{
         "model.block_size": 8, "train.max_steps": 150, "train.batch_size": 16, "train.eval_interval": 150,
         "data.val_fraction": 0.2, "train.learning_rate": 1e-2, "train.weight_decay": 0.0}))
-    train_lm(cfg, quiet=True)
+    fit(cfg, quiet=True)
     final = [r for r in read_metrics(tmp_path / "run") if "loss" in r][-1]
     assert final["step"] == 150
     assert final["loss"] < 0.1
@@ -33,12 +33,12 @@ def test_resume_continues_the_same_loss_curve(tiny_config):
     # lr_decay_steps is fixed so the 10-step first half follows the 20-step run's schedule, as a run
     # killed at step 10 would.
     straight = tiny_config("straight", model__dropout=0.1, train__lr_decay_steps=20)
-    train_lm(straight, quiet=True)
+    fit(straight, quiet=True)
 
     first_half = tiny_config("resumed", model__dropout=0.1, train__lr_decay_steps=20, train__max_steps=10)
-    train_lm(first_half, quiet=True)
+    fit(first_half, quiet=True)
     second_half = tiny_config("resumed", model__dropout=0.1, train__lr_decay_steps=20)
-    result = train_lm(second_half, resume=True, quiet=True)
+    result = fit(second_half, resume=True, quiet=True)
     assert result.step == 20
 
     a = [r for r in read_metrics(Path(straight.train.out_dir)) if "loss" in r]
@@ -51,9 +51,9 @@ def test_resume_continues_the_same_loss_curve(tiny_config):
 def test_resume_matches_exactly_in_weights(tiny_config):
     from safetensors.torch import load_file
 
-    train_lm(tiny_config("a", train__lr_decay_steps=20), quiet=True)
-    train_lm(tiny_config("b", train__lr_decay_steps=20, train__max_steps=10), quiet=True)
-    train_lm(tiny_config("b", train__lr_decay_steps=20), resume=True, quiet=True)
+    fit(tiny_config("a", train__lr_decay_steps=20), quiet=True)
+    fit(tiny_config("b", train__lr_decay_steps=20, train__max_steps=10), quiet=True)
+    fit(tiny_config("b", train__lr_decay_steps=20), resume=True, quiet=True)
     wa = load_file(str(Path(tiny_config("a").train.out_dir) / "checkpoints/step_00000020/model.safetensors"))
     wb = load_file(str(Path(tiny_config("b").train.out_dir) / "checkpoints/step_00000020/model.safetensors"))
     for name in wa:
@@ -64,14 +64,14 @@ def test_accumulated_micro_batches_equal_one_large_batch():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
     x, y = torch.randn(8, 6), torch.randint(3, (8,))
-    job = TrainingJob(model=model, train_batch=None, loss=lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
+    job = TrainingJob(model=model, train_batch=None, loss=lambda m, b, step: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
                       evaluate=None, batch_tokens=None, data_state=None, load_data_state=None)
     cpu = torch.device("cpu")
 
     forward_backward(job, model, [(x, y)], cpu, torch.float32)
     one_batch = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    loss = forward_backward(job, model, [(x[:4], y[:4]), (x[4:], y[4:])], cpu, torch.float32)
+    loss = forward_backward(job, model, [(x[:4], y[:4]), (x[4:], y[4:])], cpu, torch.float32)["loss"]
     for g, p in zip(one_batch, model.parameters()):
         assert torch.allclose(g, p.grad, atol=1e-6)
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(model(x), y), atol=1e-6)
@@ -93,7 +93,7 @@ def _linear_job(nan_after=None):
     calls = {"n": 0}
     x, y = torch.randn(16, 4), torch.randn(16, 1)
 
-    def loss(m, batch):
+    def loss(m, batch, step):
         calls["n"] += 1
         value = torch.nn.functional.mse_loss(m(batch[0]), batch[1])
         return value * float("nan") if nan_after is not None and calls["n"] > nan_after else value
@@ -153,7 +153,7 @@ def test_keep_checkpoints_prunes_old_steps(tmp_path):
 
 def test_metrics_and_loss_curve_written(tiny_config):
     cfg = tiny_config()
-    train_lm(cfg, quiet=True)
+    fit(cfg, quiet=True)
     run = Path(cfg.train.out_dir)
     records = read_metrics(run)
     train_lines = [r for r in records if "loss" in r]
@@ -161,28 +161,28 @@ def test_metrics_and_loss_curve_written(tiny_config):
     assert [r["step"] for r in records if "val_loss" in r] == [10, 20]
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(math.isfinite(r["loss"]) for r in train_lines)
-    for name in ("config.yaml", "tokenizer.json", "model.json", "model.safetensors", "best.json", "data/train.bin"):
+    for name in ("config.yaml", "tokenizer.json", "model.safetensors", "best.json", "data/train.bin", "data/prepared.json"):
         assert (run / name).is_file(), name
 
 
 def test_existing_run_without_resume_is_refused(tiny_config):
-    train_lm(tiny_config(train__max_steps=2, train__eval_interval=2), quiet=True)
+    fit(tiny_config(train__max_steps=2, train__eval_interval=2), quiet=True)
     with pytest.raises(NanoNLPError, match="already holds a run"):
-        train_lm(tiny_config(train__max_steps=2), quiet=True)
+        fit(tiny_config(train__max_steps=2), quiet=True)
 
 
 def test_resume_with_a_different_model_is_refused(tiny_config):
-    train_lm(tiny_config(train__max_steps=2, train__eval_interval=2), quiet=True)
+    fit(tiny_config(train__max_steps=2, train__eval_interval=2), quiet=True)
     with pytest.raises(NanoNLPError, match="model.n_layer=2"):
-        train_lm(tiny_config(model__n_layer=3), resume=True, quiet=True)
+        fit(tiny_config(model__n_layer=3), resume=True, quiet=True)
 
 
 def test_resume_survives_a_half_written_log_line(tiny_config):
-    train_lm(tiny_config(train__max_steps=10, train__lr_decay_steps=20), quiet=True)
+    fit(tiny_config(train__max_steps=10, train__lr_decay_steps=20), quiet=True)
     metrics = Path(tiny_config().train.out_dir) / "metrics.jsonl"
     with open(metrics, "a") as f:
         f.write('{"step": 11, "lo')  # killed in the middle of a write
-    train_lm(tiny_config(train__lr_decay_steps=20), resume=True, quiet=True)
+    fit(tiny_config(train__lr_decay_steps=20), resume=True, quiet=True)
     steps = [r["step"] for r in read_metrics(metrics.parent) if "loss" in r]
     assert steps == list(range(1, 21))
 
@@ -190,10 +190,10 @@ def test_resume_survives_a_half_written_log_line(tiny_config):
 def test_resume_before_the_first_checkpoint_starts_a_clean_log(tiny_config):
     import shutil
 
-    train_lm(tiny_config(train__max_steps=5), quiet=True)
+    fit(tiny_config(train__max_steps=5), quiet=True)
     run = Path(tiny_config().train.out_dir)
     shutil.rmtree(run / "checkpoints")  # as if killed before its first checkpoint
-    train_lm(tiny_config(train__max_steps=5), resume=True, quiet=True)
+    fit(tiny_config(train__max_steps=5), resume=True, quiet=True)
     steps = [r["step"] for r in read_metrics(run) if "loss" in r]
     assert steps == [1, 2, 3, 4, 5]
 
@@ -221,10 +221,10 @@ def test_weights_that_are_views_of_one_flat_buffer_save_and_load_in_place(tmp_pa
     torch.manual_seed(0)
     source = torch.nn.LSTM(4, 3, bidirectional=True)
     _flat_like_cudnn(source)
-    checkpoint.save_weights(source, tmp_path / "w.safetensors")  # safetensors' save_model refuses such views
+    io.save_weights(source, tmp_path / "w.safetensors")  # safetensors' save_model refuses such views
     target = torch.nn.LSTM(4, 3, bidirectional=True)
     flat = _flat_like_cudnn(target)
-    checkpoint.load_weights(target, tmp_path / "w.safetensors")
+    io.load_weights(target, tmp_path / "w.safetensors")
     for (name, a), (_, b) in zip(source.named_parameters(), target.named_parameters()):
         assert torch.equal(a, b), name
     assert torch.equal(flat, torch.cat([p.detach().reshape(-1) for p in source.parameters()]))  # loaded into the buffer
@@ -238,16 +238,16 @@ def test_tied_weights_are_saved_once_and_loaded_through_both_names(tmp_path):
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
-    checkpoint.save_weights(model, tmp_path / "w.safetensors")
+    io.save_weights(model, tmp_path / "w.safetensors")
     saved = load_file(str(tmp_path / "w.safetensors"))
     assert "lm_head.weight" not in saved and "transformer.wte.weight" in saved
     again = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
-    checkpoint.load_weights(again, tmp_path / "w.safetensors")
+    io.load_weights(again, tmp_path / "w.safetensors")
     assert again.lm_head.weight is again.transformer.wte.weight
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
     wrong = GPT(GPTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, n_embd=8))
     with pytest.raises(NanoNLPError, match="do not fit the model"):
-        checkpoint.load_weights(wrong, tmp_path / "w.safetensors")
+        io.load_weights(wrong, tmp_path / "w.safetensors")
     # A file written by safetensors' save_model (this project before 2026-11-26) keeps the tied weight
     # under lm_head.weight: it still loads.
     from safetensors.torch import save_model
@@ -255,11 +255,11 @@ def test_tied_weights_are_saved_once_and_loaded_through_both_names(tmp_path):
     save_model(model, str(tmp_path / "old.safetensors"))
     assert "lm_head.weight" in load_file(str(tmp_path / "old.safetensors"))
     old = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
-    checkpoint.load_weights(old, tmp_path / "old.safetensors")
+    io.load_weights(old, tmp_path / "old.safetensors")
     assert old.lm_head.weight is old.transformer.wte.weight and torch.equal(old.lm_head.weight, model.lm_head.weight)
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(NanoNLPError, match="not a readable safetensors file"):
-        checkpoint.load_weights(again, tmp_path / "bad.safetensors")
+        io.load_weights(again, tmp_path / "bad.safetensors")
 
 
 def test_a_module_registered_twice_saves_its_buffers_once(tmp_path):
@@ -272,7 +272,7 @@ def test_a_module_registered_twice_saves_its_buffers_once(tmp_path):
     torch.manual_seed(0)
     model = Twice()
     model.a(torch.randn(8, 3))  # training mode: moves the running statistics
-    checkpoint.save_weights(model, tmp_path / "w.safetensors")
+    io.save_weights(model, tmp_path / "w.safetensors")
     again = Twice()
-    checkpoint.load_weights(again, tmp_path / "w.safetensors")
+    io.load_weights(again, tmp_path / "w.safetensors")
     assert torch.equal(again.a.running_mean, model.a.running_mean) and again.b is again.a

@@ -14,12 +14,14 @@ import sacrebleu
 import torch
 
 from nanonlp.cli import main
-from nanonlp.config import TranslateDataConfig, load_config
+from nanonlp.config import load_config
 from nanonlp.data import catalog
 from nanonlp.data.readers import Pair, read_aligned_pairs, read_tsv_pairs
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.metrics import bleu_chrf
-from nanonlp.tasks.translate import Vocabularies, keep_pair, load, load_splits, train_translator
+from nanonlp.predict.translate import load
+from nanonlp.tasks.translate import TranslateDataConfig, Vocabularies, keep_pair, load_splits
+from nanonlp.train import fit
 
 # A tiny "language pair": every English phrase has one German rendering, word by word, with German
 # word order for the verb-final subordinate clause, so the model must learn more than a copy.
@@ -226,7 +228,7 @@ def test_shared_embeddings_need_a_joint_vocabulary(tmp_path):
     tsv = write_tsv(tmp_path / "pairs.tsv", toy_pairs())
     cfg = load_config(None, tiny_translate(tsv, tmp_path / "run", **{"data.joint_vocab": False}))
     with pytest.raises(ConfigError, match="share_embeddings needs one vocabulary"):
-        train_translator(cfg, quiet=True)
+        fit(cfg, quiet=True)
     assert not (tmp_path / "run" / "config.yaml").exists()  # nothing half-prepared
 
 
@@ -242,7 +244,7 @@ def trained_run(tmp_path_factory):
     tsv = write_tsv(tmp / "pairs.tsv", pairs, extra_column=True)
     torch.manual_seed(0)
     cfg = load_config(None, tiny_translate(tsv, tmp / "run", **{"data.dev_path": str(tsv), "data.test_path": str(tsv)}))
-    train_translator(cfg, quiet=True)
+    fit(cfg, quiet=True)
     return tmp / "run", pairs, tsv
 
 
@@ -363,7 +365,7 @@ def test_rnn_run_end_to_end(tmp_path, family):
     torch.manual_seed(0)
     cfg = load_config(None, tiny_translate(tsv, tmp_path / "run", family, **{"data.dev_path": str(tsv), "data.test_path": str(tsv),
                                                                               "train.max_steps": 200, "train.eval_interval": 200}))
-    train_translator(cfg, quiet=True)
+    fit(cfg, quiet=True)
     translator = load(tmp_path / "run")
     assert translator.translate([p.source for p in pairs], beam_size=3) == [p.target for p in pairs]
     source, target, weights = translator.attention(pairs[3].source)
@@ -384,10 +386,10 @@ def test_more_config_errors(tmp_path):
     tsv = write_tsv(tmp_path / "pairs.tsv", toy_pairs())
     cfg = load_config(None, tiny_translate(tsv, tmp_path / "run", **{"data.max_length": 300}))
     with pytest.raises(ConfigError, match=r"data.max_length \(300\) \+ 1 .* must fit model.max_positions \(256\)"):
-        train_translator(cfg, quiet=True)
+        fit(cfg, quiet=True)
     cfg = load_config(None, tiny_translate(tsv, tmp_path / "run2", **{"train.fsdp": True}))
     with pytest.raises(ConfigError, match="train.fsdp is not supported for translation"):
-        train_translator(cfg, quiet=True)
+        fit(cfg, quiet=True)
 
 
 def test_changed_data_is_refused_on_resume_and_eval(tmp_path, capsys):
@@ -395,7 +397,7 @@ def test_changed_data_is_refused_on_resume_and_eval(tmp_path, capsys):
     tsv = write_tsv(tmp_path / "pairs.tsv", pairs)
     overrides = tiny_translate(tsv, tmp_path / "run", **{"train.max_steps": 4, "train.eval_interval": 2, "data.dev_size": 3,
                                                           "data.test_size": 3, "data.dedup": True})
-    train_translator(load_config(None, overrides), quiet=True)
+    fit(load_config(None, overrides), quiet=True)
     main(["eval", str(tmp_path / "run"), "--beam", "1", "--json"])  # unchanged data: fine
     assert json.loads(capsys.readouterr().out)["sentences"] == 3
     write_tsv(tsv, pairs[1:] + [Pair("a new sentence .", "ein neuer Satz .")])  # the file changed: other held-out pairs
@@ -403,10 +405,10 @@ def test_changed_data_is_refused_on_resume_and_eval(tmp_path, capsys):
         main(["eval", str(tmp_path / "run")])
     assert exit_info.value.code == 1 and "changed since the run was prepared" in capsys.readouterr().err
     with pytest.raises(NanoNLPError, match="changed since the run was prepared"):
-        train_translator(load_config(None, overrides + ["--train.max_steps=6"]), resume=True, quiet=True)
+        fit(load_config(None, overrides + ["--train.max_steps=6"]), resume=True, quiet=True)
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", str(tmp_path / "run"), "--data", str(tsv)])
-    assert exit_info.value.code == 2 and "--data and --format are for other tasks" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--data is for classify and lm runs" in capsys.readouterr().err
 
 
 def test_two_process_translation_training_learns_and_resumes(tmp_path):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nanonlp.checkpoint import atomic_write_bytes
+from nanonlp.io import atomic_write_bytes
 from nanonlp.errors import NanoNLPError
 
 

@@ -265,3 +265,20 @@ def read_aligned_pairs(source_path: str | Path, target_path: str | Path, encodin
         raise NanoNLPError(f"'{source_path}' has {len(source_lines):,} lines but '{target_path}' has {len(target_lines):,}; "
                            "line-aligned files must have one translation per line, in the same order.")
     return [Pair(s.strip(), t.strip()) for s, t in zip(source_lines, target_lines)]
+
+
+def read_texts_to_label(path: str | Path, text_column: str = "text", encoding: str = "utf-8") -> tuple[list[str], list[dict] | None]:
+    """Texts to label from a .csv/.tsv file (the text_column of each row), a .jsonl file (its
+    text_column key) or any other file (one text per non-blank line). Returns the texts and, for
+    .csv/.tsv, the rows themselves, so the predictions can be written beside every column."""
+    import csv
+
+    name = str(path).lower()
+    if name.endswith((".csv", ".tsv")):
+        delimiter = "," if name.endswith(".csv") else "\t"
+        texts = [e.text for e in read_delimited(path, delimiter, text_column, None, encoding)]
+        with open(path, encoding=encoding, newline="") as f:
+            return texts, list(csv.DictReader(f, delimiter=delimiter))
+    if name.endswith((".jsonl", ".ndjson")):
+        return [e.text for e in read_jsonl(path, text_column, None, encoding)], None
+    return [t for t in read_text(path, encoding).splitlines() if t.strip()], None

@@ -47,7 +47,7 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def save(self, folder: str | Path) -> None:
-        from nanonlp.checkpoint import atomic_write_text
+        from nanonlp.io import atomic_write_text
 
         atomic_write_text(Path(folder) / TOKENIZER_FILE, json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False))
 
@@ -132,7 +132,7 @@ class BPETokenizer:
         return i
 
     def save(self, folder: str | Path) -> None:
-        from nanonlp.checkpoint import atomic_write_text
+        from nanonlp.io import atomic_write_text
 
         atomic_write_text(Path(folder) / TOKENIZER_FILE, self.tokenizer.to_str())
 
@@ -187,7 +187,7 @@ class WordTokenizer:
         return " ".join(self.words[i] for i in ids if 0 < i < len(self.words))
 
     def save(self, folder: str | Path) -> None:
-        from nanonlp.checkpoint import atomic_write_text
+        from nanonlp.io import atomic_write_text
 
         data = {"type": "word", "lowercase": self.lowercase, "ngrams": self.ngrams, "buckets": self.buckets, "words": self.words}
         atomic_write_text(Path(folder) / TOKENIZER_FILE, json.dumps(data, ensure_ascii=False))
@@ -348,7 +348,7 @@ class WordPieceTokenizer:
 
     def save(self, folder: str | Path) -> None:
         """Write vocab.txt and a tokenizer.json saying how to read it, for load_tokenizer."""
-        from nanonlp.checkpoint import atomic_write_text
+        from nanonlp.io import atomic_write_text
 
         description = {"type": "wordpiece", "lowercase": self.lowercase,
                        "strip_accents": self.strip_accents, "chinese_chars": self.chinese_chars}

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanonlp.checkpoint import read_huggingface_weights
+from nanonlp.io import read_huggingface_weights
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.models.layers import Dropout
 

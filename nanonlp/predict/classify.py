@@ -1,0 +1,210 @@
+"""A trained text classifier: labels with calibrated probabilities, multi-label sets, or
+`out_of_scope` below the abstain threshold; and its evaluation figures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from nanonlp.data.readers import OUT_OF_SCOPE, Example, join_ptb_tokens
+from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer
+from nanonlp.errors import NanoNLPError
+from nanonlp.metrics import classification_report, expected_calibration_error, multilabel_report
+from nanonlp.predict import as_batch, load_model, open_for_inference
+
+
+class Encoder:
+    """Texts -> padded id batches with masks, for one tokenizer and a maximum length."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.pad_id = tokenizer.pad_id
+
+    def ids(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        if len(ids) > self.max_length:
+            sep = getattr(self.tokenizer, "sep_id", None)
+            ids = ids[: self.max_length - 1] + [sep] if sep is not None else ids[: self.max_length]  # WordPiece ends on [SEP]
+        return ids or [self.pad_id]  # an empty text still needs one position (masked in)
+
+    def batch(self, id_lists: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(ids) for ids in id_lists)
+        input_ids = torch.full((len(id_lists), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(id_lists), width), dtype=torch.long)
+        for row, ids in enumerate(id_lists):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        return input_ids.to(device), mask.to(device)
+
+
+class _Transformed:
+    """A tokenizer that transforms each text first: data.lowercase in front of BPE (the word tokenizer
+    lowercases itself), data.detokenize in front of any, so it reaches every text the run reads or is asked about."""
+
+    def __init__(self, tokenizer, transform):
+        self.inner, self.transform = tokenizer, transform
+        self.pad_id = tokenizer.pad_id
+        self.sep_id = getattr(tokenizer, "sep_id", None)
+
+    def encode(self, text: str) -> list[int]:
+        return self.inner.encode(self.transform(text))
+
+
+def text_encoder(data_cfg, tokenizer) -> Encoder:
+    """The encoder of a run's data section: its tokenizer behind lowercasing and detokenizing, and its max_length."""
+    if isinstance(tokenizer, BPETokenizer) and data_cfg.lowercase and data_cfg.tokenizer == "bpe":
+        tokenizer = _Transformed(tokenizer, str.lower)
+    if data_cfg.detokenize:
+        tokenizer = _Transformed(tokenizer, join_ptb_tokens)
+    return Encoder(tokenizer, data_cfg.max_length)
+
+
+def make_targets(examples: list[Example], labels: list[str], multi_label: bool) -> torch.Tensor:
+    index = {label: i for i, label in enumerate(labels)}
+    if multi_label:
+        targets = torch.zeros(len(examples), len(labels))
+        for row, example in enumerate(examples):
+            for label in example.labels:
+                if label in index:
+                    targets[row, index[label]] = 1.0
+        return targets
+    unknown = sorted({e.label for e in examples if e.label not in index})
+    if unknown:
+        raise NanoNLPError(f"labels {', '.join(unknown[:5])} do not occur in the training data; the model cannot predict them.")
+    return torch.tensor([index[e.label] for e in examples], dtype=torch.long)
+
+
+@torch.inference_mode()
+def predict_logits(model, encoder: Encoder, id_lists: list[list[int]], device, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """Logits for every id list, in batches of similar lengths; `progress` shows a bar on a terminal.
+    The model must be in eval mode already (this never switches it)."""
+    from tqdm import tqdm
+
+    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths, less padding
+    out = [None] * len(id_lists)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, disable=not (progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True, leave=False):
+        rows = order[start : start + batch_size]
+        input_ids, mask = encoder.batch([id_lists[i] for i in rows], device)
+        logits, _ = model(input_ids, mask)
+        for row, value in zip(rows, logits.float().cpu()):
+            out[row] = value
+    return torch.stack(out)
+
+
+def abstaining_predictions(probs: torch.Tensor, labels: list[str], threshold: float) -> list[str]:
+    confidence, index = probs.max(1)
+    return [OUT_OF_SCOPE if c < threshold else labels[i] for c, i in zip(confidence.tolist(), index.tolist())]
+
+
+def scope_metrics(gold: list[str], predicted: list[str]) -> dict:
+    """CLINC150's figures: accuracy on in-scope texts (abstaining counts as wrong), recall of out-of-scope ones."""
+    in_scope = [(g, p) for g, p in zip(gold, predicted) if g != OUT_OF_SCOPE]
+    out_scope = [p for g, p in zip(gold, predicted) if g == OUT_OF_SCOPE]
+    return {
+        "in_scope_accuracy": sum(g == p for g, p in in_scope) / max(len(in_scope), 1),
+        "out_of_scope_recall": sum(p == OUT_OF_SCOPE for p in out_scope) / max(len(out_scope), 1),
+    }
+
+
+class TextClassifier:
+    """A trained classifier: `predict(texts)`, `evaluate(examples)`; thread-safe."""
+
+    task = "classify"
+
+    def __init__(self, model, encoder: Encoder, labels: list[str], config, calibration: dict, device, run_dir: Path):
+        self.model, self.encoder, self.labels, self.config = model.eval(), encoder, labels, config
+        self.calibration, self.device, self.run_dir = calibration, device, run_dir
+
+    @property
+    def multi_label(self) -> bool:
+        return self.config.data.multi_label
+
+    @property
+    def max_input_length(self) -> int:
+        """Tokens read per text; a longer text is truncated to them."""
+        return self.encoder.max_length
+
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
+        return self.probabilities_of_ids([self.encoder.ids(t) for t in texts])
+
+    def probabilities_of_ids(self, id_lists: list[list[int]]) -> torch.Tensor:
+        logits = predict_logits(self.model, self.encoder, id_lists, self.device)
+        if self.multi_label:
+            return torch.sigmoid(logits)
+        return torch.softmax(logits / self.calibration.get("temperature", 1.0), dim=1)
+
+    def predict(self, texts: str | list[str]) -> dict | list[dict]:
+        """Per text a dict: `label` (or `labels`), its `probability`, and `probabilities` per label.
+        One text gives one dict; a list gives a list."""
+        texts, single = as_batch(texts)
+        out = self._answers(self.probabilities(texts)) if texts else []
+        return out[0] if single else out
+
+    def _answers(self, probs: torch.Tensor) -> list[dict]:
+        out = []
+        for row in probs:
+            scores = {label: float(p) for label, p in zip(self.labels, row)}
+            if self.multi_label:
+                chosen = [label for label, p in scores.items() if p >= self.calibration.get("threshold", 0.5)]
+                out.append({"labels": chosen, "probabilities": scores})
+                continue
+            p, i = row.max(0)
+            label = self.labels[int(i)]
+            if float(p) < self.calibration.get("abstain_threshold", 0.0):
+                label = OUT_OF_SCOPE
+            out.append({"label": label, "probability": float(p), "probabilities": scores})
+        return out
+
+    def evaluate(self, examples: list[Example], id_lists: list[list[int]] | None = None) -> dict:
+        """Accuracy, macro and micro P/R/F1, a per-class table and the confusion matrix; ECE; scope
+        figures. `id_lists`, when given, are the examples' token ids (a run's cached split)."""
+        if id_lists is None:
+            id_lists = [self.encoder.ids(e.text) for e in examples]
+        probs = self.probabilities_of_ids(id_lists)
+        if self.multi_label:
+            gold = make_targets(examples, self.labels, True)
+            return multilabel_report(gold, (probs >= self.calibration.get("threshold", 0.5)).long(), self.labels)
+        predicted = [p["label"] for p in self._answers(probs)]
+        # out_of_scope is a row of its own only where a text is, or is answered, out of scope.
+        scoped = OUT_OF_SCOPE not in self.labels and (OUT_OF_SCOPE in predicted or any(e.label == OUT_OF_SCOPE for e in examples))
+        names = self.labels + ([OUT_OF_SCOPE] if scoped else [])
+        index = {label: i for i, label in enumerate(names)}
+        unknown = sorted({e.label for e in examples if e.label not in index})
+        if unknown:
+            raise NanoNLPError(f"the evaluation data has labels the model does not know: {', '.join(unknown[:5])}.")
+        report = classification_report([index[e.label] for e in examples], [index[p] for p in predicted], names)
+        report["labels"] = names
+        known = [i for i, e in enumerate(examples) if e.label in self.labels]
+        if known:
+            gold = torch.tensor([self.labels.index(examples[i].label) for i in known])
+            report["ece"] = expected_calibration_error(probs[known], gold)
+        if any(e.label == OUT_OF_SCOPE for e in examples):
+            report.update(scope_metrics([e.label for e in examples], predicted))
+        return report
+
+
+def read_labels(run_dir: Path) -> list[str]:
+    path = Path(run_dir) / "labels.json"
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(labels, list):
+            raise ValueError("not a list of labels")
+    except (OSError, ValueError) as error:
+        raise NanoNLPError(f"'{run_dir}' has no readable labels.json ({error}); train the run again.") from None
+    return labels
+
+
+def read_calibration(run_dir: Path) -> dict:
+    path = Path(run_dir) / "calibration.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def load(run_dir: str | Path, device: str = "auto") -> TextClassifier:
+    run, torch_device = open_for_inference(run_dir, device)
+    encoder = text_encoder(run.config.data, load_tokenizer(run.dir))
+    return TextClassifier(load_model(run, torch_device), encoder, read_labels(run.dir), run.config, read_calibration(run.dir),
+                          torch_device, run.dir)

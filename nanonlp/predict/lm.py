@@ -1,0 +1,209 @@
+"""A trained language model (CharRNN or GPT): generate, stream with stop strings, score text."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from nanonlp.data.tokenizers import BPETokenizer, StreamDecoder, load_tokenizer
+from nanonlp.decode import generate_ids
+from nanonlp.device import autocast, resolve_device, resolve_dtype
+from nanonlp.errors import ConfigError, NanoNLPError
+from nanonlp.predict import as_batch, load_model, open_for_inference
+
+
+@dataclass
+class SampleConfig:
+    prompt: str = "\n"  # text the sample continues
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # < 1 sharper, > 1 flatter; 0 means greedy
+    top_k: int = 0  # keep only the k most likely tokens; 0 disables
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p; 1 disables
+    seed: int = 1
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"sample.max_new_tokens must not be negative, got {self.max_new_tokens}.")
+        if self.temperature < 0:
+            raise ConfigError(f"sample.temperature must not be negative, got {self.temperature}.")
+        if self.top_k < 0:
+            raise ConfigError(f"sample.top_k must not be negative, got {self.top_k}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"sample.top_p must be in (0, 1], got {self.top_p}.")
+
+
+def until_stop(pieces: Iterator[str], stop: list[str]) -> Iterator[str]:
+    """The pieces up to (not including) the first stop string. Text that may be the start of a stop
+    string is held back until the next piece decides; ending the output closes `pieces`."""
+    stop = [s for s in stop if s]
+    if not stop:
+        yield from pieces
+        return
+    buffer = ""
+    try:
+        for piece in pieces:
+            buffer += piece
+            found = [buffer.find(s) for s in stop if s in buffer]
+            if found:
+                if min(found) > 0:
+                    yield buffer[: min(found)]
+                return
+            hold = max((n for s in stop for n in range(1, len(s)) if buffer.endswith(s[:n])), default=0)
+            if len(buffer) > hold:
+                yield buffer[: len(buffer) - hold]
+                buffer = buffer[len(buffer) - hold :]
+        if buffer:
+            yield buffer
+    finally:
+        if hasattr(pieces, "close"):
+            pieces.close()
+
+
+class LanguageModel:
+    """A trained language model with its tokenizer: `generate`, `stream`, `evaluate`.
+
+    Safe to share between threads: the model is in eval mode from load on, and each call keeps its
+    own key/value cache and random generator."""
+
+    task = "lm"
+
+    def __init__(self, model, tokenizer, config, device: torch.device, run_dir: Path | None = None):
+        self.model, self.tokenizer, self.config, self.device, self.run_dir = model.eval(), tokenizer, config, device, run_dir
+        # bf16 sampling on GPUs; on CPU float32, whose per-token matmuls are too small to gain from bf16.
+        self.dtype = resolve_dtype("auto", device) if device.type == "cuda" else torch.float32
+
+    @property
+    def block_size(self) -> int:
+        return self.model.config.block_size
+
+    @property
+    def max_input_length(self) -> int:
+        """Tokens of context the model sees; a longer prompt is read through its last block_size tokens."""
+        return self.block_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def sample_defaults(self) -> SampleConfig:
+        return self.config.sample if self.config is not None else SampleConfig()
+
+    def _prompt_ids(self, prompt: str) -> torch.Tensor:
+        ids = self.tokenizer.encode(prompt)
+        if not ids:
+            raise NanoNLPError("the prompt is empty after tokenization; give at least one character of prompt.")
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
+
+    def stream(self, prompt: str = "\n", max_new_tokens: int = 500, temperature: float = 0.8, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, stop: list[str] | str | None = None) -> Iterator[str]:
+        """Yield the continuation of `prompt` piece by piece as it is generated, ending before the
+        first of the `stop` strings (which is not yielded).
+
+        Bad arguments and an unencodable prompt raise here, before anything is generated.
+        """
+        SampleConfig(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p).validate()
+        prompt_ids = self._prompt_ids(prompt)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        pieces = self._pieces(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
+        return until_stop(pieces, [stop] if isinstance(stop, str) else list(stop or []))
+
+    def _pieces(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator) -> Iterator[str]:
+        decoder = StreamDecoder(self.tokenizer)
+        tokens = generate_ids(self.model, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
+        while True:
+            # The modes are entered around each step, not across a yield: the caller's code between
+            # pieces runs in its own mode, on its own thread.
+            with torch.inference_mode(), autocast(self.device, self.dtype):
+                token = next(tokens, None)
+            if token is None:
+                break
+            piece = decoder.push(int(token[0, 0]))
+            if piece:
+                yield piece
+        tail = decoder.flush()
+        if tail:
+            yield tail
+
+    def generate(self, prompt: str | list[str] = "\n", max_new_tokens: int = 500, temperature: float = 0.8, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None, stop: list[str] | str | None = None) -> str | list[str]:
+        """The prompt followed by its generated continuation; for a list of prompts, a list (each
+        prompt sampled with the same seed, as if alone)."""
+        prompts, single = as_batch(prompt)
+        out = [p + "".join(self.stream(p, max_new_tokens, temperature, top_k, top_p, seed, stop)) for p in prompts]
+        return out[0] if single else out
+
+    def evaluate(self, text: str, batch_size: int = 16) -> dict:
+        """Loss (nats per token), perplexity and bits per character of `text`."""
+        ids = self.tokenizer.encode(text)
+        characters = len(text) - len(self.tokenizer.decode(ids[:1]))
+        return self.score_ids(ids, characters, batch_size)
+
+    @torch.inference_mode()
+    def score_ids(self, ids: list[int], characters: int, batch_size: int = 16) -> dict:
+        """Loss, perplexity and bits per character of token ids spelling `characters` characters
+        (not counting the first token, which is never predicted).
+
+        Windows of block_size tokens advance by half a window; each token is scored once, with at
+        least half a window of context (all of it at the start of the text).
+        """
+        if len(ids) < 2:
+            raise NanoNLPError("the text is too short to score: it needs at least two tokens.")
+        T = self.block_size
+        stride = max(1, T // 2)
+        windows, begin, scored_to = [], 0, 0  # scored_to: targets up to this index are scored
+        while True:
+            end = min(begin + T, len(ids) - 1)
+            windows.append((begin, end, scored_to))
+            scored_to = end
+            if end == len(ids) - 1:
+                break
+            begin += stride
+        ids_tensor = torch.as_tensor(ids, dtype=torch.long)
+        total_nll, total_tokens = 0.0, 0
+        for i in range(0, len(windows), batch_size):
+            group = windows[i : i + batch_size]
+            width = max(end - begin for begin, end, _ in group)
+            x = torch.zeros(len(group), width, dtype=torch.long)
+            y = torch.full((len(group), width), -1, dtype=torch.long)  # -1: not scored
+            for row, (begin, end, already) in enumerate(group):
+                x[row, : end - begin] = ids_tensor[begin:end]
+                first = max(already - begin, 0)  # target index (relative) from which this window scores
+                y[row, first : end - begin] = ids_tensor[begin + 1 + first : end + 1]
+            logits, _ = self.model(x.to(self.device))
+            nll = torch.nn.functional.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), y.to(self.device).view(-1), ignore_index=-1, reduction="sum"
+            )
+            total_nll += nll.item()
+            total_tokens += int((y != -1).sum())
+        loss = total_nll / total_tokens
+        return {
+            "loss": loss,
+            "perplexity": math.exp(loss),
+            "bits_per_char": total_nll / max(characters, 1) / math.log(2),
+            "tokens": total_tokens,
+            "characters": characters,
+        }
+
+
+def is_huggingface_gpt2(folder: Path) -> bool:
+    return not (Path(folder) / "config.yaml").is_file() and (Path(folder) / "config.json").is_file()
+
+
+def load(run_dir: str | Path, device: str = "auto") -> LanguageModel:
+    """Rebuild a trained language model from a run directory (or a Hugging Face GPT-2 folder)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and is_huggingface_gpt2(run_dir):
+        from nanonlp.models.gpt import GPT
+
+        torch_device = resolve_device(device)
+        model = GPT.from_huggingface(run_dir).to(torch_device)
+        return LanguageModel(model, BPETokenizer.from_huggingface(run_dir), None, torch_device, run_dir)
+    run, torch_device = open_for_inference(run_dir, device)
+    return LanguageModel(load_model(run, torch_device), load_tokenizer(run.dir), run.config, torch_device, run.dir)

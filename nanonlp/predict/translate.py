@@ -1,0 +1,190 @@
+"""A trained translator (attention seq2seq or Transformer) with its BPE vocabularies: greedy and beam
+search, n-best lists, attention weights, BLEU and chrF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nanonlp.data.batching import pad_batch
+from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer
+from nanonlp.decode import beam_search, greedy_search
+from nanonlp.errors import NanoNLPError
+from nanonlp.metrics import bleu_chrf
+from nanonlp.predict import as_batch, load_model, open_for_inference
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2 of every vocabulary
+
+
+class Vocabularies:
+    """The source and target BPE tokenizers (the same object when the vocabulary is joint), with the
+    special ids every translator uses: sources end with eos; targets start with bos and end with eos."""
+
+    def __init__(self, source: BPETokenizer, target: BPETokenizer):
+        self.source, self.target = source, target
+        self.pad_id, self.bos_id, self.eos_id = (target.token_id(t) for t in SPECIAL_TOKENS)
+        if (source.token_id("<pad>"), source.token_id("</s>")) != (self.pad_id, self.eos_id):
+            raise NanoNLPError("the source and target vocabularies disagree on the <pad> and </s> ids.")
+
+    @classmethod
+    def train(cls, cfg, pairs: list) -> "Vocabularies":
+        """Train BPE on the training pairs (cfg: the data section: joint_vocab, vocab_size)."""
+        sources, targets = [p.source for p in pairs], [p.target for p in pairs]
+        if cfg.joint_vocab:
+            joint = BPETokenizer.train("\n".join(sources + targets), cfg.vocab_size, special_tokens=SPECIAL_TOKENS)
+            return cls(joint, joint)
+        return cls(BPETokenizer.train("\n".join(sources), cfg.vocab_size, special_tokens=SPECIAL_TOKENS),
+                   BPETokenizer.train("\n".join(targets), cfg.vocab_size, special_tokens=SPECIAL_TOKENS))
+
+    def save(self, run_dir: Path) -> None:
+        self.source.save(run_dir / "source")
+        self.target.save(run_dir / "target")
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Vocabularies":
+        return cls(load_tokenizer(run_dir / "source"), load_tokenizer(run_dir / "target"))
+
+    def encode_sources(self, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
+        """Source ids ending with eos; beyond max_tokens (a Transformer's position table) cut, eos kept."""
+        out = [ids + [self.eos_id] for ids in self.source.encode_batch(texts)]
+        if max_tokens is not None:
+            out = [s if len(s) <= max_tokens else s[: max_tokens - 1] + [self.eos_id] for s in out]
+        return out
+
+    def encode_targets(self, texts: list[str]) -> list[list[int]]:
+        return self.target.encode_batch(texts)
+
+    def decode_target(self, ids: list[int]) -> str:
+        return self.target.decode(ids).strip()
+
+    @staticmethod
+    def pieces(tokenizer: BPETokenizer, ids: list[int]) -> list[str]:
+        """Readable labels for single tokens: their text, a leading space shown as '▁'."""
+        out = []
+        for i in ids:
+            token = tokenizer.id_to_token(i)
+            out.append(token if token in SPECIAL_TOKENS else tokenizer.decode([i]).replace(" ", "▁"))
+        return out
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Translator:
+    """A trained translation model with its vocabularies: `translate`, `translate_nbest`, `attention`, `evaluate`."""
+
+    task = "translate"
+
+    def __init__(self, model, vocab: Vocabularies, config, device):
+        self.model, self.vocab, self.config, self.device = model.eval(), vocab, config, torch.device(device)
+
+    @property
+    def languages(self) -> tuple[str, str]:
+        """(source, target) language codes, as the run's data section names them."""
+        return self.config.data.source_lang, self.config.data.target_lang
+
+    @property
+    def max_input_length(self) -> int | None:
+        """Source tokens read (with the end token); a longer sentence is cut. None: no limit (an RNN)."""
+        return getattr(self.model.config, "max_positions", None)
+
+    def max_lengths(self, sources: list[list[int]]) -> torch.Tensor:
+        """Per source, the most tokens its translation may have: ratio * source length + offset,
+        within the model's position table (a Transformer)."""
+        options = self.config.translate
+        cap = getattr(self.model.config, "max_positions", None)
+        limits = []
+        for ids in sources:
+            limit = max(1, int(options.max_length_ratio * (len(ids) - 1) + options.max_length_offset))
+            limits.append(min(limit, cap - 1) if cap else limit)
+        return torch.tensor(limits)
+
+    def _source_ids(self, texts: list[str]) -> list[list[int]]:
+        return self.vocab.encode_sources([t.strip() for t in texts], getattr(self.model.config, "max_positions", None))
+
+    def translate_nbest(self, texts: str | list[str], beam_size: int | None = None, nbest: int = 1,
+                        batch_size: int | None = None, alpha: float | None = None) -> list[list[tuple[str, float]]]:
+        """For each text its `nbest` translations with their scores (log-probability divided by the
+        length penalty), best first. Beam size 1 is greedy search."""
+        texts, single = as_batch(texts)
+        sources = self._source_ids(texts)
+        blank = [not text.strip() for text in texts]  # a blank line translates to a blank line
+        out = self.translate_ids(sources, beam_size, nbest, batch_size, alpha, skip=blank)
+        return out[0] if single else out
+
+    @torch.inference_mode()
+    def translate_ids(self, sources: list[list[int]], beam_size: int | None = None, nbest: int = 1, batch_size: int | None = None,
+                      alpha: float | None = None, skip: list[bool] | None = None) -> list[list[tuple[str, float]]]:
+        """translate_nbest for source ids (each ending with the end token), as a run caches them."""
+        beam_size = beam_size or self.config.translate.beam_size
+        batch_size = batch_size or self.config.translate.batch_size
+        alpha = self.config.translate.length_penalty if alpha is None else alpha
+        if nbest > beam_size:
+            raise NanoNLPError(f"--nbest {nbest} is larger than the beam ({beam_size}); a beam of k keeps at most k translations.")
+        skip = skip or [False] * len(sources)
+        # similar lengths share a batch (less padding)
+        order = sorted((i for i in range(len(sources)) if not skip[i]), key=lambda i: len(sources[i]))
+        out: list = [[("", 0.0)] if skip[i] else None for i in range(len(sources))]
+        v = self.vocab
+        for rows in _chunks(order, batch_size):
+            batch = [sources[i] for i in rows]
+            src = pad_batch(batch, v.pad_id).to(self.device)
+            limits = self.max_lengths(batch)
+            if beam_size == 1:
+                results = [[h] for h in greedy_search(self.model, src, limits, v.bos_id, v.eos_id, v.pad_id, alpha)]
+            else:
+                results = beam_search(self.model, src, limits, beam_size, v.bos_id, v.eos_id, v.pad_id, alpha, nbest)
+            for i, hypotheses in zip(rows, results):
+                out[i] = [(v.decode_target(h.tokens), h.score) for h in hypotheses]
+        return out
+
+    def translate(self, texts: str | list[str], beam_size: int | None = None, batch_size: int | None = None) -> str | list[str]:
+        """The best translation of a text, or of each text of a list."""
+        texts, single = as_batch(texts)
+        out = [n[0][0] for n in self.translate_nbest(texts, beam_size, 1, batch_size)]
+        return out[0] if single else out
+
+    @torch.inference_mode()
+    def attention(self, text: str, beam_size: int | None = None, layer: int = -1, alpha: float | None = None):
+        """Source pieces, translation pieces (with </s>), and the attention (T, S) of each translation
+        token over the source: the RNN's attention, or the Transformer's cross-attention of `layer`
+        averaged over heads."""
+        v = self.vocab
+        if not text.strip():
+            raise NanoNLPError("the sentence whose attention should be plotted is empty.")
+        source = self._source_ids([text])[0]
+        beam_size = beam_size or self.config.translate.beam_size
+        src = torch.tensor([source], device=self.device)
+        limits = self.max_lengths([source])
+        alpha = self.config.translate.length_penalty if alpha is None else alpha
+        # beam search (beam 1 is greedy) ends every translation with eos, forced at the length limit
+        tokens = beam_search(self.model, src, limits, beam_size, v.bos_id, v.eos_id, v.pad_id, alpha)[0][0].tokens
+        state = self.model.encode(src)
+        rows = []
+        for step, token in enumerate([v.bos_id] + tokens):  # feed the translation back, reading the attention
+            _, state, weights = self.model.decode_step(torch.tensor([token], device=self.device), state, step, need_weights=True)
+            layers = weights.size(1)
+            if not -layers <= layer < layers:
+                raise NanoNLPError(f"--layer {layer} is out of range: the model has {layers} attention layer(s).")
+            rows.append(weights[0, layer].float().cpu())
+        return Vocabularies.pieces(v.source, source), Vocabularies.pieces(v.target, tokens + [v.eos_id]), torch.stack(rows)
+
+    def evaluate(self, sources: list[str], references: list[str], beam_size: int | None = None,
+                 source_ids: list[list[int]] | None = None) -> tuple[dict, list[str]]:
+        """sacreBLEU BLEU and chrF of the translations of `sources` against `references`, and the
+        translations. `source_ids`, when given, are the sources' ids (a run's cached split)."""
+        if len(sources) != len(references):
+            raise NanoNLPError(f"{len(sources):,} source sentences but {len(references):,} references; they must pair up line by line.")
+        if source_ids is None:
+            hypotheses = self.translate(list(sources), beam_size)
+        else:
+            hypotheses = [n[0][0] for n in self.translate_ids(source_ids, beam_size, skip=[not s.strip() for s in sources])]
+        return bleu_chrf(hypotheses, references), hypotheses
+
+
+def load(run_dir: str | Path, device: str = "auto") -> Translator:
+    run, torch_device = open_for_inference(run_dir, device)
+    return Translator(load_model(run, torch_device), Vocabularies.load(run.dir), run.config, torch_device)

@@ -1,6 +1,7 @@
 """Text classification: readers, loss, metrics, calibration, and the task end to end on toy data."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from nanonlp.cli import main
 from nanonlp.config import load_config
 from nanonlp.data.readers import OUT_OF_SCOPE, join_ptb_tokens, read_clinc, read_examples
 from nanonlp.data.tokenizers import WordPieceTokenizer
-from nanonlp.errors import NanoNLPError
+from nanonlp.errors import ConfigError, NanoNLPError
+from nanonlp.predict.classify import predict_logits
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature
 from nanonlp.tasks.classify import (abstaining_predictions, class_weights, classification_loss, scope_metrics,
                                     text_encoder, tune_abstain_threshold)
@@ -205,7 +207,14 @@ def test_each_family_learns_the_toy_set_and_reloads_identically(tmp_path, toy, f
 def test_calibration_and_evaluation_files(tmp_path, toy, capsys):
     fit(toy_config(tmp_path, toy), quiet=True)
     calibration = json.loads((tmp_path / "run" / "calibration.json").read_text())
-    assert calibration["temperature"] > 0 and calibration["dev_nll_after"] <= calibration["dev_nll_before"] + 1e-9
+    # The temperature is the one that minimises the dev NLL of the saved best weights' logits.
+    raw = nanonlp.load(tmp_path / "run", device="cpu")
+    dev = read_examples(toy[1])
+    logits = predict_logits(raw.model, raw.encoder, [raw.encoder.ids(e.text) for e in dev], raw.device)
+    gold = torch.tensor([raw.labels.index(e.label) for e in dev])
+    assert calibration["temperature"] == pytest.approx(fit_temperature(logits, gold), rel=1e-6)
+    assert calibration["dev_nll_before"] == pytest.approx(torch.nn.functional.cross_entropy(logits, gold).item(), rel=1e-5)
+    assert calibration["dev_nll_after"] <= calibration["dev_nll_before"] + 1e-9
     main(["eval", str(tmp_path / "run"), "--data", str(toy[1]), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["accuracy"] == 1.0 and report["per_class"]["pos"]["support"] == 2
@@ -341,3 +350,45 @@ def test_classifier_resume_continues_the_same_curve(tmp_path, toy):
     assert len(losses("straight")) == len(losses("resumed")) == 20
     for a, b in zip(losses("straight"), losses("resumed")):
         assert abs(a - b) < 1e-6
+
+
+def test_average_refits_the_calibration_to_the_averaged_weights(tmp_path, toy, capsys):
+    fit(toy_config(tmp_path, toy, train__max_steps=60, train__eval_interval=10, train__keep_checkpoints=3), quiet=True)
+    main(["average", str(tmp_path / "run"), "--last", "3", "--out", str(tmp_path / "avg"), "--device", "cpu"])
+    assert "calibration refitted to the averaged weights" in capsys.readouterr().err
+    averaged = nanonlp.load(tmp_path / "avg", device="cpu")
+    dev = read_examples(toy[1])
+    logits = predict_logits(averaged.model, averaged.encoder, [averaged.encoder.ids(e.text) for e in dev], averaged.device)
+    gold = torch.tensor([averaged.labels.index(e.label) for e in dev])
+    refitted = json.loads((tmp_path / "avg" / "calibration.json").read_text())
+    original = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert refitted["temperature"] == pytest.approx(fit_temperature(logits, gold), rel=1e-6)
+    assert refitted["temperature"] != pytest.approx(original["temperature"], rel=1e-3)  # fitted to other weights
+    assert [p["label"] for p in averaged.predict(POSITIVE + NEGATIVE)] == ["pos"] * 8 + ["neg"] * 8
+
+
+def test_classifier_from_eight_threads_answers_as_in_sequence(tmp_path, toy):
+    fit(toy_config(tmp_path, toy, "bilstm", train__max_steps=40), quiet=True)
+    classifier = nanonlp.load(tmp_path / "run", device="cpu")
+    texts = [[t] for t in POSITIVE + NEGATIVE][:8]
+    sequential = [classifier.predict(batch) for batch in texts]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(classifier.predict, texts))
+    assert threaded == sequential
+    assert classifier.predict(POSITIVE[0]) == sequential[0][0]  # one text in, one answer out
+    assert classifier.max_input_length == 128 and classifier.labels == ["neg", "pos"]
+
+
+def test_eval_reads_the_prepared_splits_and_resume_keeps_the_tokenizer(tmp_path, toy, capsys):
+    fit(toy_config(tmp_path, toy, train__max_steps=30), quiet=True)
+    data = tmp_path / "run" / "data"
+    assert sorted(p.name for p in data.iterdir()) == ["dev.json", "dev.npz", "prepared.json", "train.json", "train.npz"]
+    main(["eval", str(tmp_path / "run"), "--json"])
+    first = json.loads(capsys.readouterr().out)
+    toy[1].rename(tmp_path / "elsewhere.txt")  # the raw dev file gone: eval reads the run's own copy
+    main(["eval", str(tmp_path / "run"), "--json"])
+    assert json.loads(capsys.readouterr().out) == first and first["data"] == "dev split"
+    with pytest.raises(ConfigError, match="was trained with data.vocab_size=30000 but the config now says 500"):
+        fit(toy_config(tmp_path, toy, train__max_steps=40, data__vocab_size=500), resume=True, quiet=True)
+    with pytest.raises(ConfigError, match="was trained with model.type='bag_of_ngrams' but the config now says 'bilstm'"):
+        fit(toy_config(tmp_path, toy, "bilstm", train__max_steps=40), resume=True, quiet=True)

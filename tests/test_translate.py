@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 import json
 
 import pytest
@@ -358,18 +359,24 @@ def test_average_of_checkpoints_is_their_mean(trained_run, tmp_path, capsys):
     assert load(tmp_path / "avg1").translate([p.source for p in pairs], 1) == [p.target for p in pairs]
 
 
-@pytest.mark.parametrize("family", ["seq2seq"])
-def test_rnn_run_end_to_end(tmp_path, family):
+def test_rnn_run_end_to_end(tmp_path):
     pairs = toy_pairs()
     tsv = write_tsv(tmp_path / "pairs.tsv", pairs)
     torch.manual_seed(0)
-    cfg = load_config(None, tiny_translate(tsv, tmp_path / "run", family, **{"data.dev_path": str(tsv), "data.test_path": str(tsv),
-                                                                              "train.max_steps": 200, "train.eval_interval": 200}))
+    cfg = load_config(None, tiny_translate(tsv, tmp_path / "run", "seq2seq", **{"data.dev_path": str(tsv), "data.test_path": str(tsv),
+                                                                                 "train.max_steps": 200, "train.eval_interval": 200}))
     fit(cfg, quiet=True)
     translator = load(tmp_path / "run")
     assert translator.translate([p.source for p in pairs], beam_size=3) == [p.target for p in pairs]
     source, target, weights = translator.attention(pairs[3].source)
     assert weights.shape == (len(target), len(source))
+    assert torch.allclose(weights.sum(1), torch.ones(len(target)), atol=1e-5)  # each row a distribution over the source
+    # one predictor, eight threads at once: the same translations as one after another
+    sources = [p.source for p in pairs[:8]]
+    sequential = [translator.translate(s, beam_size=2) for s in sources]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda s: translator.translate(s, beam_size=2), sources)) == sequential
+    assert translator.languages == ("en", "de") and translator.max_input_length is None
 
 
 def test_lines_split_only_at_newlines(tmp_path):

@@ -104,7 +104,7 @@ def test_char_rnn_config_trains_and_samples(tmp_path, corpus, capsys):
     assert type(nanonlp.load(out, device="cpu").model).__name__ == "CharRNN"
 
 
-def test_bpe_tokenizer_run(tmp_path, corpus):
+def test_bpe_tokenizer_run(tmp_path, corpus, capsys):
     from nanonlp.config import load_config
     from nanonlp.train import fit
 
@@ -115,3 +115,14 @@ def test_bpe_tokenizer_run(tmp_path, corpus):
     assert model.tokenizer.vocab_size <= 300
     # byte-level BPE takes characters it never saw
     assert model.generate("Ωmega 😀", max_new_tokens=3, seed=0).startswith("Ωmega 😀")
+    # `nanonlp eval` scores the cached validation ids as they are: the same figures as scoring the
+    # validation text itself (the last tenth of the corpus), tokens and characters counted alike
+    from nanonlp.cli import main
+
+    main(["eval", str(tmp_path / "bpe"), "--json", "--device", "cpu"])
+    cached = json.loads(capsys.readouterr().out)
+    text = corpus.read_text(encoding="utf-8")
+    direct = model.evaluate(text[int(len(text) * 0.9):])
+    assert cached["data"] == "validation split"
+    for key in ("loss", "bits_per_char", "tokens", "characters"):
+        assert cached[key] == pytest.approx(direct[key], rel=1e-6), key

@@ -80,7 +80,19 @@ def test_resolved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_load_and_are_documented(path):
-    load_config(path)
+    cfg = load_config(path)
+    # Every key the file sets reaches the resolved config with the file's value (none is ignored),
+    # and the resolved config round-trips through YAML.
+    raw = read_yaml(path)
+    resolved = yaml.safe_load(dump_yaml(cfg))
+    assert resolved["task"] == raw.get("task", "lm")
+    for section, values in raw.items():
+        if section == "task":
+            continue
+        for key, value in values.items():
+            assert resolved[section][key] == pytest.approx(value) if isinstance(value, float) else resolved[section][key] == value, \
+                f"{section}.{key}"
+    assert from_dict(resolved, allow_derived=True) == cfg
     lines = path.read_text().splitlines()
     assert lines[0] == f"# nanonlp train configs/{path.name}", "a config starts with the command that runs it"
     for line in lines:

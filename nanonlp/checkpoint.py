@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from nanonlp.errors import NanoNLPError
-from nanonlp.io import _UMASK, _fsync_dir, atomic_write, atomic_write_text, save_json, save_weights
+from nanonlp.io import UMASK, fsync_dir, atomic_write, atomic_write_text, save_json, save_weights
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
@@ -73,13 +73,12 @@ class Run:
     dir: Path
     config: Any
 
-    @property
-    def weights(self) -> Path:
-        """The best weights, or the latest step's where no evaluation has kept a best yet."""
+    def weights(self, allow_latest: bool = False) -> Path:
+        """The best weights; with allow_latest, the latest step's where no evaluation has kept a best yet."""
         best = self.dir / WEIGHTS
         if best.is_file():
             return best
-        latest = latest_checkpoint(self.dir)
+        latest = latest_checkpoint(self.dir) if allow_latest else None
         if latest is None:
             raise NanoNLPError(f"'{self.dir}' has no weights yet; train until the first evaluation (train.eval_interval steps).")
         return latest / WEIGHTS
@@ -111,7 +110,7 @@ def write_step_checkpoint(run_dir: Path, step: int, model, train_state: dict, ke
     name = f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=".tmp"))
     try:
-        os.chmod(tmp, 0o777 & ~_UMASK)
+        os.chmod(tmp, 0o777 & ~UMASK)
         if callable(model) and not isinstance(model, torch.nn.Module):
             model(tmp / "model.safetensors")
         else:
@@ -125,7 +124,7 @@ def write_step_checkpoint(run_dir: Path, step: int, model, train_state: dict, ke
             os.replace(final, old)
             atomic_write_text(folder / LATEST, old.name + "\n")
         os.replace(tmp, final)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

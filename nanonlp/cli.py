@@ -95,8 +95,10 @@ def cmd_train(args, overrides: list[str]) -> None:
     cfg = load_config(args.config, overrides)
     try:
         result = fit(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
-    finally:
-        end_distributed()
+    except BaseException:
+        end_distributed(ok=False)
+        raise
+    end_distributed()
     if not args.quiet and distributed().is_main:
         best = result.best
         shown = {k: v for k, v in best.items() if k != "step"}

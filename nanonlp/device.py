@@ -13,17 +13,18 @@ import torch
 from nanonlp.errors import ConfigError
 
 
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """auto | cpu | cuda | cuda:N -> a torch.device. Under torchrun (local_rank given) plain cuda is this process's GPU."""
+def resolve_device(name: str, local_rank: int | None = None, key: str = "--device") -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a torch.device. Under torchrun (local_rank given) plain cuda is
+    this process's GPU. `key` names the setting in errors (train.device, --device)."""
     if not (name in ("auto", "cpu", "cuda") or name.startswith("cuda:")):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got '{name}'.")
+        raise ConfigError(f"{key} must be auto, cpu, cuda or cuda:N, got '{name}'.")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and local_rank is not None:
         name = f"cuda:{local_rank}"  # one GPU per process
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"the device is '{name}' but PyTorch sees no CUDA GPU; use auto or cpu.")
+        raise ConfigError(f"{key} is '{name}' but PyTorch sees no CUDA GPU; use auto or cpu.")
     return device
 
 

@@ -41,7 +41,7 @@ __all__ = ["fit", "train", "TrainingJob", "TrainResult", "forward_backward", "le
 
 def resolve_device(name: str) -> torch.device:
     """The training device: under torchrun, plain `cuda` is this process's own GPU."""
-    return _resolve_device(name, _DIST.local_rank if _DIST.enabled else None)
+    return _resolve_device(name, _DIST.local_rank if _DIST.enabled else None, key="train.device")
 
 
 def compiler_available(device: torch.device) -> tuple[bool, str]:
@@ -358,12 +358,25 @@ def out_of_time(cfg: TrainConfig, elapsed: float) -> bool:
     return bool(cfg.max_seconds) and elapsed >= cfg.max_seconds
 
 
+def _check_loss_signature(loss) -> None:
+    import inspect
+
+    try:
+        parameters = inspect.signature(loss).parameters.values()
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: trust it
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    if len(positional) < 3 and not any(p.kind == p.VAR_POSITIONAL for p in positional):
+        raise NanoNLPError("a training job's loss must take (model, batch, step); the step lets a schedule survive a resume.")
+
+
 class Trainer:
     """One training run's state and its parts. `train` below is the loop that calls them."""
 
     def __init__(self, job: TrainingJob, cfg: TrainConfig, run_dir: Path, device: torch.device, resume: bool, quiet: bool):
         """Set-up: precision, resume state, sharding, compilation, DDP, optimizer."""
         self.job, self.cfg, self.run_dir, self.device = job, cfg, run_dir, device
+        _check_loss_signature(job.loss)
         self.dist = distributed()
         self.quiet = quiet or not self.dist.is_main  # only rank 0 talks, logs and writes
         self.model = job.model
@@ -644,15 +657,18 @@ def resumed_config(saved: Config, cfg: Config) -> Config:
 
 def prepare_run(task: tasks.Task, cfg: Config, run_dir: Path, resume: bool, overwrite: bool, ctx: Context) -> None:
     """Rank 0 only. A fresh run: the task prepares its data, then config.yaml is written, last, which
-    marks the run as prepared. A resumed run: its settings are checked and config.yaml updated."""
+    marks the run as prepared. A resumed run: its settings and prepared data are checked, then
+    config.yaml is updated with the settings that may change."""
     task.check(cfg, run_dir)
     if checkpoint.claim_run_dir(run_dir, resume, overwrite):
         saved = from_dict(read_yaml(run_dir / checkpoint.CONFIG), allow_derived=True)
         check_resume(task, cfg, saved)
-        atomic_write_text(run_dir / checkpoint.CONFIG, dump_yaml(resumed_config(saved, cfg)))
+        merged = resumed_config(saved, cfg)
+        task.check_prepared(merged, ctx)
+        atomic_write_text(run_dir / checkpoint.CONFIG, dump_yaml(merged))
         return
+    shutil.rmtree(run_dir / checkpoint.DATA_DIR, ignore_errors=True)  # left by a preparation that stopped
     task.prepare(cfg, ctx)
-    task.build_model(cfg.model)  # fail now, before config.yaml marks the run prepared, if the settings do not fit together
     atomic_write_text(run_dir / checkpoint.CONFIG, dump_yaml(cfg))
 
 
@@ -686,9 +702,12 @@ def fit(cfg: Config, resume: bool = False, quiet: bool = False, overwrite: bool 
     return result
 
 
-def end_distributed() -> None:
-    """Ranks leave together, then the process group goes: a rank tearing down gloo while rank 0
-    still writes its last files can abort the process ("terminate called without an active exception")."""
+def end_distributed(ok: bool = True) -> None:
+    """After a run that ended well, ranks leave together, then the process group goes: a rank tearing
+    down gloo while rank 0 still writes its last files can abort the process ("terminate called
+    without an active exception"). After a failure there is no barrier: the other ranks may be inside
+    another collective, and torchrun ends them when this one exits."""
     if _DIST.enabled:
-        _DIST.barrier()
+        if ok:
+            _DIST.barrier()
         torch.distributed.destroy_process_group()

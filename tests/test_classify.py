@@ -392,3 +392,17 @@ def test_eval_reads_the_prepared_splits_and_resume_keeps_the_tokenizer(tmp_path,
         fit(toy_config(tmp_path, toy, train__max_steps=40, data__vocab_size=500), resume=True, quiet=True)
     with pytest.raises(ConfigError, match="was trained with model.type='bag_of_ngrams' but the config now says 'bilstm'"):
         fit(toy_config(tmp_path, toy, "bilstm", train__max_steps=40), resume=True, quiet=True)
+
+
+def test_a_run_prepared_before_the_cache_resumes_and_gets_one(tmp_path, toy, capsys):
+    import shutil
+
+    fit(toy_config(tmp_path, toy, train__max_steps=30), quiet=True)
+    main(["eval", str(tmp_path / "run"), "--json"])
+    before = json.loads(capsys.readouterr().out)
+    shutil.rmtree(tmp_path / "run" / "data")  # as a run directory written before the prepared-data cache
+    main(["eval", str(tmp_path / "run"), "--json"])  # read and tokenized anew, in memory
+    assert json.loads(capsys.readouterr().out) == before
+    assert not (tmp_path / "run" / "data").exists()
+    assert fit(toy_config(tmp_path, toy, train__max_steps=40), resume=True, quiet=True).step == 40
+    assert (tmp_path / "run" / "data" / "prepared.json").is_file()

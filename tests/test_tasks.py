@@ -345,3 +345,34 @@ def test_lm_data_is_prepared_once_and_a_changed_corpus_is_refused_on_resume(tiny
         fit(tiny_config(train__max_steps=20), resume=True, quiet=True)
     corpus.unlink()  # the raw data gone: the run directory is all there is, and it suffices
     assert fit(tiny_config(train__max_steps=20), resume=True, quiet=True).step == 20
+
+
+def test_tokenizer_files_are_found_under_a_folder_named_data(tmp_path):
+    run = tmp_path / "data" / "runs" / "x"
+    (run / "data").mkdir(parents=True)
+    (run / "tokenizer.json").write_text("{}")
+    (run / "data" / "tokenizer.json").write_text("{}")  # inside the run's own data/: not the run's tokenizer
+    assert cache.tokenizer_files(run) == [run / "tokenizer.json"]
+
+
+def test_a_changed_tokenizer_or_setting_is_named(tmp_path):
+    raw, tokenizer = tmp_path / "raw.txt", tmp_path / "tokenizer.json"
+    raw.write_text("text")
+    tokenizer.write_text("{}")
+    cache.write_manifest(tmp_path / "data", [raw], {"a": 1}, [tokenizer])
+    cache.check(tmp_path / "data", {"a": 1}, [tokenizer])
+    tokenizer.write_text('{"changed": true}')
+    with pytest.raises(NanoNLPError, match=r"\(the tokenizer no longer matches\)"):
+        cache.check(tmp_path / "data", {"a": 1}, [tokenizer])
+    with pytest.raises(NanoNLPError, match=r"the data settings, the tokenizer no longer matches"):
+        cache.check(tmp_path / "data", {"a": 2}, [tokenizer])
+    raw.write_text("other text")
+    with pytest.raises(NanoNLPError, match=f"the file {raw.resolve()}"):
+        cache.check(tmp_path / "data", {"a": 1}, [tokenizer])
+
+
+def test_a_two_argument_loss_is_refused_with_a_sentence(tmp_path):
+    job = TrainingJob(model=torch.nn.Linear(2, 1), train_batch=lambda: torch.randn(4, 2), loss=lambda m, b: m(b).mean(),
+                      evaluate=lambda m: {"val_loss": 0.0}, batch_tokens=lambda b: 4, data_state=lambda: {}, load_data_state=lambda s: None)
+    with pytest.raises(NanoNLPError, match=r"must take \(model, batch, step\)"):
+        train(job, TrainConfig(max_steps=2, dtype="float32"), tmp_path, torch.device("cpu"), quiet=True)

@@ -433,3 +433,24 @@ def test_two_process_translation_training_learns_and_resumes(tmp_path):
     assert load(tmp_path / "run").translate([p.source for p in pairs], 1) == [p.target for p in pairs]
     torchrun([str(config), *args, "--quiet", "--resume", "--train.max_steps=250"])
     assert sorted(train_losses(tmp_path / "run")) == [50, 100, 150, 200, 250]
+
+
+def test_a_translation_run_prepared_before_the_cache_resumes(tmp_path):
+    import shutil
+
+    from nanonlp.tasks.translate import LEGACY_DATA_FILE, legacy_fingerprint
+
+    pairs = toy_pairs()
+    tsv = write_tsv(tmp_path / "pairs.tsv", pairs)
+    overrides = tiny_translate(tsv, tmp_path / "run", **{"train.max_steps": 4, "train.eval_interval": 2, "data.dev_size": 3,
+                                                          "data.test_size": 3})
+    fit(load_config(None, overrides), quiet=True)
+    shutil.rmtree(tmp_path / "run" / "data")  # a run directory as written before the cache, with its split fingerprint
+    splits = load_splits(load_config(None, overrides).data)
+    (tmp_path / "run" / LEGACY_DATA_FILE).write_text(json.dumps({"sha256": legacy_fingerprint(splits)}))
+    assert fit(load_config(None, overrides + ["--train.max_steps=6"]), resume=True, quiet=True).step == 6
+    assert (tmp_path / "run" / "data" / "prepared.json").is_file()
+    shutil.rmtree(tmp_path / "run" / "data")
+    write_tsv(tsv, pairs[1:])  # changed since: the old fingerprint refuses
+    with pytest.raises(NanoNLPError, match="changed since the run was prepared"):
+        fit(load_config(None, overrides + ["--train.max_steps=8"]), resume=True, quiet=True)

@@ -48,13 +48,21 @@ def fingerprint(raw_files: list[Path], settings: dict, tokenizer_files: list[Pat
 
 def tokenizer_files(run_dir: Path) -> list[Path]:
     """The tokenizer files a run directory holds (tokenizer.json, or source/ and target/ ones), sorted."""
-    return sorted(p for p in Path(run_dir).rglob("tokenizer*.json") if "checkpoints" not in p.parts and "data" not in p.parts)
+    run_dir = Path(run_dir)
+    return sorted(p for p in run_dir.rglob("tokenizer*.json") if not {"checkpoints", "data"} & set(p.relative_to(run_dir).parts))
+
+
+def _parts(raw_files: list[Path], settings: dict, tokenizers: list[Path]) -> dict:
+    """A fingerprint of each part on its own, so a mismatch can be named."""
+    return {"raw_files": {str(Path(p).resolve()): fingerprint([p], {}, []) for p in raw_files},
+            "settings": fingerprint([], settings, []), "tokenizer": fingerprint([], {}, tokenizers)}
 
 
 def write_manifest(data_dir: Path, raw_files: list[Path], settings: dict, tokenizers: list[Path], **extra) -> None:
     """Written last, after every cached file: a cache without it is incomplete and is prepared again."""
     save_json(Path(data_dir) / MANIFEST, {"sha256": fingerprint(raw_files, settings, tokenizers),
-                                          "raw_files": [str(Path(p).resolve()) for p in raw_files], **extra})
+                                          "raw_files": [str(Path(p).resolve()) for p in raw_files],
+                                          "parts": _parts(raw_files, settings, tokenizers), **extra})
 
 
 def read_manifest(data_dir: Path) -> dict:
@@ -74,9 +82,11 @@ def check(data_dir: Path, settings: dict, tokenizers: list[Path]) -> dict:
     if not all(p.is_file() for p in raw):
         return manifest  # the raw data is not on this machine: the cache is all there is
     if fingerprint(raw, settings, tokenizers) != manifest["sha256"]:
-        raise NanoNLPError(f"the data of '{Path(data_dir).parent}' changed since the run was prepared (its raw files, data "
-                           f"settings or tokenizer no longer match data/{MANIFEST}); restore the original files, "
-                           "or train a new run on the new data.")
+        now, then = _parts(raw, settings, tokenizers), manifest.get("parts", {})
+        changed = [f"the file {path}" for path, digest in now["raw_files"].items() if then.get("raw_files", {}).get(path) != digest]
+        changed += [f"the {name.replace('settings', 'data settings')}" for name in ("settings", "tokenizer") if then.get(name) != now[name]]
+        raise NanoNLPError(f"the data of '{Path(data_dir).parent}' changed since the run was prepared ({', '.join(changed) or 'see data/' + MANIFEST}"
+                           " no longer matches); restore the original files, or train a new run on the new data.")
     return manifest
 
 

@@ -17,12 +17,13 @@ from nanonlp.device import resolve_device
 from nanonlp.io import load_weights
 
 
-def load_model(run: Run, device: torch.device):
-    """The run's model with its best weights, on `device`, in eval mode for good."""
-    from nanonlp import tasks
+def load_model(run: Run, device: torch.device, allow_latest: bool = False):
+    """The run's model with its best weights (or, with allow_latest, the latest step's where no best
+    was kept yet), on `device`, in eval mode for good."""
+    from nanonlp import tasks  # the registry only: which module a model.type names
 
     model = tasks.get(run.config.task).build_model(run.config.model)
-    load_weights(model, run.weights)
+    load_weights(model, run.weights(allow_latest))
     return model.to(device).eval()
 
 

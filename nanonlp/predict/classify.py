@@ -77,10 +77,11 @@ def make_targets(examples: list[Example], labels: list[str], multi_label: bool) 
     return torch.tensor([index[e.label] for e in examples], dtype=torch.long)
 
 
-@torch.inference_mode()
 def predict_logits(model, encoder: Encoder, id_lists: list[list[int]], device, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """Logits for every id list, in batches of similar lengths; `progress` shows a bar on a terminal.
-    The model must be in eval mode already (this never switches it)."""
+    The model must be in eval mode already (this never switches it), and the caller chooses the grad
+    mode: a predictor calls it under inference_mode, the training loop's evaluation under no_grad
+    (FSDP cannot gather its shards for inference tensors)."""
     from tqdm import tqdm
 
     order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths, less padding
@@ -131,6 +132,7 @@ class TextClassifier:
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         return self.probabilities_of_ids([self.encoder.ids(t) for t in texts])
 
+    @torch.inference_mode()
     def probabilities_of_ids(self, id_lists: list[list[int]]) -> torch.Tensor:
         logits = predict_logits(self.model, self.encoder, id_lists, self.device)
         if self.multi_label:

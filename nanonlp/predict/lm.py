@@ -108,9 +108,12 @@ class LanguageModel:
         """
         SampleConfig(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p).validate()
         prompt_ids = self._prompt_ids(prompt)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
+        # A generator of this call's own, never the global one: threads sampling at once stay apart.
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()  # a fresh non-deterministic seed
+        else:
+            generator.manual_seed(seed)
         pieces = self._pieces(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
         return until_stop(pieces, [stop] if isinstance(stop, str) else list(stop or []))
 
@@ -206,4 +209,5 @@ def load(run_dir: str | Path, device: str = "auto") -> LanguageModel:
         model = GPT.from_huggingface(run_dir).to(torch_device)
         return LanguageModel(model, BPETokenizer.from_huggingface(run_dir), None, torch_device, run_dir)
     run, torch_device = open_for_inference(run_dir, device)
-    return LanguageModel(load_model(run, torch_device), load_tokenizer(run.dir), run.config, torch_device, run.dir)
+    # A language model samples from its latest step before the first evaluation kept a best one.
+    return LanguageModel(load_model(run, torch_device, allow_latest=True), load_tokenizer(run.dir), run.config, torch_device, run.dir)

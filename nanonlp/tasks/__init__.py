@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import importlib
 import pkgutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -121,6 +122,11 @@ class Task:
         under ctx.run_dir/data, and fill the model config's derived fields (vocab_size, ...)."""
         raise NotImplementedError
 
+    def check_prepared(self, cfg, ctx: Context) -> None:
+        """A resumed run, on rank 0 before any rank reads the data: check the prepared data against the
+        raw files, data settings and tokenizer (data.cache.check), or prepare what a run made before
+        the cache existed lacks."""
+
     def job(self, cfg, ctx: Context) -> TrainingJob:
         """The model and the callables the shared loop trains with, from what `prepare` wrote."""
         raise NotImplementedError
@@ -164,6 +170,7 @@ def add_option(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
 
 _TASKS: dict[str, Task] = {}
 _discovered = False
+_discovery_lock = threading.RLock()
 
 
 def register(task: Task) -> Task:
@@ -175,13 +182,17 @@ def register(task: Task) -> Task:
 
 
 def _discover() -> None:
+    """Import the built-in task modules once; threads loading predictors at once wait for the first."""
     global _discovered
     if _discovered:
         return
-    _discovered = True
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
+    with _discovery_lock:
+        if _discovered:
+            return
+        for module in pkgutil.iter_modules(__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{module.name}")
+        _discovered = True
 
 
 def names() -> list[str]:
@@ -192,7 +203,7 @@ def names() -> list[str]:
 def get(name: str) -> Task:
     _discover()
     if name not in _TASKS:
-        raise ConfigError(f"task must be one of {', '.join(_TASKS)}, got '{name}'.")
+        raise ConfigError(f"task must be one of {', '.join(sorted(_TASKS))}, got '{name}'.")
     return _TASKS[name]
 
 

@@ -266,7 +266,8 @@ def fit_calibration(cfg, model, encoder: Encoder, labels: list[str], dev: list[E
     if cfg.data.multi_label:
         return calibration
     known = [i for i, e in enumerate(dev) if e.label in labels]
-    logits = predict_logits(model, encoder, [dev_ids[i] for i in known], device) if known else None
+    with torch.no_grad():
+        logits = predict_logits(model, encoder, [dev_ids[i] for i in known], device) if known else None
     gold = make_targets([dev[i] for i in known], labels, False)
     if cfg.classify.calibrate and len(known) >= 2:
         calibration["temperature"] = fit_temperature(logits, gold)
@@ -275,7 +276,8 @@ def fit_calibration(cfg, model, encoder: Encoder, labels: list[str], dev: list[E
         calibration["dev_ece_before"] = expected_calibration_error(torch.softmax(logits, 1), gold)
         calibration["dev_ece_after"] = expected_calibration_error(torch.softmax(logits / calibration["temperature"], 1), gold)
     if cfg.classify.tune_abstain:
-        all_logits = predict_logits(model, encoder, dev_ids, device)
+        with torch.no_grad():
+            all_logits = predict_logits(model, encoder, dev_ids, device)
         probs = torch.softmax(all_logits / calibration["temperature"], 1)
         calibration["abstain_threshold"] = tune_abstain_threshold(probs, [e.label for e in dev], labels)
     return calibration
@@ -333,10 +335,35 @@ def load_split(data_dir: Path, split: str) -> tuple[list[Example], list[list[int
     return examples, cache.load_ids(data_dir / f"{split}.npz")
 
 
-def cached_splits(run_dir: Path, cfg) -> dict:
-    """split -> (examples, ids), from the run's data/ after checking it against the raw files and tokenizer."""
+def write_cache(cfg, run_dir: Path, examples: dict, tokenizer) -> None:
+    """Tokenize every split once (and a distillation run's copies), then write the fingerprint, last."""
+    encoder = text_encoder(cfg.data, tokenizer)
     data_dir = Path(run_dir) / "data"
-    cache.check(data_dir, _cache_settings(cfg), cache.tokenizer_files(run_dir))
+    for split in SPLITS:
+        if examples[split] is not None:
+            save_split(data_dir, split, examples[split], [encoder.ids(e.text) for e in examples[split]])
+    if cfg.classify.teacher:
+        texts, _ = distill.read_distillation_set(examples["train"], run_dir)
+        cache.save_ids(data_dir / "distill.npz", [encoder.ids(t) for t in texts])
+    cache.write_manifest(data_dir, split_files(cfg.data), _cache_settings(cfg), cache.tokenizer_files(run_dir))
+
+
+def read_raw_splits(cfg) -> dict:
+    train_examples, dev, test = load_splits(cfg.data)
+    return {"train": train_examples, "dev": dev, "test": test}
+
+
+def cached_splits(run_dir: Path, cfg, check: bool = True) -> dict:
+    """split -> (examples, ids) or None, from the run's data/ (checked against the raw files and tokenizer
+    first, unless the caller knows it was). A run prepared before the cache existed is read and
+    tokenized in memory instead."""
+    data_dir = Path(run_dir) / "data"
+    if not (data_dir / cache.MANIFEST).is_file():
+        encoder = text_encoder(cfg.data, load_tokenizer(run_dir))
+        return {split: None if examples is None else (examples, [encoder.ids(e.text) for e in examples])
+                for split, examples in read_raw_splits(cfg).items()}
+    if check:
+        cache.check(data_dir, _cache_settings(cfg), cache.tokenizer_files(run_dir))
     return {split: load_split(data_dir, split) for split in SPLITS}
 
 
@@ -452,15 +479,14 @@ class ClassifyTask(Task):
                 print(f"distillation: {len(train_examples):,} training texts and {copies:,} distinct copies labelled "
                       f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         # Tokenize every split once; training, resume, calibration and eval read these ids.
-        encoder = text_encoder(cfg.data, tokenizer)
-        data_dir = run_dir / "data"
-        for split, examples in zip(SPLITS, (train_examples, dev, test)):
-            if examples is not None:
-                save_split(data_dir, split, examples, [encoder.ids(e.text) for e in examples])
-        if teacher_dir is not None:
-            texts, _ = distill.read_distillation_set(train_examples, run_dir)
-            cache.save_ids(data_dir / "distill.npz", [encoder.ids(t) for t in texts])
-        cache.write_manifest(data_dir, split_files(cfg.data), _cache_settings(cfg), cache.tokenizer_files(run_dir))
+        write_cache(cfg, run_dir, {"train": train_examples, "dev": dev, "test": test}, tokenizer)
+
+    def check_prepared(self, cfg, ctx: Context) -> None:
+        data_dir = ctx.run_dir / "data"
+        if (data_dir / cache.MANIFEST).is_file():
+            cache.check(data_dir, _cache_settings(cfg), cache.tokenizer_files(ctx.run_dir))
+        else:  # a run prepared before the cache existed: prepare it now, from the raw files and the run's tokenizer
+            write_cache(cfg, ctx.run_dir, read_raw_splits(cfg), load_tokenizer(ctx.run_dir))
 
     def job(self, cfg, ctx: Context) -> TrainingJob:
         run_dir, device = ctx.run_dir, ctx.device
@@ -469,7 +495,7 @@ class ClassifyTask(Task):
         if cfg.classify.freeze_encoder:
             for name, p in model.named_parameters():
                 p.requires_grad = name.startswith("classifier.")
-        splits = cached_splits(run_dir, cfg)
+        splits = cached_splits(run_dir, cfg, check=False)  # checked on rank 0 (prepare_run), not again on every rank
         train_examples, train_ids = splits["train"]
         dev, dev_ids = splits["dev"]
         encoder = text_encoder(cfg.data, load_tokenizer(run_dir))
@@ -533,7 +559,12 @@ class ClassifyTask(Task):
         self._refit_calibration(ctx.run_dir, ctx.device, ctx.quiet)
 
     def after_average(self, run_dir: Path, device: str) -> str:
-        calibration = self._refit_calibration(run_dir, device, quiet=True)
+        """The copied calibration.json was fitted to other weights: refit it on the dev split, or drop it."""
+        try:
+            calibration = self._refit_calibration(run_dir, device, quiet=True)
+        except NanoNLPError as error:
+            (Path(run_dir) / "calibration.json").unlink(missing_ok=True)
+            return f"calibration dropped (it was fitted to other weights, and refitting failed: {error}); probabilities are uncalibrated"
         return (f"calibration refitted to the averaged weights on the dev split (temperature {calibration['temperature']:.4f}, "
                 f"abstain_threshold {calibration['abstain_threshold']:.2f})")
 

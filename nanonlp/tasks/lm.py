@@ -135,8 +135,13 @@ def _check_cache(run_dir: Path, data_cfg: DataConfig) -> None:
     data_dir = run_dir / DATA_DIR
     if not (data_dir / "train.bin").is_file() or not (data_dir / "val.bin").is_file():
         raise NanoNLPError(f"run directory '{run_dir}' has no tokenized data ({DATA_DIR}/train.bin); start it over with --overwrite.")
-    if (data_dir / cache.MANIFEST).is_file():  # runs prepared before the fingerprint have none
+    if (data_dir / cache.MANIFEST).is_file():
         cache.check(data_dir, dataclasses.asdict(data_cfg), cache.tokenizer_files(run_dir))
+        return
+    # A run prepared before the fingerprint existed: fingerprint its corpus now, so later changes are caught.
+    meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+    if Path(meta["source"]).is_file():
+        cache.write_manifest(data_dir, [Path(meta["source"])], dataclasses.asdict(data_cfg), cache.tokenizer_files(run_dir))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -189,7 +194,12 @@ class LMTask(Task):
         keys = super().frozen_keys(cfg)
         if cfg.train.init_from:  # a fine-tuned GPT-2's shape comes from its folder, not from the config
             keys = [k for k in keys if not k.startswith("model.") or k == "model.dropout"]
+        if cfg.data.tokenizer == "char":  # the vocabulary size of a char tokenizer is the corpus's, not a setting
+            keys.remove("data.vocab_size")
         return keys
+
+    def check_prepared(self, cfg, ctx: Context) -> None:
+        _check_cache(ctx.run_dir, cfg.data)
 
     def prepare(self, cfg, ctx: Context) -> None:
         pretrained = None
@@ -201,7 +211,8 @@ class LMTask(Task):
 
     def job(self, cfg, ctx: Context) -> TrainingJob:
         run_dir, device, tc = ctx.run_dir, ctx.device, cfg.train
-        _check_cache(run_dir, cfg.data)
+        if not (run_dir / DATA_DIR / "train.bin").is_file() or not (run_dir / DATA_DIR / "val.bin").is_file():
+            raise NanoNLPError(f"run directory '{run_dir}' has no tokenized data ({DATA_DIR}/train.bin); start it over with --overwrite.")
         tokenizer = load_tokenizer(run_dir)
         model = build_from_pretrained(cfg)[0] if cfg.train.init_from else self.build_model(cfg.model)
         model.to(device)

@@ -217,12 +217,53 @@ def check_cache(run_dir: Path, cfg) -> Path:
     return data_dir
 
 
-def make_batch(sources: list[list[int]], targets: list[list[int]], vocab: Vocabularies, device) -> tuple:
-    """(src (B, S), tgt_in (B, T) = bos + target, tgt_out (B, T) = target + eos, target token count)."""
-    src = pad_batch(sources, vocab.pad_id)
-    tgt_in = pad_batch([[vocab.bos_id] + t for t in targets], vocab.pad_id)
-    tgt_out = pad_batch([t + [vocab.eos_id] for t in targets], vocab.pad_id)
-    return src.to(device), tgt_in.to(device), tgt_out.to(device), sum(len(t) + 1 for t in targets)
+def write_cache(cfg, run_dir: Path, vocab: Vocabularies, splits: tuple, quiet: bool) -> None:
+    """Tokenize every split once, then write the fingerprint, last. Training pairs are length-filtered
+    here; dev pairs are scored whole, except beyond a Transformer's position table; test sources are
+    encoded as the translator reads them."""
+    train_pairs, dev, test = splits
+    cap = getattr(cfg.model, "max_positions", None)
+    sources = vocab.encode_sources([p.source for p in train_pairs])
+    targets = vocab.encode_targets([p.target for p in train_pairs])
+    kept = [i for i in range(len(sources)) if keep_pair(sources[i], targets[i], cfg.data)]
+    if not kept:
+        raise NanoNLPError(f"no training pair is within data.max_length ({cfg.data.max_length}) tokens; raise it.")
+    if not quiet and len(kept) < len(sources):
+        print(f"data: {len(sources) - len(kept):,} training pairs dropped by the length filter "
+              f"(max_length {cfg.data.max_length}, max_length_ratio {cfg.data.max_length_ratio})", file=sys.stderr)
+    data_dir = Path(run_dir) / "data"
+    _save_split(data_dir, "train", [train_pairs[i] for i in kept], [sources[i] for i in kept], [targets[i] for i in kept])
+    _save_split(data_dir, "dev", dev, vocab.encode_sources([p.source for p in dev], cap),
+                [t[: cap - 1] if cap else t for t in vocab.encode_targets([p.target for p in dev])])
+    _save_split(data_dir, "test", test, vocab.encode_sources([p.source.strip() for p in test], cap),
+                vocab.encode_targets([p.target for p in test]))
+    cache.write_manifest(data_dir, raw_files(cfg.data), dataclasses.asdict(cfg.data), cache.tokenizer_files(run_dir),
+                         train_pairs=len(kept), dev_pairs=len(dev), test_pairs=len(test))
+
+
+LEGACY_DATA_FILE = "data.json"  # the split fingerprint of runs prepared before the cache existed
+
+
+def legacy_fingerprint(splits: tuple) -> str:
+    """SHA-256 of every pair of every split, in order, as runs prepared before the cache wrote it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, pairs in zip(("train", "dev", "test"), splits):
+        digest.update(name.encode())
+        for p in pairs:
+            digest.update(f"{p.source}\t{p.target}\n".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def read_legacy_splits(run_dir: Path, cfg) -> tuple:
+    """The splits of a run prepared before the cache existed, read from the raw files and checked against its data.json."""
+    splits = load_splits(cfg.data)
+    path = Path(run_dir) / LEGACY_DATA_FILE
+    if path.is_file() and json.loads(path.read_text())["sha256"] != legacy_fingerprint(splits):
+        raise NanoNLPError(f"the data of '{run_dir}' changed since the run was prepared (its splits no longer match {LEGACY_DATA_FILE}); "
+                           "restore the original files, or train a new run on the new data.")
+    return splits
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,35 +366,24 @@ class TranslateTask(Task):
         self.build_model(cfg.model)  # fail now, before anything is written, if the settings do not fit together
         vocab.save(ctx.run_dir)
 
-        # Tokenize once. Training pairs are length-filtered here; dev pairs are scored whole, except
-        # beyond a Transformer's position table; test sources are encoded as the translator reads them.
-        sources = vocab.encode_sources([p.source for p in train_pairs])
-        targets = vocab.encode_targets([p.target for p in train_pairs])
-        kept = [i for i in range(len(sources)) if keep_pair(sources[i], targets[i], cfg.data)]
-        if not kept:
-            raise NanoNLPError(f"no training pair is within data.max_length ({cfg.data.max_length}) tokens; raise it.")
-        if not ctx.quiet and len(kept) < len(sources):
-            print(f"data: {len(sources) - len(kept):,} training pairs dropped by the length filter "
-                  f"(max_length {cfg.data.max_length}, max_length_ratio {cfg.data.max_length_ratio})", file=sys.stderr)
-        data_dir = ctx.run_dir / "data"
-        _save_split(data_dir, "train", [train_pairs[i] for i in kept], [sources[i] for i in kept], [targets[i] for i in kept])
-        _save_split(data_dir, "dev", dev, vocab.encode_sources([p.source for p in dev], cap),
-                    [t[: cap - 1] if cap else t for t in vocab.encode_targets([p.target for p in dev])])
-        _save_split(data_dir, "test", test, vocab.encode_sources([p.source.strip() for p in test], cap),
-                    vocab.encode_targets([p.target for p in test]))
-        cache.write_manifest(data_dir, raw_files(cfg.data), dataclasses.asdict(cfg.data), cache.tokenizer_files(ctx.run_dir),
-                             train_pairs=len(kept), dev_pairs=len(dev), test_pairs=len(test))
+        write_cache(cfg, ctx.run_dir, vocab, (train_pairs, dev, test), ctx.quiet)
         if not ctx.quiet:
             joint = "joint" if cfg.data.joint_vocab else "separate"
             print(f"data: {len(train_pairs):,} training, {len(dev):,} dev and {len(test):,} test pairs "
                   f"({cfg.data.source_lang}->{cfg.data.target_lang}); {joint} BPE vocabulary {vocab.source.vocab_size:,}"
                   + ("" if cfg.data.joint_vocab else f" / {vocab.target.vocab_size:,}"), file=sys.stderr)
 
+    def check_prepared(self, cfg, ctx: Context) -> None:
+        if (ctx.run_dir / "data" / cache.MANIFEST).is_file():
+            check_cache(ctx.run_dir, cfg)
+        else:  # a run prepared before the cache existed: prepare it now, from the raw files and the run's vocabularies
+            write_cache(cfg, ctx.run_dir, Vocabularies.load(ctx.run_dir), read_legacy_splits(ctx.run_dir, cfg), ctx.quiet)
+
     def job(self, cfg, ctx: Context) -> TrainingJob:
         run_dir, device = ctx.run_dir, ctx.device
         vocab = Vocabularies.load(run_dir)
         model = self.build_model(cfg.model).to(device)
-        data_dir = check_cache(run_dir, cfg)
+        data_dir = run_dir / "data"  # checked on rank 0 (prepare_run), not again on every rank
         _, sources, targets = load_cached_split(data_dir, "train")
         dev, dev_sources, dev_targets = load_cached_split(data_dir, "dev")
         if ctx.world_size > 1:  # each rank trains on its own shard of the pairs
@@ -417,7 +447,7 @@ class TranslateTask(Task):
             if (run_dir / "data" / cache.MANIFEST).is_file():
                 test, source_ids, _ = load_cached_split(check_cache(run_dir, translator.config), "test")
             else:  # a run prepared before the cache existed
-                test = load_splits(translator.config.data)[2]
+                test = read_legacy_splits(run_dir, translator.config)[2]
             sources, references, where = [p.source for p in test], [p.target for p in test], "the run's test split"
         beam = args.beam or translator.config.translate.beam_size
         report, hypotheses = translator.evaluate(sources, references, args.beam, source_ids)

@@ -63,7 +63,9 @@ def run_task(run_dir: str | Path) -> str | None:
         raise NanoNLPError(f"'{config}' is not a readable YAML config; restore it from the run's checkpoint or train again.") from None
     if not isinstance(raw, dict):
         raise NanoNLPError(f"'{config}' is not a YAML mapping; restore it or train again.")
-    return str(raw.get("task", "lm"))
+    from nanonlp.config import DEFAULT_TASK
+
+    return str(raw.get("task", DEFAULT_TASK))
 
 
 @dataclass

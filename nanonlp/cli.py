@@ -158,6 +158,12 @@ def cmd_data() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"]:  # answered before the tasks (and torch) are imported to build the parser
+        from nanonlp import __version__
+
+        print(f"nanonlp {__version__}")
+        return
     parser, owners = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:

@@ -1,8 +1,10 @@
 """Typed experiment configs: a YAML file in, dotted `--section.key=value` overrides, strict validation.
 
-One config file describes one experiment. Every default lives in a dataclass here or in the model
-file that owns it; code never writes `cfg.get("x", 100)`. Anything wrong (an unknown key, a wrong
-type, an impossible value) raises `ConfigError` with one sentence naming the key.
+One config file describes one experiment. Every default lives in a dataclass: the loop's `train`
+section here, a task's sections in its task module, a model family's in its model file; code never
+writes `cfg.get("x", 100)`. This module knows no task and no model family by name: the task registry
+(nanonlp.tasks) says which sections and families a `task:` has. Anything wrong (an unknown key, a
+wrong type, an impossible value) raises `ConfigError` with one sentence naming the key.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}.")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got '{self.device}'.")
+
+
+# A config without a `task:` key is a language model's: configs were written so before tasks existed.
+DEFAULT_TASK = "lm"
 
 
 @dataclass
@@ -175,7 +181,7 @@ def build(cls: type, raw: dict | None, section: str, allow_derived: bool = False
     return obj
 
 
-def build_model_config(raw: dict | None, allow_derived: bool = False, task: str = "lm") -> Any:
+def build_model_config(raw: dict | None, allow_derived: bool = False, task: str = DEFAULT_TASK) -> Any:
     raw = dict(raw or {})
     family = raw.pop("type", None)
     families = task_schema(task).models  # model.type -> (Config dataclass, module); the same name may differ between tasks
@@ -190,7 +196,7 @@ def from_dict(raw: dict, allow_derived: bool = False) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("a config file must be a YAML mapping with the sections task, data, model, train.")
     raw = dict(raw)
-    task = _coerce(raw.get("task", "lm"), str, "task")
+    task = _coerce(raw.get("task", DEFAULT_TASK), str, "task")
     schema = task_schema(task)
     known = {"task", "model", "train", *schema.sections}
     for key in raw:

@@ -376,3 +376,9 @@ def test_a_two_argument_loss_is_refused_with_a_sentence(tmp_path):
                       evaluate=lambda m: {"val_loss": 0.0}, batch_tokens=lambda b: 4, data_state=lambda: {}, load_data_state=lambda s: None)
     with pytest.raises(NanoNLPError, match=r"must take \(model, batch, step\)"):
         train(job, TrainConfig(max_steps=2, dtype="float32"), tmp_path, torch.device("cpu"), quiet=True)
+
+
+def test_version_answers_without_importing_torch_or_the_tasks():
+    script = "import sys\nfrom nanonlp.cli import main\nmain(['--version'])\nprint('torch' in sys.modules, 'nanonlp.tasks' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.stdout.splitlines() == [f"nanonlp {nanonlp.__version__}", "False False"], out.stderr[-2000:]

@@ -134,4 +134,4 @@ class CRF(nn.Module):
             t = start + offset
             score = score + transitions[tags[offset - 1], tags[offset]] + emissions[0, t, tags[offset]]
         score = score + beta[0, start + len(tags) - 1, tags[-1]]
-        return float(torch.exp(score - log_z[0]))
+        return float(torch.exp(score - log_z[0]).detach())

@@ -153,7 +153,12 @@ def cmd_data() -> None:
         here = [p for p in ([Path(shared) / relative] if shared else []) + [cache_dir() / relative] if p.is_file()]
         if here and entry.format == "aligned":
             here = [f"{str(here[0])[: -len(entry.languages[0])]}{{{','.join(entry.languages)}}}"]
-        where = str(here[0]) if here else ("built on first use" if entry.build else f"downloaded on first use from {entry.url}")
+        if here:
+            where = str(here[0])
+        elif entry.build:
+            where = "built on first use"
+        else:
+            where = f"downloaded on first use from {entry.url}" if entry.url else f"not downloadable: put it at $NANONLP_DATA/{relative}"
         print(f"{entry.name:20s} {entry.description}\n{'':20s} {where}")
 
 

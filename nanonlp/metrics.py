@@ -1,4 +1,5 @@
-"""Metrics for classifiers: accuracy, precision/recall/F1, confusion matrices, calibration."""
+"""Metrics: classifiers (accuracy, precision/recall/F1, confusion matrices, calibration), translation
+(BLEU, chrF through sacreBLEU) and entity tagging (entity-level F1 through seqeval)."""
 
 from __future__ import annotations
 
@@ -109,3 +110,55 @@ def bleu_chrf(hypotheses: list[str], references: list[str]) -> dict:
         "bleu_detail": str(bleu_score),
         "sentences": len(hypotheses),
     }
+
+
+def entity_report(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Entity-level precision, recall and F1 per type, micro and macro averages, through seqeval
+    (Nakayama 2018) with strict IOB2 matching: an entity counts only with exactly its span and type.
+    Both sides are IOB2 tag sequences. Also a confusion table of types over gold spans: for each gold
+    entity, the type predicted on exactly its span ("O" where none is); for each predicted entity
+    whose span no gold entity has, a row "O"."""
+    from seqeval.metrics import classification_report as seqeval_report
+    from seqeval.scheme import IOB2
+
+    if len(gold) != len(predicted) or any(len(g) != len(p) for g, p in zip(gold, predicted)):
+        raise ValueError("gold and predicted tag sequences must pair up sentence by sentence and token by token.")
+    raw = seqeval_report(gold, predicted, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+    types = sorted(k for k in raw if k not in ("micro avg", "macro avg", "weighted avg"))
+    report = {
+        "per_type": {t: {"precision": raw[t]["precision"], "recall": raw[t]["recall"], "f1": raw[t]["f1-score"],
+                         "support": int(raw[t]["support"])} for t in types},
+        **{f"{avg}_{k}": raw[f"{avg} avg"][key] for avg in ("micro", "macro")
+           for k, key in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"))},
+        "entities": int(raw["micro avg"]["support"]) if "micro avg" in raw else 0,
+    }
+    report["confusion"] = entity_confusion(gold, predicted)
+    return report
+
+
+def _entities(tags: list[str]) -> dict[tuple[int, int], str]:
+    """(start, end exclusive) -> type of each entity of a strict IOB2 sequence (an I- that does not continue is dropped)."""
+    spans, start, kind = {}, None, None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, label = tag.partition("-")
+        if start is not None and not (prefix == "I" and label == kind):
+            spans[(start, i)] = kind
+            start = None
+        if prefix == "B":
+            start, kind = i, label
+    return spans
+
+
+def entity_confusion(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, dict[str, int]]:
+    """gold type (or "O") -> predicted type on the same span (or "O") -> count."""
+    table: dict[str, dict[str, int]] = {}
+    for g, p in zip(gold, predicted):
+        gold_spans, predicted_spans = _entities(g), _entities(p)
+        for span, kind in gold_spans.items():
+            row = table.setdefault(kind, {})
+            row[predicted_spans.get(span, "O")] = row.get(predicted_spans.get(span, "O"), 0) + 1
+        for span, kind in predicted_spans.items():
+            if span not in gold_spans:
+                row = table.setdefault("O", {})
+                row[kind] = row.get(kind, 0) + 1
+    return table

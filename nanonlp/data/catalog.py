@@ -138,6 +138,30 @@ CATALOG: dict[str, Entry] = {
             format="tsv",
             languages=("en", "fr"),
         ),
+        *[
+            Entry(
+                name,
+                f"wikiann_en/{split}.txt",
+                f"WikiANN English named entities (PER, ORG, LOC; IOB2; tokens prefixed 'en:'), {description}",
+                url=f"https://raw.githubusercontent.com/davidsbatista/NER-datasets/master/WikiANN/en/{split}",
+                sha256=sha256,
+                splits=(("dev", "wikiann_en_dev"), ("test", "wikiann_en_test")) if split == "train" else (),
+                format="conll",
+            )
+            for name, split, description, sha256 in [
+                ("wikiann_en", "train", "training split, 20,000 sentences", "ca569a937f536cfc7e94291fbf631d394ce0c171af4523d96f366a50bd18b388"),
+                ("wikiann_en_dev", "dev", "development split, 10,000 sentences", "e9e42f79be5eba498ac86b7b81612da5ec5ad3d194df25c2e474514434957cf4"),
+                ("wikiann_en_test", "test", "test split, 10,000 sentences", "798706360692e56b9ce72fe37033c581cc9801b18f22091100b8266e0dc7fccb"),
+            ]
+        ],
+        Entry(
+            "msra_ner",
+            "zh/msra_ner.txt",
+            "MSRA Chinese named entities (SIGHAN 2006; PER, ORG, LOC; IOB2), one character per line, 55,289 sentences, "
+            "no split (a seeded 90/5/5 one is made); from SophonPlus/ChineseNlpCorpus datasets/dh_msra, converted to CHAR<TAB>TAG",
+            sha256="762144d4334117d51cf66c0478bb35fda215cb7ce98d941072a0cf84980f599c",
+            format="conll",
+        ),
         Entry(
             "chatterbot_english",
             "chatterbot_english/dialogues.txt",
@@ -219,6 +243,9 @@ def resolve(path_or_name: str, language: str | None = None) -> Path:
     if entry.build is not None:
         atomic_write_bytes(cached, entry.build().encode("utf-8"))
         return cached
+    if entry.url is None:
+        raise NanoNLPError(f"'{entry.name}' has no download address; put the file at $NANONLP_DATA/{entry.relative_path} "
+                           f"or {cached}, or set data.path to a local copy.")
     return download(entry.url, cached, entry.sha256, entry.name, entry.member)
 
 

@@ -1,0 +1,182 @@
+"""Entity tagging end to end: the BiLSTM-CRF learns toy sets (English words, Chinese characters),
+tags raw text with exact offsets, decodes only valid sequences, and is scored as seqeval scores."""
+
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+import nanonlp
+from nanonlp.cli import main
+from nanonlp.config import load_config
+from nanonlp.data.tagging import repair
+from nanonlp.metrics import entity_report
+from nanonlp.models.bilstm_crf import BiLSTMCRF, BiLSTMCRFConfig
+from nanonlp.predict.tag import TagVocabulary, batch_tensors, spans_of, tokenize
+from nanonlp.data.tagging import allowed_transitions, tag_set
+from nanonlp.train import fit
+
+PEOPLE, PLACES, ORGS = ["Alice", "Bob", "Carol", "Dave", "Erin"], ["Paris", "London", "New York", "Rome"], ["Acme", "Globex Corp"]
+
+
+def entity(words: str, kind: str) -> list[tuple[str, str]]:
+    return [(w, ("B-" if i == 0 else "I-") + kind) for i, w in enumerate(words.split())]
+
+
+def english_file(path, n=160, seed=0):
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        tokens = (entity(rng.choice(PEOPLE), "PER") + [("works", "O"), ("for", "O")] + entity(rng.choice(ORGS), "ORG")
+                  + [("in", "O")] + entity(rng.choice(PLACES), "LOC") + [(".", "O")])
+        lines += [f"{w} {t}" for w, t in tokens] + [""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def chinese_file(path, n=160, seed=0):
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        person, place = rng.choice(["张三", "李四", "王五"]), rng.choice(["北京", "上海", "广州"])
+        tokens = entity(" ".join(person), "PER") + [("在", "O")] + entity(" ".join(place), "LOC") + [("工", "O"), ("作", "O"), ("。", "O")]
+        lines += [f"{w}\t{t}" for w, t in tokens] + [""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def tag_config(tmp_path, data, out="run", **extra):
+    values = {"data.path": data, "model.type": "bilstm_crf", "model.embed_dim": 16, "model.char_hidden": 8, "model.hidden_size": 16,
+              "model.dropout": 0.0, "train.out_dir": tmp_path / out, "train.max_steps": 60, "train.eval_interval": 30,
+              "train.batch_size": 16, "train.learning_rate": 1e-2, "train.warmup_steps": 0, "train.dtype": "float32",
+              "train.device": "cpu", "train.peak_tflops": 1.0}
+    values.update({k.replace("__", "."): v for k, v in extra.items()})
+    return load_config(None, ["--task=tag"] + [f"--{k}={v}" for k, v in values.items()])
+
+
+TRICKY = ["Carol  works for Acme in New York .", "Bob works for\tGlobex Corp in Rome 😀.", "  Erin works for Acme in Paris", "Dave"]
+
+
+@pytest.mark.parametrize("char_features,crf", [("cnn", True), ("lstm", False)])
+def test_the_tagger_learns_a_toy_set_and_tags_raw_text_with_exact_offsets(tmp_path, capsys, char_features, crf):
+    data = english_file(tmp_path / "toy.txt")
+    fit(tag_config(tmp_path, data, model__char_features=char_features, model__crf=str(crf).lower()), quiet=True)
+    tagger = nanonlp.load(tmp_path / "run", device="cpu")
+    results = tagger.tag(TRICKY)
+    for result in results:
+        for e in result["entities"]:
+            assert result["text"][e["start"] : e["end"]] == e["text"]  # offsets into the raw string
+            assert 0.0 < e["score"] <= 1.0
+    found = [[(e["text"], e["type"]) for e in r["entities"]] for r in results]
+    assert found[0] == [("Carol", "PER"), ("Acme", "ORG"), ("New York", "LOC")]
+    assert found[1] == [("Bob", "PER"), ("Globex Corp", "ORG"), ("Rome", "LOC")]
+    assert results[1]["entities"][1]["start"] == TRICKY[1].index("Globex")  # after a tab
+    main(["eval", str(tmp_path / "run"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["micro_f1"] == 1.0 and set(report["per_type"]) == {"LOC", "ORG", "PER"}
+    # one tagger, eight threads: the answers of eight calls in a row
+    sequential = [tagger.tag(t) for t in TRICKY * 2]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(tagger.tag, TRICKY * 2)) == sequential
+    assert tagger.labels == ["LOC", "ORG", "PER"]
+
+
+def test_chinese_characters_are_the_tokens(tmp_path):
+    data = chinese_file(tmp_path / "zh.txt")
+    fit(tag_config(tmp_path, data, data__separator="\t"), quiet=True)
+    tagger = nanonlp.load(tmp_path / "run", device="cpu")
+    text = "李四在上海工作。 Then 张三在北京 😀"
+    result = tagger.tag(text)
+    found = [(e["text"], e["type"]) for e in result["entities"]]
+    assert ("李四", "PER") in found and ("上海", "LOC") in found and ("张三", "PER") in found and ("北京", "LOC") in found
+    for e in result["entities"]:
+        assert text[e["start"] : e["end"]] == e["text"]
+
+
+def test_tag_command_reads_text_and_tagged_files_and_writes_jsonl_or_conll(tmp_path, capsys):
+    data = english_file(tmp_path / "toy.txt")
+    fit(tag_config(tmp_path, data), quiet=True)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Alice works for Acme in Rome .\n\nBob works for Globex Corp in Paris .\n", encoding="utf-8")
+    main(["tag", str(tmp_path / "run"), "--input", str(texts), "--output", str(tmp_path / "out.jsonl")])
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["Alice works for Acme in Rome .", "Bob works for Globex Corp in Paris ."]
+    assert [e["type"] for e in rows[1]["entities"]] == ["PER", "ORG", "LOC"]
+    conll = tmp_path / "in.conll"
+    conll.write_text("Dave O\nworks O\nin O\nLondon O\n\n", encoding="utf-8")
+    main(["tag", str(tmp_path / "run"), "--input", str(conll), "--format", "conll"])
+    assert capsys.readouterr().out == "Dave\tB-PER\nworks\tO\nin\tO\nLondon\tB-LOC\n\n"  # in the data files' scheme (IOB2), not the model's BIOES
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tag", str(tmp_path / "run"), "one", "--input", str(texts)])
+    assert exit_info.value.code == 2
+
+
+def test_decoding_never_gives_an_invalid_sequence():
+    for scheme in ("iob2", "bioes"):
+        tags = tag_set(["LOC", "PER"], scheme)
+        for crf in (True, False):
+            torch.manual_seed(0)
+            config = BiLSTMCRFConfig(vocab_size=20, char_vocab_size=10, tags=tags, allowed=list(allowed_transitions(tags, scheme)),
+                                     embed_dim=8, char_hidden=4, hidden_size=8, dropout=0.0, crf=crf)
+            model = BiLSTMCRF(config).eval()
+            with torch.no_grad():
+                model.emissions.weight.normal_(0, 5)  # an untrained model with strong, random preferences
+            for seed in range(10):
+                torch.manual_seed(seed)
+                words = torch.randint(2, 20, (4, 9))
+                chars = torch.randint(1, 10, (4, 9, 3))
+                mask = torch.ones(4, 9, dtype=torch.bool)
+                mask[1, 5:] = False
+                for path in model.decode(model(words, chars, mask)[0], mask):
+                    sequence = [tags[t] for t in path]
+                    assert repair(sequence, scheme)[1] == 0, sequence
+
+
+def test_padding_changes_no_score_at_a_real_position():
+    tags = tag_set(["PER"], "iob2")
+    torch.manual_seed(0)
+    config = BiLSTMCRFConfig(vocab_size=30, char_vocab_size=20, tags=tags, allowed=list(allowed_transitions(tags, "iob2")),
+                             embed_dim=8, char_hidden=4, hidden_size=8, dropout=0.0)
+    for features in ("cnn", "lstm"):
+        config.char_features = features
+        model = BiLSTMCRF(config).eval()
+        vocab = TagVocabulary(["<pad>", "<unk>"] + [f"w{i}" for i in range(28)], ["<pad>", "<unk>"] + list("abcdefghijklmnopqr"),
+                              tags, False, 20)
+        short, long = ["w1", "w2"], ["w3", "w4", "w5", "w6", "w7"]
+        alone = model(*batch_tensors(vocab, [short], "cpu"))[0]
+        words, chars, mask = batch_tensors(vocab, [short, long], "cpu")
+        together = model(words, chars, mask)[0]
+        assert torch.allclose(alone[0], together[0, :2], atol=1e-6)
+        assert model.decode(alone, mask[:1, :2]) == model.decode(together, mask)[:1]
+
+
+@pytest.mark.parametrize("text,tokens", [
+    ("Carol  works\tfor Acme", ["Carol", "works", "for", "Acme"]),
+    ("张三在北京 and Paris!", ["张", "三", "在", "北", "京", "and", "Paris", "!"]),
+    ("emoji 😀 here", ["emoji", "😀", "here"]),
+    ("", []),
+])
+def test_tokens_of_raw_text_keep_their_offsets(text, tokens):
+    found = tokenize(text)
+    assert [t for t, _, _ in found] == tokens
+    assert all(text[s:e] == t for t, s, e in found)
+
+
+def test_entity_report_equals_hand_counted_spans():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-PER", "O"]]
+    predicted = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O", "O", "O"]]
+    # PER: gold 2, predicted 1 (right); LOC: gold 1, predicted 0; ORG: gold 1, predicted 2 (1 right)
+    report = entity_report(gold, predicted)
+    assert report["per_type"]["PER"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert report["per_type"]["LOC"]["recall"] == 0.0 and report["per_type"]["ORG"]["precision"] == 0.5
+    assert report["micro_precision"] == pytest.approx(2 / 3) and report["micro_recall"] == pytest.approx(2 / 4)
+    assert report["confusion"] == {"PER": {"PER": 1, "O": 1}, "LOC": {"ORG": 1}, "ORG": {"ORG": 1}}
+    # strict IOB2: an I- that continues nothing is no entity at all (seqeval's strict mode)
+    assert entity_report([["B-PER", "I-PER"]], [["O", "I-PER"]])["micro_recall"] == 0.0
+
+
+def test_spans_of_iob2_and_bioes():
+    assert spans_of(["B-PER", "I-PER", "O", "S-LOC", "B-ORG", "E-ORG"]) == [(0, 2, "PER"), (3, 4, "LOC"), (4, 6, "ORG")]
+    assert spans_of(["B-PER", "B-PER", "I-LOC"]) == [(0, 1, "PER"), (1, 2, "PER"), (2, 3, "LOC")]

@@ -180,3 +180,20 @@ def test_entity_report_equals_hand_counted_spans():
 def test_spans_of_iob2_and_bioes():
     assert spans_of(["B-PER", "I-PER", "O", "S-LOC", "B-ORG", "E-ORG"]) == [(0, 2, "PER"), (3, 4, "LOC"), (4, 6, "ORG")]
     assert spans_of(["B-PER", "B-PER", "I-LOC"]) == [(0, 1, "PER"), (1, 2, "PER"), (2, 3, "LOC")]
+
+
+def test_word_dropout_acts_in_training_only():
+    tags = tag_set(["PER"], "iob2")
+    torch.manual_seed(0)
+    config = BiLSTMCRFConfig(vocab_size=30, char_vocab_size=20, tags=tags, allowed=list(allowed_transitions(tags, "iob2")),
+                             embed_dim=8, char_hidden=4, hidden_size=8, dropout=0.0, word_dropout=0.0)
+    plain = BiLSTMCRF(config)
+    dropping = BiLSTMCRF(BiLSTMCRFConfig(**{**config.__dict__, "word_dropout": 0.9999}))
+    dropping.load_state_dict(plain.state_dict())
+    words, chars = torch.randint(2, 30, (2, 6)), torch.randint(1, 20, (2, 6, 3))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    plain.eval(), dropping.eval()
+    assert torch.equal(plain(words, chars, mask)[0], dropping(words, chars, mask)[0])  # eval: untouched
+    dropping.train(), plain.train()
+    unknown = torch.ones_like(words)  # every word <unk>, the characters kept
+    assert torch.allclose(dropping(words, chars, mask)[0], plain(unknown, chars, mask)[0])

@@ -40,14 +40,16 @@ class BiLSTMCRFConfig:
     hidden_size: int = 128  # word LSTM units per direction
     num_layers: int = 1
     dropout: float = 0.5  # on the word representations and on the LSTM's outputs
+    word_dropout: float = 0.0  # in training, each word id becomes <unk> with this probability, so the <unk> vector learns what rare words look like
     crf: bool = True  # score whole sequences with a CRF; false: a softmax per token (still decoded under the constraints)
 
     def validate(self) -> None:
         for name in ("embed_dim", "char_embed_dim", "char_hidden", "char_kernel", "hidden_size", "num_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+        for name in ("dropout", "word_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}.")
 
 
 class CharCNN(nn.Module):
@@ -107,6 +109,10 @@ class BiLSTMCRF(nn.Module):
 
     def forward(self, words: torch.Tensor, chars: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor | None = None):
         """words (B, L), chars (B, L, W), mask (B, L) bool -> emissions (B, L, T) and the loss when tags are given."""
+        if self.training and self.config.word_dropout > 0:
+            # Lample et al. replace singletons by <unk> (id 1) at random; any word here, as rare words dominate the unknowns at test time.
+            drop = (torch.rand(words.shape, device=words.device) < self.config.word_dropout) & mask
+            words = torch.where(drop, torch.ones_like(words), words)
         x = self.embed(words)
         if self.chars is not None:
             x = torch.cat([x, self.chars(chars)], dim=-1)

@@ -142,13 +142,14 @@ class BiLSTMCRF(nn.Module):
             return self.crf.marginals(emissions, mask)
         return torch.softmax(emissions.float(), dim=-1)
 
-    def span_score(self, emissions: torch.Tensor, mask: torch.Tensor, start: int, tags: list[int]) -> float:
-        """Confidence in one span of one sentence: its CRF marginal probability, or the product of the
-        token probabilities without a CRF."""
+    def span_scores(self, emissions: torch.Tensor, mask: torch.Tensor, spans: list[list[tuple[int, list[int]]]]) -> list[list[float]]:
+        """Confidence in each (start, tags) span of each sentence of a batch: its CRF marginal
+        probability, or the product of its token probabilities without a CRF."""
         if self.config.crf:
-            return self.crf.span_probability(emissions, mask, start, tags)
-        probs = torch.softmax(emissions[0].float(), dim=-1)
-        return float(torch.prod(torch.stack([probs[start + i, tag] for i, tag in enumerate(tags)])))
+            return self.crf.span_probabilities(emissions, mask, spans)
+        probs = torch.softmax(emissions.float(), dim=-1)
+        return [[float(torch.prod(torch.stack([probs[b, start + i, tag] for i, tag in enumerate(tags)]))) for start, tags in row]
+                for b, row in enumerate(spans)]
 
     def flops_per_token(self) -> float:
         # 2 FLOPs per multiply-add, forward and backward (x3), for the LSTM's and head's weight matrices.

@@ -125,13 +125,24 @@ class CRF(nn.Module):
     def span_probability(self, emissions: torch.Tensor, mask: torch.Tensor, start: int, tags: list[int]) -> float:
         """p(y_start .. y_(start+len(tags)-1) = tags | x) for one sentence (emissions (1, L, T)): the
         probability that the tagger's span, with exactly these tags, is right."""
+        return self.span_probabilities(emissions, mask, [[(start, tags)]])[0][0]
+
+    @torch.no_grad()
+    def span_probabilities(self, emissions: torch.Tensor, mask: torch.Tensor, spans: list[list[tuple[int, list[int]]]]) -> list[list[float]]:
+        """span_probability of every (start, tags) span of every sentence of a batch, from one
+        forward-backward pass: alpha to the span's first tag, the span's own path, beta from its last."""
         _, transitions, _ = self._scores()
         alpha, log_z = self.forward_scores(emissions, mask)
         beta = self.backward_scores(emissions, mask)
         emissions = emissions.float()
-        score = alpha[0, start, tags[0]]
-        for offset in range(1, len(tags)):
-            t = start + offset
-            score = score + transitions[tags[offset - 1], tags[offset]] + emissions[0, t, tags[offset]]
-        score = score + beta[0, start + len(tags) - 1, tags[-1]]
-        return float(torch.exp(score - log_z[0]).detach())
+        out = []
+        for b, sentence_spans in enumerate(spans):
+            row = []
+            for start, tags in sentence_spans:
+                score = alpha[b, start, tags[0]]
+                for offset in range(1, len(tags)):
+                    score = score + transitions[tags[offset - 1], tags[offset]] + emissions[b, start + offset, tags[offset]]
+                score = score + beta[b, start + len(tags) - 1, tags[-1]]
+                row.append(float(torch.exp(score - log_z[b])))
+            out.append(row)
+        return out

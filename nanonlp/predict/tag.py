@@ -122,15 +122,12 @@ class Tagger:
             rows = order[start : start + 64]
             words, chars, mask = batch_tensors(self.vocab, [sentences[i] for i in rows], self.device)
             emissions, _ = self.model(words, chars, mask)
-            for one, (row, path) in enumerate(zip(rows, self.model.decode(emissions, mask))):
-                tags = [self.vocab.tags[t] for t in path]
-                spans = spans_of(tags)
-                scores = []
-                if with_scores:
-                    n = len(sentences[row])
-                    for s, e, _ in spans:
-                        scores.append(self.model.span_score(emissions[one : one + 1, :n], mask[one : one + 1, :n], s, path[s:e]))
-                out[row] = (tags, scores)
+            paths = self.model.decode(emissions, mask)
+            tag_rows = [[self.vocab.tags[t] for t in path] for path in paths]
+            spans = [[(s, path[s:e]) for s, e, _ in spans_of(tags)] for tags, path in zip(tag_rows, paths)]
+            scores = self.model.span_scores(emissions, mask, spans) if with_scores else [[] for _ in rows]
+            for row, tags, row_scores in zip(rows, tag_rows, scores):
+                out[row] = (tags, row_scores)
         return out
 
     def tag_tokens(self, sentences: list[list[str]], scheme: str | None = None) -> list[list[str]]:

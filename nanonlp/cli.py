@@ -115,7 +115,8 @@ def cmd_eval(args, owners: dict) -> None:
     for dest, (names, default) in owners.items():
         if task.name not in names and getattr(args, dest, None) != default:
             flag = "--" + dest.replace("_", "-")
-            raise ConfigError(f"{flag} is for {' and '.join(sorted(names))} runs; '{args.run_dir}' is a {task.name} run.")
+            owners_text = " and ".join(", ".join(sorted(names)).rsplit(", ", 1))
+            raise ConfigError(f"{flag} is for {owners_text} runs; '{args.run_dir}' is a {task.name} run.")
     task.evaluate(args)
 
 

@@ -172,6 +172,14 @@ CATALOG: dict[str, Entry] = {
 }
 
 
+def split_of(path: str, split: str, explicit: str = "") -> str | None:
+    """Where a split's data is: the path given for it, else the catalog's split of data set `path`, else None."""
+    if explicit:
+        return explicit
+    entry = CATALOG.get(path)
+    return entry.split(split) if entry is not None else None
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("NANONLP_CACHE") or Path.home() / ".cache" / "nanonlp")
 

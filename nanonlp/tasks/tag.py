@@ -89,11 +89,7 @@ def raw_files(cfg: TagDataConfig) -> list[Path]:
 
 
 def _split_spec(cfg: TagDataConfig, split: str) -> str | None:
-    explicit = {"dev": cfg.dev_path, "test": cfg.test_path}[split]
-    if explicit:
-        return explicit
-    entry = catalog.CATALOG.get(cfg.path)
-    return entry.split(split) if entry is not None else None
+    return catalog.split_of(cfg.path, split, {"dev": cfg.dev_path, "test": cfg.test_path}[split])
 
 
 def load_splits(cfg: TagDataConfig, quiet: bool = True) -> dict[str, list[TaggedSentence]]:

@@ -118,11 +118,7 @@ def read_pairs(spec: str, cfg: TranslateDataConfig) -> list[Pair]:
 
 
 def _split_spec(cfg: TranslateDataConfig, split: str) -> str | None:
-    explicit = {"dev": cfg.dev_path, "test": cfg.test_path}[split]
-    if explicit:
-        return explicit
-    entry = catalog.CATALOG.get(cfg.path)
-    return entry.split(split) if entry is not None else None
+    return catalog.split_of(cfg.path, split, {"dev": cfg.dev_path, "test": cfg.test_path}[split])
 
 
 def load_splits(cfg: TranslateDataConfig) -> tuple[list[Pair], list[Pair], list[Pair]]:

@@ -123,7 +123,11 @@ def entity_report(gold: list[list[str]], predicted: list[list[str]]) -> dict:
 
     if len(gold) != len(predicted) or any(len(g) != len(p) for g, p in zip(gold, predicted)):
         raise ValueError("gold and predicted tag sequences must pair up sentence by sentence and token by token.")
-    raw = seqeval_report(gold, predicted, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+    import warnings
+
+    with warnings.catch_warnings():  # an average over no entity type warns; the NaN it gives is replaced below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        raw = seqeval_report(gold, predicted, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
     types = sorted(k for k in raw if k not in ("micro avg", "macro avg", "weighted avg"))
     report = {
         "per_type": {t: {"precision": raw[t]["precision"], "recall": raw[t]["recall"], "f1": raw[t]["f1-score"],
@@ -132,6 +136,9 @@ def entity_report(gold: list[list[str]], predicted: list[list[str]]) -> dict:
            for k, key in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"))},
         "entities": int(raw["micro avg"]["support"]) if "micro avg" in raw else 0,
     }
+    for key in ("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1"):
+        if report[key] != report[key]:  # NaN: seqeval's average over no entity type at all
+            report[key] = 0.0
     report["confusion"] = entity_confusion(gold, predicted)
     return report
 

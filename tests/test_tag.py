@@ -62,7 +62,10 @@ TRICKY = ["Carol  works for Acme in New York .", "Bob works for\tGlobex Corp in 
 @pytest.mark.parametrize("char_features,crf", [("cnn", True), ("lstm", False)])
 def test_the_tagger_learns_a_toy_set_and_tags_raw_text_with_exact_offsets(tmp_path, capsys, char_features, crf):
     data = english_file(tmp_path / "toy.txt")
-    fit(tag_config(tmp_path, data, model__char_features=char_features, model__crf=str(crf).lower()), quiet=True)
+    dev = tmp_path / "dev.txt"  # a dev sentence with a type training never saw, longer than the others in its batch
+    dev.write_text(english_file(tmp_path / "dev_known.txt", n=20, seed=1).read_text()
+                   + "Zed B-MISC\nand O\nZed I-MISC\nwent O\nto O\nthe O\nsea O\nfor O\nthe O\nlong O\nday O\n\n", encoding="utf-8")
+    fit(tag_config(tmp_path, data, model__char_features=char_features, model__crf=str(crf).lower(), data__dev_path=dev), quiet=True)
     tagger = nanonlp.load(tmp_path / "run", device="cpu")
     results = tagger.tag(TRICKY)
     for result in results:
@@ -88,6 +91,8 @@ def test_chinese_characters_are_the_tokens(tmp_path):
     fit(tag_config(tmp_path, data, data__separator="\t"), quiet=True)
     tagger = nanonlp.load(tmp_path / "run", device="cpu")
     text = "李四在上海工作。 Then 张三在北京 😀"
+    assert tagger.vocab.character_tokens  # trained one character a token: raw text is read the same way
+    assert [t for t, _, _ in tokenize("张三 NBA 2008", characters=True)] == ["张", "三", "N", "B", "A", "2", "0", "0", "8"]
     result = tagger.tag(text)
     found = [(e["text"], e["type"]) for e in result["entities"]]
     assert ("李四", "PER") in found and ("上海", "LOC") in found and ("张三", "PER") in found and ("北京", "LOC") in found
@@ -175,6 +180,8 @@ def test_entity_report_equals_hand_counted_spans():
     assert report["confusion"] == {"PER": {"PER": 1, "O": 1}, "LOC": {"ORG": 1}, "ORG": {"ORG": 1}}
     # strict IOB2: an I- that continues nothing is no entity at all (seqeval's strict mode)
     assert entity_report([["B-PER", "I-PER"]], [["O", "I-PER"]])["micro_recall"] == 0.0
+    empty = entity_report([["O", "O"]], [["O", "O"]])  # no entity on either side: zeros, never NaN (not JSON)
+    assert empty["macro_f1"] == 0.0 and empty["micro_f1"] == 0.0 and json.dumps(empty)
 
 
 def test_spans_of_iob2_and_bioes():

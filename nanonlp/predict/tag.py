@@ -21,16 +21,21 @@ _CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\U0002
 TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]", re.UNICODE)
 
 
-def tokenize(text: str) -> list[tuple[str, int, int]]:
-    """(token, start, end) for every token of `text`, with offsets into the raw string."""
-    return [(m.group(), m.start(), m.end()) for m in TOKEN.finditer(text)]
+CHARACTER = re.compile(r"\S")
+
+
+def tokenize(text: str, characters: bool = False) -> list[tuple[str, int, int]]:
+    """(token, start, end) for every token of `text`, with offsets into the raw string. A tagger
+    trained one character a token (MSRA) reads every visible character alone, digits and Latin too."""
+    return [(m.group(), m.start(), m.end()) for m in (CHARACTER if characters else TOKEN).finditer(text)]
 
 
 class TagVocabulary:
     """Word and character ids of a tagger (0 padding, 1 unknown), and its tags."""
 
-    def __init__(self, words: list[str], chars: list[str], tags: list[str], lowercase: bool, max_word_length: int):
-        self.words, self.chars, self.tags = words, chars, tags
+    def __init__(self, words: list[str], chars: list[str], tags: list[str], lowercase: bool, max_word_length: int,
+                 character_tokens: bool = False):
+        self.words, self.chars, self.tags, self.character_tokens = words, chars, tags, character_tokens
         self.lowercase, self.max_word_length = lowercase, max_word_length
         self.word_index = {w: i for i, w in enumerate(words)}
         self.char_index = {c: i for i, c in enumerate(chars)}
@@ -43,7 +48,10 @@ class TagVocabulary:
         words = Counter(w.lower() if lowercase else w for s in sentences for w in s)
         chars = Counter(c for s in sentences for w in s for c in w)
         kept = [w for w, n in sorted(words.items(), key=lambda x: (-x[1], x[0])) if n >= min_freq][: max(0, max_words - 2)]
-        return cls([PAD, UNK] + kept, [PAD, UNK] + sorted(chars), tags, lowercase, max_word_length)
+        tokens = sum(words.values())
+        single = sum(n for w, n in words.items() if len(w) == 1)
+        # Data tokenized one character a token (Chinese NER): raw text is then read the same way.
+        return cls([PAD, UNK] + kept, [PAD, UNK] + sorted(chars), tags, lowercase, max_word_length, single >= 0.99 * tokens)
 
     def word_ids(self, tokens: list[str]) -> list[int]:
         return [self.word_index.get(t.lower() if self.lowercase else t, 1) for t in tokens]
@@ -54,14 +62,15 @@ class TagVocabulary:
     def save(self, folder: Path) -> None:
         atomic_write_text(Path(folder) / VOCABULARY_FILE, json.dumps(
             {"kind": "tagger", "words": self.words, "chars": self.chars, "tags": self.tags, "lowercase": self.lowercase,
-             "max_word_length": self.max_word_length}, ensure_ascii=False) + "\n")
+             "max_word_length": self.max_word_length, "character_tokens": self.character_tokens}, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> "TagVocabulary":
         path = Path(folder) / VOCABULARY_FILE
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(data["words"], data["chars"], data["tags"], data["lowercase"], data["max_word_length"])
+            return cls(data["words"], data["chars"], data["tags"], data["lowercase"], data["max_word_length"],
+                       data.get("character_tokens", False))
         except (OSError, ValueError, KeyError) as error:
             raise NanoNLPError(f"'{path}' is not a readable tagger vocabulary ({error}); train the run again.") from None
 
@@ -142,7 +151,7 @@ class Tagger:
         """Per raw text: {"text", "entities": [{"start", "end", "type", "text", "score"}]}, offsets
         into the text as given (double spaces, tabs, emoji and mixed scripts included)."""
         texts, single = as_batch(texts)
-        tokenized = [tokenize(t) for t in texts]
+        tokenized = [tokenize(t, self.vocab.character_tokens) for t in texts]
         decoded = self._decode([[tok for tok, _, _ in toks] for toks in tokenized], with_scores=True)
         out = []
         for text, toks, (tags, scores) in zip(texts, tokenized, decoded):

@@ -141,8 +141,9 @@ class SentenceBatches(EpochBatches):
         return [batches[i] for i in shuffle]
 
 
-def tag_tensor(vocab: TagVocabulary, sentences: list[TaggedSentence], device) -> torch.Tensor:
-    length = max(len(s.tokens) for s in sentences)
+def tag_tensor(vocab: TagVocabulary, sentences: list[TaggedSentence], device, length: int | None = None) -> torch.Tensor:
+    """Tag ids (B, length), padded with 0 to `length` (default: the longest sentence)."""
+    length = length or max(len(s.tokens) for s in sentences)
     tags = torch.zeros(len(sentences), length, dtype=torch.long)
     for row, s in enumerate(sentences):
         tags[row, : len(s.tags)] = torch.tensor([vocab.tag_index[t] for t in s.tags], dtype=torch.long)
@@ -215,7 +216,7 @@ def _tag(args) -> None:
             raise NanoNLPError("nothing to tag: give texts as arguments, with --input FILE, or on stdin.")
         results = tagger.tag(texts)
         if args.format == "conll":
-            sentences = [[tok for tok, _, _ in tokenize(t)] for t in texts]
+            sentences = [[tok for tok, _, _ in tokenize(t, tagger.vocab.character_tokens)] for t in texts]
             for tokens, row in zip(sentences, tagger.tag_tokens(sentences)):
                 lines += [f"{t}\t{g}" for t, g in zip(tokens, row)] + [""]
         else:
@@ -273,7 +274,7 @@ class TagTask(Task):
         if ctx.world_size > 1:  # each rank trains on its own shard of the sentences
             train = train[ctx.rank :: ctx.world_size]
         sampler = SentenceBatches([len(s.tokens) for s in train], cfg.train.batch_size, cfg.train.seed)
-        known_dev = [s for s in dev if all(t in vocab.tag_index for t in s.tags)]
+        known_dev = {i for i, s in enumerate(dev) if all(t in vocab.tag_index for t in s.tags)}  # dev loss needs known tags
         scheme = cfg.data.inner_scheme
 
         def train_batch():
@@ -295,11 +296,11 @@ class TagTask(Task):
                 words, chars, mask = batch_tensors(vocab, [s.tokens for s in batch], device)
                 emissions, _ = model(words, chars, mask)
                 paths.update(zip(rows, model.decode(emissions, mask)))
-                known = [j for j, s in enumerate(batch) if s in known_dev]
+                known = [j for j, i in enumerate(rows) if i in known_dev]
                 if known:
-                    tags = tag_tensor(vocab, [batch[j] for j in known], device)
+                    tags = tag_tensor(vocab, [batch[j] for j in known], device, length=mask.size(1))
                     k = torch.tensor(known, device=device)
-                    _, value = model(words[k], chars[k], mask[k], tags[:, : mask[k].size(1)])
+                    _, value = model(words[k], chars[k], mask[k], tags)
                     total, count = total + value.item() * len(known), count + len(known)
             predicted = [[vocab.tags[t] for t in paths[i]] for i in range(len(dev))]
             report = entity_report([as_iob2(s.tags, scheme) for s in dev], [as_iob2(p, scheme) for p in predicted])

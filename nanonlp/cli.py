@@ -8,7 +8,6 @@ Exit codes: 0 success; 1 a runtime problem (missing data, bad file, diverged tra
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

@@ -15,7 +15,8 @@ from nanonlp.data.tokenizers import WordPieceTokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.predict.classify import predict_logits
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature
-from nanonlp.tasks.classify import (abstaining_predictions, class_weights, classification_loss, scope_metrics,
+from nanonlp.predict.classify import abstaining_predictions, scope_metrics
+from nanonlp.tasks.classify import (class_weights, classification_loss,
                                     text_encoder, tune_abstain_threshold)
 from nanonlp.train import fit
 

@@ -14,7 +14,7 @@ from nanonlp.config import load_config
 from nanonlp.data.tagging import repair
 from nanonlp.metrics import entity_report
 from nanonlp.models.bilstm_crf import BiLSTMCRF, BiLSTMCRFConfig
-from nanonlp.predict.tag import TagVocabulary, batch_tensors, spans_of, tokenize
+from nanonlp.predict.tag import TagVocabulary, batch_tensors, tokenize
 from nanonlp.data.tagging import allowed_transitions, tag_set
 from nanonlp.train import fit
 
@@ -185,8 +185,10 @@ def test_entity_report_equals_hand_counted_spans():
 
 
 def test_spans_of_iob2_and_bioes():
-    assert spans_of(["B-PER", "I-PER", "O", "S-LOC", "B-ORG", "E-ORG"]) == [(0, 2, "PER"), (3, 4, "LOC"), (4, 6, "ORG")]
-    assert spans_of(["B-PER", "B-PER", "I-LOC"]) == [(0, 1, "PER"), (1, 2, "PER"), (2, 3, "LOC")]
+    from nanonlp.data.tagging import to_spans
+
+    assert to_spans(["B-PER", "E-PER", "O", "S-LOC", "B-ORG", "E-ORG"], "bioes") == [(0, 2, "PER"), (3, 4, "LOC"), (4, 6, "ORG")]
+    assert to_spans(["B-PER", "B-PER", "I-LOC"], "iob2") == [(0, 1, "PER"), (1, 2, "PER"), (2, 3, "LOC")]
 
 
 def test_word_dropout_acts_in_training_only():

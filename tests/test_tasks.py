@@ -16,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import nanonlp
-from conftest import tiny_overrides
 from nanonlp import tasks
 from nanonlp.checkpoint import open_run
 from nanonlp.cli import main

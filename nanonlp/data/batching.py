@@ -66,6 +66,23 @@ class EpochBatches:
         self.position = state["position"]
 
 
+class LengthBatches(EpochBatches):
+    """Shuffled batches of batch_size examples, one epoch after another. Each epoch shuffles, sorts by
+    length within chunks of 50 batches (less padding, still random), cuts, and shuffles the batches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        super().__init__(seed)
+        self.lengths, self.batch_size = lengths, batch_size
+
+    def epoch_batches(self) -> list[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        chunk = self.batch_size * 50
+        order = [i for start in range(0, len(order), chunk) for i in sorted(order[start : start + chunk], key=lambda i: self.lengths[i])]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
+        return [batches[i] for i in shuffle]
+
+
 class PairBatches(EpochBatches):
     """Shuffled batches of (source, target) id pairs of about batch_tokens tokens each.
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from nanonlp.data.tagging import convert, to_spans
 from nanonlp.errors import NanoNLPError
 from nanonlp.io import atomic_write_text
 from nanonlp.predict import as_batch, load_model, open_for_inference
@@ -90,22 +91,6 @@ def batch_tensors(vocab: TagVocabulary, sentences: list[list[str]], device) -> t
     return words.to(device), chars.to(device), mask.to(device)
 
 
-def spans_of(tags: list[str]) -> list[tuple[int, int, str]]:
-    """(first token, end token exclusive, type) of each entity in a valid IOB2 or BIOES tag sequence."""
-    spans, start, kind = [], None, None
-    for i, tag in enumerate(tags + ["O"]):
-        prefix, _, label = tag.partition("-")
-        if start is not None and (prefix in ("O", "B", "S") or label != kind):
-            spans.append((start, i, kind))
-            start = None
-        if prefix in ("B", "S") or (prefix == "I" and start is None):
-            start, kind = i, label
-        if prefix in ("E", "S") and start is not None:
-            spans.append((start, i + 1, kind))
-            start = None
-    return spans
-
-
 class Tagger:
     """A trained entity tagger: `tag(texts)` on raw text, `tag_tokens(sentences)` on tokens; thread-safe."""
 
@@ -133,7 +118,8 @@ class Tagger:
             emissions, _ = self.model(words, chars, mask)
             paths = self.model.decode(emissions, mask)
             tag_rows = [[self.vocab.tags[t] for t in path] for path in paths]
-            spans = [[(s, path[s:e]) for s, e, _ in spans_of(tags)] for tags, path in zip(tag_rows, paths)]
+            scheme = self.config.data.inner_scheme
+            spans = [[(s, path[s:e]) for s, e, _ in to_spans(tags, scheme)] for tags, path in zip(tag_rows, paths)]
             scores = self.model.span_scores(emissions, mask, spans) if with_scores else [[] for _ in rows]
             for row, tags, row_scores in zip(rows, tag_rows, scores):
                 out[row] = (tags, row_scores)
@@ -142,8 +128,6 @@ class Tagger:
     def tag_tokens(self, sentences: list[list[str]], scheme: str | None = None) -> list[list[str]]:
         """The tag of every token of every (already tokenized) sentence, in `scheme` (default: the
         scheme of the run's data files, data.scheme)."""
-        from nanonlp.data.tagging import convert
-
         inner, wanted = self.config.data.inner_scheme, scheme or self.config.data.scheme
         return [convert(tags, inner, wanted) if wanted != inner else tags for tags, _ in self._decode(sentences, with_scores=False)]
 
@@ -156,7 +140,7 @@ class Tagger:
         out = []
         for text, toks, (tags, scores) in zip(texts, tokenized, decoded):
             entities = []
-            for (s, e, kind), score in zip(spans_of(tags), scores):
+            for (s, e, kind), score in zip(to_spans(tags, self.config.data.inner_scheme), scores):
                 begin, end = toks[s][1], toks[e - 1][2]
                 entities.append({"start": begin, "end": end, "type": kind, "text": text[begin:end], "score": round(score, 6)})
             out.append({"text": text, "entities": entities})

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 
 from nanonlp import distill
 from nanonlp.data import cache, catalog
-from nanonlp.data.batching import EpochBatches
+from nanonlp.data.batching import LengthBatches
 from nanonlp.data.readers import OUT_OF_SCOPE, Example, join_ptb_tokens, read_examples, read_texts_to_label
 from nanonlp.data.tokenizers import BPETokenizer, WordTokenizer, load_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
-from nanonlp.io import atomic_write_text, load_weights, save_json
+from nanonlp.io import atomic_write_text, save_json
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature, multilabel_report
 from nanonlp.models.bag_of_ngrams import BagOfNgrams, BagOfNgramsConfig
 from nanonlp.models.bert import BertClassifier, BertClassifierConfig
@@ -35,7 +35,7 @@ from nanonlp.models.text_cnn import TextCNN, TextCNNConfig
 from nanonlp.models.transformer_classifier import TransformerClassifier, TransformerClassifierConfig
 from nanonlp.predict import classify as predict_classify
 from nanonlp.predict.classify import (Encoder, TextClassifier, abstaining_predictions, make_targets, predict_logits, read_labels,
-                                      scope_metrics, text_encoder)
+                                      text_encoder)
 from nanonlp.pretrained import bert_classifier, pretrained_folder
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
@@ -158,21 +158,13 @@ def load_splits(cfg: ClassifyDataConfig) -> tuple[list[Example], list[Example], 
     return train_examples, dev, read_split(cfg, "test")
 
 
-class BatchSampler(EpochBatches):
+class BatchSampler(LengthBatches):
     """Shuffled mini-batches of batch_size texts, one epoch after another; texts of similar length
     share a batch. Calling it gives the next batch as tensors on the device."""
 
     def __init__(self, ids: list[list[int]], targets: torch.Tensor, batch_size: int, encoder: Encoder, device, seed: int):
-        super().__init__(seed)
-        self.ids, self.targets, self.batch_size, self.encoder, self.device = ids, targets, batch_size, encoder, device
-
-    def epoch_batches(self) -> list[list[int]]:
-        order = torch.randperm(len(self.ids), generator=self.generator).tolist()
-        chunk = self.batch_size * 50  # sort by length within chunks: less padding, still random
-        order = [i for start in range(0, len(order), chunk) for i in sorted(order[start : start + chunk], key=lambda i: len(self.ids[i]))]
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
-        return [batches[i] for i in shuffle]
+        super().__init__([len(i) for i in ids], batch_size, seed)
+        self.ids, self.targets, self.encoder, self.device = ids, targets, encoder, device
 
     def __call__(self):
         rows = self.next_rows()
@@ -236,7 +228,7 @@ def _pretrained(cfg):
     return GPTClassifier(config, lm.model.train()), lm.tokenizer
 
 
-def _check_tokenizer_choice(cfg: Config) -> None:
+def _check_tokenizer_choice(cfg) -> None:
     pretrained = isinstance(cfg.model, PRETRAINED)
     if pretrained and cfg.data.tokenizer != "pretrained":
         raise ConfigError("a pretrained model keeps its own vocabulary: set data.tokenizer: pretrained.")

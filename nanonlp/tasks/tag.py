@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from nanonlp.data import cache, catalog
-from nanonlp.data.batching import EpochBatches
+from nanonlp.data.batching import LengthBatches
 from nanonlp.data.tagging import (TaggedSentence, allowed_transitions, convert, read_tagged, repair, split_sentences, tag_set,
-                                  tag_types)
+                                  tag_types, to_spans)
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.io import atomic_write_text
 from nanonlp.metrics import entity_report
@@ -125,22 +125,6 @@ def cached_split(run_dir: Path, split: str) -> list[TaggedSentence]:
     return [TaggedSentence(tokens, tags) for tokens, tags in zip(records["tokens"], records["tags"])]
 
 
-class SentenceBatches(EpochBatches):
-    """Shuffled batches of sentences of similar lengths, one epoch after another (resumable)."""
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        super().__init__(seed)
-        self.lengths, self.batch_size = lengths, batch_size
-
-    def epoch_batches(self) -> list[list[int]]:
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
-        chunk = self.batch_size * 50  # sort by length within chunks: less padding, still random
-        order = [i for start in range(0, len(order), chunk) for i in sorted(order[start : start + chunk], key=lambda i: self.lengths[i])]
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
-        return [batches[i] for i in shuffle]
-
-
 def tag_tensor(vocab: TagVocabulary, sentences: list[TaggedSentence], device, length: int | None = None) -> torch.Tensor:
     """Tag ids (B, length), padded with 0 to `length` (default: the longest sentence)."""
     length = length or max(len(s.tokens) for s in sentences)
@@ -208,7 +192,7 @@ def _tag(args) -> None:
             lines = [line for tokens, row in zip(token_lists, tags) for line in [f"{t}\t{g}" for t, g in zip(tokens, row)] + [""]]
         else:
             for tokens, row, spans_tags in zip(token_lists, tags, tagger.tag_tokens(token_lists, "iob2")):
-                entities = [{"start": s, "end": e, "type": k, "text": " ".join(tokens[s:e])} for s, e, k in predict_tag.spans_of(spans_tags)]
+                entities = [{"start": s, "end": e, "type": k, "text": " ".join(tokens[s:e])} for s, e, k in to_spans(spans_tags, "iob2")]
                 lines.append(json.dumps({"tokens": tokens, "tags": row, "entities": entities}, ensure_ascii=False))
     else:
         texts = args.texts or [t for t in split_lines(read_text(args.input, args.encoding) if args.input else sys.stdin.read()) if t.strip()]
@@ -273,7 +257,7 @@ class TagTask(Task):
         dev = [s for s in cached_split(run_dir, "dev") if s.tokens]
         if ctx.world_size > 1:  # each rank trains on its own shard of the sentences
             train = train[ctx.rank :: ctx.world_size]
-        sampler = SentenceBatches([len(s.tokens) for s in train], cfg.train.batch_size, cfg.train.seed)
+        sampler = LengthBatches([len(s.tokens) for s in train], cfg.train.batch_size, cfg.train.seed)
         known_dev = {i for i, s in enumerate(dev) if all(t in vocab.tag_index for t in s.tags)}  # dev loss needs known tags
         scheme = cfg.data.inner_scheme
 

@@ -24,7 +24,7 @@ from nanonlp.metrics import bleu_chrf
 from nanonlp.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from nanonlp.models.transformer_nmt import Transformer, TransformerConfig
 from nanonlp.predict import translate as predict_translate
-from nanonlp.predict.translate import SPECIAL_TOKENS, Translator, Vocabularies, _chunks
+from nanonlp.predict.translate import Translator, Vocabularies, _chunks
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
 SPLITS = ("train", "dev", "test")

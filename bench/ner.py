@@ -33,6 +33,7 @@ from nanonlp.train import fit  # noqa: E402
 
 EXPERIMENTS = {
     "wikiann_en_bilstm_crf": ("configs/wikiann_en_bilstm_crf.yaml", " "),  # joiner of a sentence's tokens into raw text
+    "wikiann_en_minilm": ("configs/wikiann_en_minilm.yaml", " "),
     "msra_bilstm_crf": ("configs/msra_bilstm_crf.yaml", ""),
 }
 

@@ -86,18 +86,27 @@ def test_the_tagger_learns_a_toy_set_and_tags_raw_text_with_exact_offsets(tmp_pa
     assert tagger.labels == ["LOC", "ORG", "PER"]
 
 
-def test_chinese_characters_are_the_tokens(tmp_path):
+@pytest.mark.parametrize("bigram_dim", [0, 8])
+def test_chinese_characters_are_the_tokens(tmp_path, bigram_dim):
     data = chinese_file(tmp_path / "zh.txt")
-    fit(tag_config(tmp_path, data, data__separator="\t"), quiet=True)
+    fit(tag_config(tmp_path, data, data__separator="\t", model__bigram_dim=bigram_dim), quiet=True)
     tagger = nanonlp.load(tmp_path / "run", device="cpu")
     text = "李四在上海工作。 Then 张三在北京 😀"
-    assert tagger.vocab.character_tokens  # trained one character a token: raw text is read the same way
+    assert tagger.reader.character_tokens  # trained one character a token: raw text is read the same way
     assert [t for t, _, _ in tokenize("张三 NBA 2008", characters=True)] == ["张", "三", "N", "B", "A", "2", "0", "0", "8"]
     result = tagger.tag(text)
     found = [(e["text"], e["type"]) for e in result["entities"]]
     assert ("李四", "PER") in found and ("上海", "LOC") in found and ("张三", "PER") in found and ("北京", "LOC") in found
     for e in result["entities"]:
         assert text[e["start"] : e["end"]] == e["text"]
+
+
+def test_character_bigrams_are_counted_kept_and_looked_up():
+    vocab = TagVocabulary.build([list("张三在北京"), list("李四在北京")], ["O"], False, 100, 1, 20, bigram_min_freq=2)
+    assert vocab.bigrams == ["<pad>", "<unk>", "京\t</s>", "北\t京", "在\t北"]  # seen twice; by count, then text
+    assert vocab.bigram_ids(list("王五在北京")) == [1, 1, 4, 3, 2]
+    words, chars, mask, bigrams = batch_tensors(vocab, [list("在北京"), list("北")], "cpu")
+    assert bigrams.tolist() == [[4, 3, 2], [1, 0, 0]]  # "北" alone ends the sentence: 北</s> was never seen
 
 
 def test_tag_command_reads_text_and_tagged_files_and_writes_jsonl_or_conll(tmp_path, capsys):
@@ -144,15 +153,17 @@ def test_padding_changes_no_score_at_a_real_position():
     torch.manual_seed(0)
     config = BiLSTMCRFConfig(vocab_size=30, char_vocab_size=20, tags=tags, allowed=list(allowed_transitions(tags, "iob2")),
                              embed_dim=8, char_hidden=4, hidden_size=8, dropout=0.0)
-    for features in ("cnn", "lstm"):
-        config.char_features = features
+    words = ["<pad>", "<unk>"] + [f"w{i}" for i in range(28)]
+    bigrams = ["<pad>", "<unk>"] + [f"{a}\t{b}" for a in words[2:9] for b in words[2:9] + ["</s>"]]
+    for features, bigram_dim in (("cnn", 0), ("lstm", 0), ("cnn", 4)):
+        config.char_features, config.bigram_dim, config.bigram_vocab_size = features, bigram_dim, len(bigrams)
         model = BiLSTMCRF(config).eval()
-        vocab = TagVocabulary(["<pad>", "<unk>"] + [f"w{i}" for i in range(28)], ["<pad>", "<unk>"] + list("abcdefghijklmnopqr"),
-                              tags, False, 20)
+        vocab = TagVocabulary(words, ["<pad>", "<unk>"] + list("abcdefghijklmnopqr"), tags, False, 20, bigrams=bigrams if bigram_dim else None)
         short, long = ["w1", "w2"], ["w3", "w4", "w5", "w6", "w7"]
         alone = model(*batch_tensors(vocab, [short], "cpu"))[0]
-        words, chars, mask = batch_tensors(vocab, [short, long], "cpu")
-        together = model(words, chars, mask)[0]
+        inputs = batch_tensors(vocab, [short, long], "cpu")
+        mask = inputs[2]
+        together = model(*inputs)[0]
         assert torch.allclose(alone[0], together[0, :2], atol=1e-6)
         assert model.decode(alone, mask[:1, :2]) == model.decode(together, mask)[:1]
 

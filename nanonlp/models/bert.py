@@ -277,6 +277,20 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "mean") 
 
 
 
+def layer_depths(encoder: BertEncoder) -> tuple[dict[int, int], int]:
+    """For layer-wise learning rates: id(parameter) -> depth (embeddings 0, encoder layer i at i + 1),
+    and the top depth, for every parameter of the encoder. A head beside it is left out: it has its own rate."""
+    depths, top = {}, 0
+    for name, p in encoder.named_parameters():
+        if ".layer." in f".{name}":
+            depth = int(name.split("layer.")[1].split(".")[0]) + 1
+        else:
+            depth = 0 if "embeddings" in name else None  # e.g. a pooler sits on top
+        depths[id(p)] = depth
+        top = max(top, depth or 0)
+    return {k: (top if v is None else v) for k, v in depths.items()}, top
+
+
 # ---------------------------------------------------------------------------------------------------
 # a classification head beside the encoder
 
@@ -317,17 +331,7 @@ class BertClassifier(nn.Module):
         return self.classifier.parameters()
 
     def layer_depths(self) -> tuple[dict[int, int], int]:
-        """For layer-wise learning rates: id(parameter) -> depth (embeddings 0, encoder layer i at i + 1),
-        and the top depth. The head is left out: it has its own rate."""
-        depths, top = {}, 0
-        for name, p in self.bert.named_parameters():
-            if ".layer." in f".{name}":
-                depth = int(name.split("layer.")[1].split(".")[0]) + 1
-            else:
-                depth = 0 if "embeddings" in name else None  # e.g. a pooler sits on top
-            depths[id(p)] = depth
-            top = max(top, depth or 0)
-        return {k: (top if v is None else v) for k, v in depths.items()}, top
+        return layer_depths(self.bert)
 
     def flops_per_token(self) -> float:
         return 6 * sum(p.numel() for n, p in self.bert.named_parameters() if "embeddings" not in n)

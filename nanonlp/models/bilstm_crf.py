@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nanonlp.errors import ConfigError
-from nanonlp.models.crf import CRF
+from nanonlp.models.crf import SequenceTagger
 from nanonlp.models.layers import Dropout
 
 
@@ -30,9 +29,11 @@ class BiLSTMCRFConfig:
     vocab_size: int = field(default=0, metadata={"derived": "the word vocabulary of the training data"})
     char_vocab_size: int = field(default=0, metadata={"derived": "the characters of the training data"})
     pad_id: int = field(default=0, metadata={"derived": "the word vocabulary"})
+    bigram_vocab_size: int = field(default=0, metadata={"derived": "the token bigrams of the training data (with bigram_dim)"})
     tags: list = field(default_factory=list, metadata={"derived": "the tags of the training data"})
     allowed: list = field(default_factory=list, metadata={"derived": "the tagging scheme: [start, transitions, end] allowed"})
     embed_dim: int = 100  # word embedding width
+    bigram_dim: int = 0  # width of an embedding of each token with its right neighbour (a character bigram in Chinese); 0: none
     char_features: str = field(default="cnn", metadata={"choices": ("cnn", "lstm", "none")})  # how characters are read
     char_embed_dim: int = 25
     char_hidden: int = 50  # CNN filters, or LSTM units per direction
@@ -44,6 +45,8 @@ class BiLSTMCRFConfig:
     crf: bool = True  # score whole sequences with a CRF; false: a softmax per token (still decoded under the constraints)
 
     def validate(self) -> None:
+        if self.bigram_dim < 0:
+            raise ConfigError(f"model.bigram_dim must be 0 (off) or more, got {self.bigram_dim}.")
         for name in ("embed_dim", "char_embed_dim", "char_hidden", "char_kernel", "hidden_size", "num_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}.")
@@ -90,66 +93,43 @@ class CharLSTM(nn.Module):
         return out.view(B, L, -1)
 
 
-class BiLSTMCRF(nn.Module):
+class BiLSTMCRF(SequenceTagger):
     def __init__(self, config: BiLSTMCRFConfig):
         super().__init__()
         self.config = config
-        num_tags = len(config.tags)
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=config.pad_id)
         self.chars = {"cnn": CharCNN, "lstm": CharLSTM}.get(config.char_features, lambda c: None)(config)
         char_width = {"cnn": config.char_hidden, "lstm": 2 * config.char_hidden}.get(config.char_features, 0)
         self.dropout = Dropout(config.dropout)
-        self.lstm = nn.LSTM(config.embed_dim + char_width, config.hidden_size, num_layers=config.num_layers, batch_first=True,
-                            bidirectional=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
-        self.emissions = nn.Linear(2 * config.hidden_size, num_tags)
-        allowed = tuple(config.allowed) if config.allowed else None
-        self.crf = CRF(num_tags, allowed)
-        if not config.crf:
-            self.crf.requires_grad_(False)  # zero transition scores: only the constraints remain
+        self.bigrams = nn.Embedding(config.bigram_vocab_size, config.bigram_dim, padding_idx=0) if config.bigram_dim else None
+        self.lstm = nn.LSTM(config.embed_dim + char_width + config.bigram_dim, config.hidden_size, num_layers=config.num_layers,
+                            batch_first=True, bidirectional=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self._build_output(2 * config.hidden_size)
 
-    def forward(self, words: torch.Tensor, chars: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor | None = None):
-        """words (B, L), chars (B, L, W), mask (B, L) bool -> emissions (B, L, T) and the loss when tags are given."""
+    def forward(self, words: torch.Tensor, chars: torch.Tensor, mask: torch.Tensor, bigrams: torch.Tensor | None = None,
+                tags: torch.Tensor | None = None):
+        """words (B, L), chars (B, L, W), mask (B, L) bool, bigrams (B, L) with bigram_dim -> emissions
+        (B, L, T) and the loss when tags are given."""
         if self.training and self.config.word_dropout > 0:
             # Lample et al. replace singletons by <unk> (id 1) at random; any word here, as rare words dominate the unknowns at test time.
             drop = (torch.rand(words.shape, device=words.device) < self.config.word_dropout) & mask
             words = torch.where(drop, torch.ones_like(words), words)
+            if bigrams is not None:
+                drop = (torch.rand(bigrams.shape, device=bigrams.device) < self.config.word_dropout) & mask
+                bigrams = torch.where(drop, torch.ones_like(bigrams), bigrams)
         x = self.embed(words)
         if self.chars is not None:
             x = torch.cat([x, self.chars(chars)], dim=-1)
+        if self.bigrams is not None:
+            if bigrams is None:
+                raise ValueError("this tagger reads token bigrams (model.bigram_dim); pass their ids")
+            x = torch.cat([x, self.bigrams(bigrams)], dim=-1)
         x = self.dropout(x)
         lengths = mask.sum(1)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         h, _ = self.lstm(packed)
         h, _ = pad_packed_sequence(h, batch_first=True, total_length=words.size(1))  # (B, L, 2H)
-        emissions = self.emissions(self.dropout(h))
-        loss = None
-        if tags is not None:
-            if self.config.crf:
-                loss = self.crf.nll(emissions, tags, mask)
-            else:
-                loss = F.cross_entropy(emissions[mask].float(), tags[mask])
-        return emissions, loss
-
-    def scores(self, emissions: torch.Tensor) -> torch.Tensor:
-        """What decoding reads: the CRF's emissions, or a softmax tagger's log-probabilities."""
-        return emissions if self.config.crf else F.log_softmax(emissions.float(), dim=-1)
-
-    def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-        return self.crf.viterbi(self.scores(emissions), mask)
-
-    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.config.crf:
-            return self.crf.marginals(emissions, mask)
-        return torch.softmax(emissions.float(), dim=-1)
-
-    def span_scores(self, emissions: torch.Tensor, mask: torch.Tensor, spans: list[list[tuple[int, list[int]]]]) -> list[list[float]]:
-        """Confidence in each (start, tags) span of each sentence of a batch: its CRF marginal
-        probability, or the product of its token probabilities without a CRF."""
-        if self.config.crf:
-            return self.crf.span_probabilities(emissions, mask, spans)
-        probs = torch.softmax(emissions.float(), dim=-1)
-        return [[float(torch.prod(torch.stack([probs[b, start + i, tag] for i, tag in enumerate(tags)]))) for start, tags in row]
-                for b, row in enumerate(spans)]
+        return self.output(self.dropout(h), mask, tags)
 
     def flops_per_token(self) -> float:
         # 2 FLOPs per multiply-add, forward and backward (x3), for the LSTM's and head's weight matrices.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 # Added to forbidden transitions. Finite, so that log-sum-exp over rows that are all forbidden (the
 # padding past a sentence's end) stays finite instead of giving NaN.
@@ -146,3 +147,53 @@ class CRF(nn.Module):
                 row.append(float(torch.exp(score - log_z[b])))
             out.append(row)
         return out
+
+
+class SequenceTagger(nn.Module):
+    """What every tagger here shares, whatever reads the words (a BiLSTM, a pretrained Transformer):
+    a linear layer from each word's state to tag scores, the CRF's loss (or a per-token softmax's
+    when config.crf is false), constrained Viterbi decoding, marginals and span confidences.
+
+    Without a CRF the transition scores stay zero and untrained, so decoding the per-token
+    log-probabilities under the scheme's constraints still never yields an invalid sequence.
+    A subclass calls `_build_output(width)` and ends its forward with `self.output(states, mask, tags)`.
+    """
+
+    def _build_output(self, width: int) -> None:
+        num_tags = len(self.config.tags)
+        self.emissions = nn.Linear(width, num_tags)
+        self.crf = CRF(num_tags, tuple(self.config.allowed) if self.config.allowed else None)
+        if not self.config.crf:
+            self.crf.requires_grad_(False)  # zero transition scores: only the constraints remain
+
+    def output(self, states: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor | None):
+        """states (B, L, width) of the words, mask (B, L) -> emissions (B, L, T) and the loss when tags are given."""
+        emissions = self.emissions(states)
+        loss = None
+        if tags is not None:
+            if self.config.crf:
+                loss = self.crf.nll(emissions, tags, mask)
+            else:
+                loss = F.cross_entropy(emissions[mask].float(), tags[mask])
+        return emissions, loss
+
+    def scores(self, emissions: torch.Tensor) -> torch.Tensor:
+        """What decoding reads: the CRF's emissions, or a softmax tagger's log-probabilities."""
+        return emissions if self.config.crf else F.log_softmax(emissions.float(), dim=-1)
+
+    def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+        return self.crf.viterbi(self.scores(emissions), mask)
+
+    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.crf:
+            return self.crf.marginals(emissions, mask)
+        return torch.softmax(emissions.float(), dim=-1)
+
+    def span_scores(self, emissions: torch.Tensor, mask: torch.Tensor, spans: list[list[tuple[int, list[int]]]]) -> list[list[float]]:
+        """Confidence in each (start, tags) span of each sentence of a batch: its CRF marginal
+        probability, or the product of its token probabilities without a CRF."""
+        if self.config.crf:
+            return self.crf.span_probabilities(emissions, mask, spans)
+        probs = torch.softmax(emissions.float(), dim=-1)
+        return [[float(torch.prod(torch.stack([probs[b, start + i, tag] for i, tag in enumerate(tags)]))) for start, tags in row]
+                for b, row in enumerate(spans)]

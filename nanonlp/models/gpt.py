@@ -169,6 +169,17 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) -> the final LayerNorm's output (B, T, C), what the LM head reads: the body that
+        classifiers and taggers fine-tune. Attention is causal, so padding after a text never changes it."""
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise NanoNLPError(f"input of {T} tokens is longer than the GPT's block_size {self.config.block_size}.")
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device)))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.transformer.ln_f(x)
+
     # -- generation interface shared with CharRNN: a state carried from one step to the next --------
 
     def init_state(self, batch_size: int) -> KVCache:
@@ -274,14 +285,9 @@ class GPTClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor | None = None):
         B, T = input_ids.shape
-        body = self.gpt.transformer
         if T > self.gpt.config.block_size:
             raise NanoNLPError(f"input of {T} tokens is longer than the GPT's block_size {self.gpt.config.block_size}; lower data.max_length.")
-        pos = torch.arange(T, device=input_ids.device)
-        x = body.drop(body.wte(input_ids) + body.wpe(pos))  # (B, T, C)
-        for block in body.h:
-            x = block(x)
-        x = body.ln_f(x)
+        x = self.gpt.hidden_states(input_ids)  # (B, T, C)
         mask = attention_mask.to(x.dtype)
         if self.config.pooling == "last":
             last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of the last real token

@@ -24,8 +24,9 @@ from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.io import atomic_write_text
 from nanonlp.metrics import entity_report
 from nanonlp.models.bilstm_crf import BiLSTMCRF, BiLSTMCRFConfig
+from nanonlp.models.pretrained_tagger import BertTagger, BertTaggerConfig, GPTTagger, GPTTaggerConfig, PretrainedTaggerConfig
 from nanonlp.predict import tag as predict_tag
-from nanonlp.predict.tag import Tagger, TagVocabulary, batch_tensors, tokenize
+from nanonlp.predict.tag import Tagger, TagVocabulary, character_tokenized, decode, join_tokens, reader_for, tokenize
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
 SPLITS = ("train", "dev", "test")
@@ -50,14 +51,23 @@ class TagDataConfig:
     vocab_size: int = 50000  # most frequent training words kept
     min_freq: int = 1  # drop words seen fewer times in training
     max_word_length: int = 20  # characters read per word
+    bigram_min_freq: int = 2  # with model.bigram_dim: keep the training bigrams seen at least this often
 
     def validate(self) -> None:
         for name in ("dev_fraction", "test_fraction"):
             if not 0.0 < getattr(self, name) < 0.5:
                 raise ConfigError(f"data.{name} must be between 0 and 0.5, got {getattr(self, name)}.")
-        for name in ("vocab_size", "min_freq", "max_word_length"):
+        for name in ("vocab_size", "min_freq", "max_word_length", "bigram_min_freq"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}.")
+
+
+@dataclass
+class TagConfig:
+    init_from: str = ""  # the pretrained body of model.type bert (a BERT-format folder, or all-MiniLM-L6-v2) or gpt (a nanonlp GPT run)
+
+    def validate(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,13 +135,51 @@ def cached_split(run_dir: Path, split: str) -> list[TaggedSentence]:
     return [TaggedSentence(tokens, tags) for tokens, tags in zip(records["tokens"], records["tags"])]
 
 
-def tag_tensor(vocab: TagVocabulary, sentences: list[TaggedSentence], device, length: int | None = None) -> torch.Tensor:
-    """Tag ids (B, length), padded with 0 to `length` (default: the longest sentence)."""
-    length = length or max(len(s.tokens) for s in sentences)
-    tags = torch.zeros(len(sentences), length, dtype=torch.long)
-    for row, s in enumerate(sentences):
-        tags[row, : len(s.tags)] = torch.tensor([vocab.tag_index[t] for t in s.tags], dtype=torch.long)
+def tag_tensor(tag_index: dict[str, int], rows: list[list[str]], device, length: int) -> torch.Tensor:
+    """Tag ids (B, length), padded with 0."""
+    tags = torch.zeros(len(rows), length, dtype=torch.long)
+    for row, sentence_tags in enumerate(rows):
+        tags[row, : len(sentence_tags)] = torch.tensor([tag_index[t] for t in sentence_tags], dtype=torch.long)
     return tags.to(device)
+
+
+def units_of(reader, sentences: list[TaggedSentence]) -> list[tuple[object, list[str]]]:
+    """(unit, its tags) for the sentences' units, as the model reads them (a Transformer's long
+    sentences cut into runs of words that fit)."""
+    out = []
+    for s in sentences:
+        if s.tokens:
+            text, spans = join_tokens(s.tokens, reader.character_tokens)
+            out += [(unit, s.tags[a:b]) for unit, a, b in reader.units(text, spans)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# the pretrained body of a bert or gpt tagger
+
+
+def pretrained_body(cfg, weights: bool):
+    """(tokenizer, the body's config as a dict, the body with its weights or None) from tag.init_from."""
+    from nanonlp.pretrained import pretrained_folder
+
+    kind = TagTask().model_type(cfg.model)
+    source = pretrained_folder(cfg.tag.init_from)
+    if not source:
+        raise ConfigError(f"model.type {kind} tags with a pretrained body: set tag.init_from to "
+                          + ("a BERT-format folder or all-MiniLM-L6-v2." if kind == "bert" else "a nanonlp language-model run of a GPT."))
+    if isinstance(cfg.model, BertTaggerConfig):
+        from nanonlp.data.tokenizers import WordPieceTokenizer
+        from nanonlp.models.bert import BertEncoder
+
+        encoder = BertEncoder.from_huggingface(source)
+        encoder.pooler = None  # BERT's next-sentence pooler reads [CLS] only; a tagger reads every word
+        return WordPieceTokenizer.from_folder(source), dataclasses.asdict(encoder.config), encoder.train() if weights else None
+    from nanonlp.predict.lm import load as load_lm
+
+    lm = load_lm(source, device="cpu")
+    if type(lm.model).__name__ != "GPT":
+        raise ConfigError(f"tag.init_from '{source}' holds a {type(lm.model).__name__}; model.type gpt needs a GPT language-model run.")
+    return lm.tokenizer, dataclasses.asdict(lm.model.config), lm.model.train() if weights else None
 
 
 def as_iob2(tags: list[str], scheme: str) -> list[str]:
@@ -200,7 +248,7 @@ def _tag(args) -> None:
             raise NanoNLPError("nothing to tag: give texts as arguments, with --input FILE, or on stdin.")
         results = tagger.tag(texts)
         if args.format == "conll":
-            sentences = [[tok for tok, _, _ in tokenize(t, tagger.vocab.character_tokens)] for t in texts]
+            sentences = [[tok for tok, _, _ in tokenize(t, tagger.reader.character_tokens)] for t in texts]
             for tokens, row in zip(sentences, tagger.tag_tokens(sentences)):
                 lines += [f"{t}\t{g}" for t, g in zip(tokens, row)] + [""]
         else:
@@ -219,8 +267,9 @@ def _tag(args) -> None:
 
 class TagTask(Task):
     name = "tag"
-    sections = {"data": TagDataConfig}
-    models = {"bilstm_crf": (BiLSTMCRFConfig, BiLSTMCRF)}
+    sections = {"data": TagDataConfig, "tag": TagConfig}
+    models = {"bilstm_crf": (BiLSTMCRFConfig, BiLSTMCRF), "bert": (BertTaggerConfig, BertTagger), "gpt": (GPTTaggerConfig, GPTTagger)}
+    frozen = ("tag.init_from",)
     commands = (Command("tag", "find named entities in text with a trained tagger", _add_tag_arguments, _tag),)
     eval_help = "a tagger's entity-level precision, recall and F1 per type"
 
@@ -234,16 +283,25 @@ class TagTask(Task):
         if unknown:  # a type only dev or test has: it can never be predicted, and counts as missed
             print(f"warning: the dev or test data has tags the training data lacks ({', '.join(unknown[:5])}); "
                   "they count as missed entities", file=sys.stderr)
-        vocab = TagVocabulary.build([s.tokens for s in splits["train"]], tags, cfg.data.lowercase, cfg.data.vocab_size,
-                                    cfg.data.min_freq, cfg.data.max_word_length)
-        vocab.save(ctx.run_dir)
         start, transitions, end = allowed_transitions(tags, cfg.data.inner_scheme)
-        cfg.model = dataclasses.replace(cfg.model, vocab_size=len(vocab.words), char_vocab_size=len(vocab.chars), pad_id=0,
-                                        tags=tags, allowed=[start, transitions, end])
+        allowed = [start, transitions, end]
+        if isinstance(cfg.model, PretrainedTaggerConfig):
+            tokenizer, body, _ = pretrained_body(cfg, weights=False)
+            tokenizer.save(ctx.run_dir)
+            size = f"{tokenizer.vocab_size:,} pieces of the pretrained tokenizer"
+            cfg.model = dataclasses.replace(cfg.model, tags=tags, allowed=allowed, **{"encoder" if isinstance(cfg.model, BertTaggerConfig) else "gpt": body},
+                                            character_tokens=character_tokenized([s.tokens for s in splits["train"]]))
+        else:
+            vocab = TagVocabulary.build([s.tokens for s in splits["train"]], tags, cfg.data.lowercase, cfg.data.vocab_size,
+                                        cfg.data.min_freq, cfg.data.max_word_length, cfg.data.bigram_min_freq if cfg.model.bigram_dim else 0)
+            vocab.save(ctx.run_dir)
+            size = f"{len(vocab.words):,} words, {len(vocab.chars):,} characters" + (f", {len(vocab.bigrams):,} bigrams" if vocab.bigrams else "")
+            cfg.model = dataclasses.replace(cfg.model, vocab_size=len(vocab.words), char_vocab_size=len(vocab.chars), pad_id=0,
+                                            bigram_vocab_size=len(vocab.bigrams), tags=tags, allowed=allowed)
         write_cache(ctx.run_dir, cfg, splits)
         if not ctx.quiet:
             counts = ", ".join(f"{len(splits[s]):,} {s}" for s in SPLITS)
-            print(f"data: {counts} sentences; types {', '.join(types)}; {len(vocab.words):,} words, {len(vocab.chars):,} characters; "
+            print(f"data: {counts} sentences; types {', '.join(types)}; {size}; "
                   f"tags in {cfg.data.inner_scheme.upper()}", file=sys.stderr)
 
     def check_prepared(self, cfg, ctx: Context) -> None:
@@ -251,48 +309,47 @@ class TagTask(Task):
 
     def job(self, cfg, ctx: Context) -> TrainingJob:
         run_dir, device = ctx.run_dir, ctx.device
-        vocab = TagVocabulary.load(run_dir)
-        model = self.build_model(cfg.model).to(device)
-        train = cached_split(run_dir, "train")
-        dev = [s for s in cached_split(run_dir, "dev") if s.tokens]
+        if ctx.fresh and isinstance(cfg.model, PretrainedTaggerConfig):  # the pretrained weights; a resume restores its own
+            model = self.models[self.model_type(cfg.model)][1](cfg.model, pretrained_body(cfg, weights=True)[2])
+        else:
+            model = self.build_model(cfg.model)
+        model = model.to(device)
+        reader = reader_for(run_dir, model)
+        tag_index = {t: i for i, t in enumerate(reader.tags)}
+        train_sentences = cached_split(run_dir, "train")
         if ctx.world_size > 1:  # each rank trains on its own shard of the sentences
-            train = train[ctx.rank :: ctx.world_size]
-        sampler = LengthBatches([len(s.tokens) for s in train], cfg.train.batch_size, cfg.train.seed)
-        known_dev = {i for i, s in enumerate(dev) if all(t in vocab.tag_index for t in s.tags)}  # dev loss needs known tags
+            train_sentences = train_sentences[ctx.rank :: ctx.world_size]
+        train = units_of(reader, train_sentences)
+        dev = [s for s in cached_split(run_dir, "dev") if s.tokens]
+        dev_items = [join_tokens(s.tokens, reader.character_tokens) for s in dev]
+        dev_units = [(u, tags) for u, tags in units_of(reader, dev) if all(t in tag_index for t in tags)]  # dev loss needs known tags
+        dev_units.sort(key=lambda u: reader.unit_length(u[0]))
+        sampler = LengthBatches([reader.unit_length(u) for u, _ in train], cfg.train.batch_size, cfg.train.seed)
         scheme = cfg.data.inner_scheme
 
         def train_batch():
-            rows = sampler.next_rows()
-            batch = [train[i] for i in rows]
-            words, chars, mask = batch_tensors(vocab, [s.tokens for s in batch], device)
-            return words, chars, mask, tag_tensor(vocab, batch, device)
+            batch = [train[i] for i in sampler.next_rows()]
+            inputs, mask = reader.batch([u for u, _ in batch], device)
+            return inputs, mask, tag_tensor(tag_index, [tags for _, tags in batch], device, mask.size(1))
 
         def loss(model, batch, step):
-            return model(*batch)[1]
+            inputs, _, tags = batch
+            return model(*inputs, tags=tags)[1]
 
         def evaluate(model) -> dict:
-            total, count, predicted = 0.0, 0, []
-            order = sorted(range(len(dev)), key=lambda i: len(dev[i].tokens))
-            paths: dict[int, list[int]] = {}
-            for start in range(0, len(order), 64):
-                rows = order[start : start + 64]
-                batch = [dev[i] for i in rows]
-                words, chars, mask = batch_tensors(vocab, [s.tokens for s in batch], device)
-                emissions, _ = model(words, chars, mask)
-                paths.update(zip(rows, model.decode(emissions, mask)))
-                known = [j for j, i in enumerate(rows) if i in known_dev]
-                if known:
-                    tags = tag_tensor(vocab, [batch[j] for j in known], device, length=mask.size(1))
-                    k = torch.tensor(known, device=device)
-                    _, value = model(words[k], chars[k], mask[k], tags)
-                    total, count = total + value.item() * len(known), count + len(known)
-            predicted = [[vocab.tags[t] for t in paths[i]] for i in range(len(dev))]
+            total, count = 0.0, 0
+            for start in range(0, len(dev_units), 64):
+                batch = dev_units[start : start + 64]
+                inputs, mask = reader.batch([u for u, _ in batch], device)
+                _, value = model(*inputs, tags=tag_tensor(tag_index, [tags for _, tags in batch], device, mask.size(1)))
+                total, count = total + value.item() * len(batch), count + len(batch)
+            predicted = [[reader.tags[t] for t in path] for path, _ in decode(model, reader, dev_items, device, scheme)]
             report = entity_report([as_iob2(s.tags, scheme) for s in dev], [as_iob2(p, scheme) for p in predicted])
             return {"val_loss": total / max(count, 1), "val_f1": report["micro_f1"], "val_precision": report["micro_precision"],
                     "val_recall": report["micro_recall"]}
 
         return TrainingJob(model=model, train_batch=train_batch, loss=loss, evaluate=evaluate,
-                           batch_tokens=lambda batch: int(batch[2].sum()),
+                           batch_tokens=lambda batch: int(batch[1].sum()),
                            data_state=sampler.state_dict, load_data_state=sampler.load_state_dict,
                            monitor="val_f1", monitor_mode="max", flops_per_token=model.flops_per_token())
 

@@ -165,6 +165,10 @@ def test_the_pretrained_body_is_what_training_starts_from_and_init_from_is_froze
         fit(pretrained_config(tmp_path, data, "bert", other, train__max_steps=20), resume=True, quiet=True)
     with pytest.raises(NanoNLPError, match="set tag.init_from"):
         fit(pretrained_config(tmp_path, data, "bert", "", out="none"), quiet=True)
+    with pytest.raises(NanoNLPError, match="leave it empty"):
+        fit(load_config(None, ["--task=tag", "--model.type=bilstm_crf", f"--data.path={data}", f"--tag.init_from={folder}", f"--train.out_dir={tmp_path / 'lstm'}"]),
+            quiet=True)
+    assert not (tmp_path / "none").exists() and not (tmp_path / "lstm").exists()  # refused before the run directory is made
 
 
 def test_a_gpt_pretrained_on_raw_text_then_fine_tuned_to_tag(tmp_path, corpus):

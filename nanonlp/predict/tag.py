@@ -1,4 +1,10 @@
-"""A trained entity tagger: raw text in, entity spans with character offsets, types and confidences out."""
+"""A trained entity tagger: raw text in, entity spans with character offsets, types and confidences out.
+
+Two readers turn a sentence's words into model inputs: `TagVocabulary` (a BiLSTM-CRF's word,
+character and bigram ids) and `PieceReader` (the sub-word pieces of a pretrained Transformer's own
+tokenizer). `decode`, shared by the predictor and the training job's validation, batches a reader's
+units, decodes them under the scheme's constraints and joins them back per sentence.
+"""
 
 from __future__ import annotations
 
@@ -137,8 +143,6 @@ def batch_tensors(vocab: TagVocabulary, sentences: list[list[str]], device):
     return words.to(device), chars.to(device), mask.to(device), bigrams
 
 
-
-
 def join_tokens(tokens: list[str], character_tokens: bool) -> tuple[str, list[tuple[int, int]]]:
     """Already tokenized words as one text for a pretrained model's tokenizer, and each word's
     (start, end) in it: words joined by a space, characters of character-tokenized data by nothing."""
@@ -162,7 +166,7 @@ class PieceReader:
     """
 
     def __init__(self, tokenizer, model_config, first_piece: bool, max_pieces: int):
-        self.tokenizer, self.config = tokenizer, model_config
+        self.tokenizer = tokenizer
         self.tags, self.character_tokens = model_config.tags, model_config.character_tokens
         self.first_piece = first_piece
         self.bert = getattr(tokenizer, "kind", "") == "wordpiece"

@@ -162,11 +162,7 @@ def pretrained_body(cfg, weights: bool):
     """(tokenizer, the body's config as a dict, the body with its weights or None) from tag.init_from."""
     from nanonlp.pretrained import pretrained_folder
 
-    kind = TagTask().model_type(cfg.model)
     source = pretrained_folder(cfg.tag.init_from)
-    if not source:
-        raise ConfigError(f"model.type {kind} tags with a pretrained body: set tag.init_from to "
-                          + ("a BERT-format folder or all-MiniLM-L6-v2." if kind == "bert" else "a nanonlp language-model run of a GPT."))
     if isinstance(cfg.model, BertTaggerConfig):
         from nanonlp.data.tokenizers import WordPieceTokenizer
         from nanonlp.models.bert import BertEncoder
@@ -272,6 +268,15 @@ class TagTask(Task):
     frozen = ("tag.init_from",)
     commands = (Command("tag", "find named entities in text with a trained tagger", _add_tag_arguments, _tag),)
     eval_help = "a tagger's entity-level precision, recall and F1 per type"
+
+    def check(self, cfg, run_dir: Path) -> None:
+        kind = self.model_type(cfg.model)
+        if isinstance(cfg.model, PretrainedTaggerConfig) and not cfg.tag.init_from:
+            raise ConfigError(f"model.type {kind} tags with a pretrained body: set tag.init_from to "
+                              + ("a BERT-format folder or all-MiniLM-L6-v2." if kind == "bert" else "a nanonlp language-model run of a GPT."))
+        if not isinstance(cfg.model, PretrainedTaggerConfig) and cfg.tag.init_from:
+            raise ConfigError(f"tag.init_from is the pretrained body of model.type bert or gpt; model.type {kind} trains from scratch, "
+                              "so leave it empty.")
 
     def prepare(self, cfg, ctx: Context) -> None:
         splits = load_splits(cfg.data, quiet=ctx.quiet)

@@ -40,14 +40,14 @@ EXPERIMENTS = {
 }
 
 
-def pretrain_chinese_gpt(out: Path, minutes: float) -> Path:
+def pretrain_chinese_gpt(out: Path, minutes: float, overrides: list[str]) -> Path:
     """A character GPT pretrained on raw Chinese text: the MSRA training sentences (the tagger's own
     split, so no dev or test sentence is seen) and the ChnSentiCorp and waimai reviews, untagged."""
     import csv
 
     from nanonlp.tasks.tag import load_splits
 
-    tag_cfg = load_config(ROOT / "configs/msra_gpt.yaml")
+    tag_cfg = load_config(ROOT / "configs/msra_gpt.yaml", overrides)  # the tagger's own split, whatever --set changes
     lines = ["".join(s.tokens) for s in load_splits(tag_cfg.data)["train"]]
     zh = Path(os.environ["NANONLP_DATA"]) / "zh"
     for name in ("chnsenticorp_htl_all.csv", "waimai_10k.csv"):
@@ -82,7 +82,7 @@ def main() -> None:
         overrides = [f"--train.out_dir={out}"] + ([f"--train.max_seconds={args.minutes * 60}"] if args.minutes else [])
         overrides += [f"--{item}" for item in args.set]
         if name == "msra_gpt":
-            overrides.append(f"--tag.init_from={pretrain_chinese_gpt(out.parent / (out.name + '-lm'), args.pretrain_minutes)}")
+            overrides.append(f"--tag.init_from={pretrain_chinese_gpt(out.parent / (out.name + '-lm'), args.pretrain_minutes, overrides)}")
         cfg = load_config(ROOT / config, overrides)
         started = time.perf_counter()
         result = fit(cfg, quiet=True)

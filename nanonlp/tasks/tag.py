@@ -120,7 +120,11 @@ def load_splits(cfg: TagDataConfig, quiet: bool = True) -> dict[str, list[Tagged
 
 
 def _settings(cfg) -> dict:
-    return dataclasses.asdict(cfg.data)
+    """The data settings the prepared sentences depend on (bigram_min_freq shapes only the vocabulary,
+    which is fingerprinted as a tokenizer file; runs prepared before it existed still match)."""
+    settings = dataclasses.asdict(cfg.data)
+    settings.pop("bigram_min_freq")
+    return settings
 
 
 def write_cache(run_dir: Path, cfg, splits: dict) -> None:
@@ -143,14 +147,16 @@ def tag_tensor(tag_index: dict[str, int], rows: list[list[str]], device, length:
     return tags.to(device)
 
 
-def units_of(reader, sentences: list[TaggedSentence]) -> list[tuple[object, list[str]]]:
-    """(unit, its tags) for the sentences' units, as the model reads them (a Transformer's long
-    sentences cut into runs of words that fit)."""
+def units_of(reader, sentences: list[TaggedSentence], scheme: str) -> list[tuple[object, list[str]]]:
+    """(unit, its tags) for the sentences' units, as the model reads them. A Transformer's long
+    sentence is cut into runs of words that fit; an entity across a cut becomes two, each whole
+    (I-LOC E-LOC after a cut begins B-LOC E-LOC), as the tagger reading the runs can only tag them."""
     out = []
     for s in sentences:
         if s.tokens:
             text, spans = join_tokens(s.tokens, reader.character_tokens)
-            out += [(unit, s.tags[a:b]) for unit, a, b in reader.units(text, spans)]
+            units = reader.units(text, spans)
+            out += [(unit, s.tags[a:b] if len(units) == 1 else repair(s.tags[a:b], scheme)[0]) for unit, a, b in units]
     return out
 
 
@@ -162,7 +168,7 @@ def pretrained_body(cfg, weights: bool):
     """(tokenizer, the body's config as a dict, the body with its weights or None) from tag.init_from."""
     from nanonlp.pretrained import pretrained_folder
 
-    source = pretrained_folder(cfg.tag.init_from)
+    source = pretrained_folder(cfg.tag.init_from, "tag.init_from")
     if isinstance(cfg.model, BertTaggerConfig):
         from nanonlp.data.tokenizers import WordPieceTokenizer
         from nanonlp.models.bert import BertEncoder
@@ -320,17 +326,18 @@ class TagTask(Task):
             model = self.build_model(cfg.model)
         model = model.to(device)
         reader = reader_for(run_dir, model)
+        pretrained = isinstance(cfg.model, PretrainedTaggerConfig)
         tag_index = {t: i for i, t in enumerate(reader.tags)}
         train_sentences = cached_split(run_dir, "train")
         if ctx.world_size > 1:  # each rank trains on its own shard of the sentences
             train_sentences = train_sentences[ctx.rank :: ctx.world_size]
-        train = units_of(reader, train_sentences)
+        scheme = cfg.data.inner_scheme
+        train = units_of(reader, train_sentences, scheme)
         dev = [s for s in cached_split(run_dir, "dev") if s.tokens]
         dev_items = [join_tokens(s.tokens, reader.character_tokens) for s in dev]
-        dev_units = [(u, tags) for u, tags in units_of(reader, dev) if all(t in tag_index for t in tags)]  # dev loss needs known tags
+        dev_units = [(u, tags) for u, tags in units_of(reader, dev, scheme) if all(t in tag_index for t in tags)]  # dev loss needs known tags
         dev_units.sort(key=lambda u: reader.unit_length(u[0]))
         sampler = LengthBatches([reader.unit_length(u) for u, _ in train], cfg.train.batch_size, cfg.train.seed)
-        scheme = cfg.data.inner_scheme
 
         def train_batch():
             batch = [train[i] for i in sampler.next_rows()]
@@ -354,7 +361,8 @@ class TagTask(Task):
                     "val_recall": report["micro_recall"]}
 
         return TrainingJob(model=model, train_batch=train_batch, loss=loss, evaluate=evaluate,
-                           batch_tokens=lambda batch: int(batch[1].sum()),
+                           # per piece for a Transformer (its FLOPs per token are per piece), per word for an LSTM
+                           batch_tokens=lambda batch: int((batch[0][1] if pretrained else batch[1]).sum()),
                            data_state=sampler.state_dict, load_data_state=sampler.load_state_dict,
                            monitor="val_f1", monitor_mode="max", flops_per_token=model.flops_per_token())
 

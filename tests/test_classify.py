@@ -40,7 +40,7 @@ def toy_config(tmp_path, toy, family="bag_of_ngrams", out="run", **extra):
     values = {"data.path": train, "data.dev_path": dev, "model.type": family, "train.out_dir": tmp_path / out,
               "train.max_steps": 60, "train.batch_size": 8, "train.eval_interval": 30, "train.learning_rate": 1e-2,
               "train.warmup_steps": 0, "train.dtype": "float32", "train.device": "cpu", "train.peak_tflops": 1.0,
-              "train.weight_decay": 0.0}
+              "train.weight_decay": 0.0, "classify.calibration_min_dev": 2}
     values.update({k.replace("__", "."): v for k, v in extra.items()})
     return load_config(None, ["--task=classify"] + [f"--{k}={v}" for k, v in values.items()])
 
@@ -282,12 +282,12 @@ def test_fine_tune_a_bert_format_folder_and_freeze(tmp_path, toy):
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(folder)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    cfg = toy_config(tmp_path, toy, "bert", data__tokenizer="pretrained", classify__init_from=folder,
+    cfg = toy_config(tmp_path, toy, "bert", data__tokenizer="pretrained", classify__init_from=folder, data__max_length=64,
                      train__learning_rate=1e-3, train__max_steps=60)
     fit(cfg, quiet=True)
     assert [p["label"] for p in nanonlp.load(tmp_path / "run", device="cpu").predict(["so good", "so bad"])] == ["pos", "neg"]
 
-    frozen = toy_config(tmp_path, toy, "bert", out="frozen", data__tokenizer="pretrained", classify__init_from=folder,
+    frozen = toy_config(tmp_path, toy, "bert", out="frozen", data__tokenizer="pretrained", classify__init_from=folder, data__max_length=64,
                         classify__freeze_encoder="true", train__max_steps=10, train__eval_interval=10)
     fit(frozen, quiet=True)
     from safetensors.torch import load_file
@@ -351,6 +351,24 @@ def test_classifier_resume_continues_the_same_curve(tmp_path, toy):
     assert len(losses("straight")) == len(losses("resumed")) == 20
     for a, b in zip(losses("straight"), losses("resumed")):
         assert abs(a - b) < 1e-6
+
+
+def test_a_tiny_dev_set_fits_no_temperature(tmp_path, toy, capsys):
+    fit(toy_config(tmp_path, toy, classify__calibration_min_dev=50), quiet=True)  # the toy dev set has 4 examples
+    calibration = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert calibration["temperature"] == 1.0 and "dev_nll_after" not in calibration
+    assert "4 labelled dev examples, fewer than classify.calibration_min_dev (50)" in calibration["skipped"]
+    assert "no softmax temperature fitted" in capsys.readouterr().err
+
+
+def test_a_pretrained_classifier_longer_than_its_model_is_refused_when_prepared(tmp_path, toy, corpus):
+    from conftest import tiny_overrides
+
+    corpus.write_text(" ".join(POSITIVE + NEGATIVE) * 20)
+    fit(load_config(None, tiny_overrides(corpus, tmp_path / "lm", train__max_steps=2, model__block_size=32)), quiet=True)
+    cfg = toy_config(tmp_path, toy, "gpt_classifier", data__tokenizer="pretrained", data__max_length=64, classify__init_from=tmp_path / "lm")
+    with pytest.raises(NanoNLPError, match="data.max_length 64 is longer than the pretrained model reads .32 positions"):
+        fit(cfg, quiet=True)
 
 
 def test_average_refits_the_calibration_to_the_averaged_weights(tmp_path, toy, capsys):

@@ -36,6 +36,12 @@ def test_char_unknown_character_is_a_clear_error():
         tokenizer.encode("abé")
 
 
+def test_char_unknown_characters_beyond_five_are_counted():
+    tokenizer = CharTokenizer.train("hello world")
+    with pytest.raises(NanoNLPError, match=r"6 character\(s\) .*'ε' \(U\+03B5\) and 1 more; use only"):
+        tokenizer.encode("hello αβγδεζ")
+
+
 def test_bpe_round_trip_edge_cases_including_unseen_scripts():
     tokenizer = BPETokenizer.train(TRAIN_TEXT, vocab_size=300)
     for text in EDGE_CASES:

@@ -38,9 +38,10 @@ class CharTokenizer:
         except KeyError:
             unknown = sorted({c for c in text if c not in self.index})
             shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise NanoNLPError(
                 f"the text contains {len(unknown)} character(s) this character-level model never saw in training: "
-                f"{shown}; use only characters from the training corpus."
+                f"{shown}{more}; use only characters from the training corpus."
             ) from None
 
     def decode(self, ids) -> str:

@@ -80,6 +80,7 @@ class ClassifyConfig:
     abstain_threshold: float = 0.0  # below this top probability the answer is out_of_scope; 0 never abstains
     tune_abstain: bool = False  # choose abstain_threshold for the best dev accuracy (out-of-scope dev examples needed)
     calibrate: bool = True  # fit a softmax temperature on the dev set after training (temperature scaling)
+    calibration_min_dev: int = 50  # with fewer labelled dev examples no temperature is fitted (it would fit noise), with a warning
     freeze_encoder: bool = False  # pretrained encoders: train the new head only
     init_from: str = ""  # pretrained body: a BERT-format folder (model.type bert) or a nanonlp GPT run (model.type gpt)
     teacher: str = ""  # knowledge distillation: a trained classification run whose probabilities this model learns
@@ -90,6 +91,8 @@ class ClassifyConfig:
     augment_span: float = 0.25  # a copy is then cut to a random span of 1 to 5 words with this probability
 
     def validate(self) -> None:
+        if self.calibration_min_dev < 2:
+            raise ConfigError(f"classify.calibration_min_dev must be at least 2, got {self.calibration_min_dev}.")
         if self.augment_copies < 0:
             raise ConfigError(f"classify.augment_copies must be 0 or more, got {self.augment_copies}.")
         if self.augment_copies and not self.teacher:
@@ -261,7 +264,11 @@ def fit_calibration(cfg, model, encoder: Encoder, labels: list[str], dev: list[E
     with torch.no_grad():
         logits = predict_logits(model, encoder, [dev_ids[i] for i in known], device) if known else None
     gold = make_targets([dev[i] for i in known], labels, False)
-    if cfg.classify.calibrate and len(known) >= 2:
+    if cfg.classify.calibrate and len(known) < cfg.classify.calibration_min_dev:
+        calibration["skipped"] = f"{len(known)} labelled dev examples, fewer than classify.calibration_min_dev ({cfg.classify.calibration_min_dev})"
+        print(f"warning: no softmax temperature fitted: {calibration['skipped']}; a temperature fitted to so few examples "
+              "would fit their noise. Probabilities stay uncalibrated.", file=sys.stderr)
+    elif cfg.classify.calibrate:
         calibration["temperature"] = fit_temperature(logits, gold)
         calibration["dev_nll_before"] = F.cross_entropy(logits, gold).item()
         calibration["dev_nll_after"] = F.cross_entropy(logits / calibration["temperature"], gold).item()
@@ -452,6 +459,10 @@ class ClassifyTask(Task):
             cfg.model = dataclasses.replace(cfg.model, num_classes=len(labels))
             model, tokenizer = _pretrained(cfg)
             cfg.model = model.config  # now also holds the pretrained body's shape
+            limit = cfg.model.gpt["block_size"] if isinstance(cfg.model, GPTClassifierConfig) else cfg.model.encoder["max_position_embeddings"]
+            if cfg.data.max_length > limit:
+                raise ConfigError(f"data.max_length {cfg.data.max_length} is longer than the pretrained model reads "
+                                  f"({limit} positions, classify.init_from '{cfg.classify.init_from}'); set data.max_length to {limit} or less.")
         else:
             tokenizer = _train_tokenizer(cfg.data, [e.text for e in train_examples])
             cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size, num_classes=len(labels), pad_id=tokenizer.pad_id)

@@ -189,6 +189,14 @@ def build_model_config(raw: dict | None, allow_derived: bool = False, task: str 
         raise ConfigError(f"model.type is missing; set it to one of: {', '.join(families)}.")
     if family not in families:
         raise ConfigError(f"model.type must be one of {', '.join(families)} for task {task}, got '{family}'.")
+    own = {f.name for f in dataclasses.fields(families[family][0])}
+    foreign = [key for key in raw if key not in own]
+    owners = [name for name, (cls, _) in families.items() if name != family and foreign
+              and all(key in {f.name for f in dataclasses.fields(cls)} for key in foreign)]
+    if owners:  # e.g. --model.type=bert over a config written for bilstm_crf
+        raise ConfigError(f"model.type {family} has no {', '.join('model.' + k for k in foreign[:4])}"
+                          f"{' ...' if len(foreign) > 4 else ''}: those are model.type {owners[0]}'s settings. Changing model.type "
+                          f"needs the model section of the new type: start from a config written for {family}, or remove those keys.")
     return build(families[family][0], raw, "model", allow_derived)
 
 

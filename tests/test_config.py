@@ -108,3 +108,11 @@ def test_every_config_key_exists_in_shipped_configs():
     raw = read_yaml(ROOT / "configs" / "shakespeare_char_gpt.yaml")
     assert {"path"} <= raw["data"].keys()
     assert {"out_dir", "max_steps", "max_seconds"} <= raw["train"].keys()
+
+
+def test_changing_model_type_over_another_types_keys_says_so():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with pytest.raises(ConfigError, match=r"model.type bert has no model.embed_dim.*those are model.type bilstm_crf's settings"):
+        load_config(configs / "wikiann_en_bilstm_crf.yaml", ["--model.type=bert"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.embed_dimm'"):  # a typo is still a typo
+        load_config(configs / "wikiann_en_bilstm_crf.yaml", ["--model.embed_dimm=3"])

@@ -240,6 +240,20 @@ def test_classify_command_with_csv_in_and_out(tmp_path, toy, capsys):
     rows = out.read_text().splitlines()
     assert rows[0] == "id,review,predicted_label,probability"
     assert rows[1].startswith("1,good good,pos,") and rows[2].startswith('2,"bad, bad",neg,')
+    # no texts and no --input: one text a line on stdin, as translate and tag read it
+    import io
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", io.StringIO("so good\n\nso bad\n"))
+        main(["classify", str(tmp_path / "run")])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["pos", "neg"] and lines[1].endswith("\tso bad")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", io.StringIO("\n"))
+        with pytest.raises(SystemExit) as exit_info:
+            main(["classify", str(tmp_path / "run")])
+    assert exit_info.value.code != 0 and "nothing to classify" in capsys.readouterr().err
 
 
 def test_multi_label_thresholds(tmp_path):

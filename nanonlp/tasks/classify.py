@@ -372,7 +372,7 @@ def cached_splits(run_dir: Path, cfg, check: bool = True) -> dict:
 
 def _add_classify_arguments(p) -> None:
     p.add_argument("run_dir", help="run directory of a classification run")
-    p.add_argument("texts", nargs="*", help="texts to classify (or use --input)")
+    p.add_argument("texts", nargs="*", help="texts to classify (default: --input, else one text per line on stdin)")
     p.add_argument("--input", help="a file of texts: .csv/.tsv (with --text-column), .jsonl, or one text per line")
     p.add_argument("--text-column", default="text", help="column (or JSON key) holding the text in --input")
     p.add_argument("--output", help="write predictions here (.csv, .tsv or .jsonl); default: print them")
@@ -403,9 +403,14 @@ def predictions_file(texts: list[str], predictions: list[dict], rows: list[dict]
 
 
 def _classify(args) -> None:
-    if bool(args.texts) == bool(args.input):
-        raise NanoNLPError("give texts as arguments or a file with --input, not both and not neither.")
-    texts, rows = read_texts_to_label(args.input, args.text_column, args.encoding) if args.input else (args.texts, None)
+    if args.texts and args.input:
+        raise NanoNLPError("give texts as arguments or a file with --input, not both.")
+    if args.input:
+        texts, rows = read_texts_to_label(args.input, args.text_column, args.encoding)
+    else:  # arguments, else one text per line on stdin (as translate and tag read it)
+        texts, rows = args.texts or [line for line in sys.stdin.read().splitlines() if line.strip()], None
+        if not texts:
+            raise NanoNLPError("nothing to classify: give texts as arguments, with --input FILE, or one a line on stdin.")
     classifier = ClassifyTask().load(args.run_dir, args.device)
     predictions = classifier.predict(texts)
     if not args.output:

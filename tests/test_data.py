@@ -24,8 +24,23 @@ def test_empty_and_missing_files(tmp_path):
         read_text(tmp_path / "empty.txt")
     with pytest.raises(NanoNLPError, match="does not exist"):
         read_text(tmp_path / "missing.txt")
-    with pytest.raises(NanoNLPError, match="not a file"):
+    with pytest.raises(NanoNLPError, match="is a folder; point data.path at a text file"):
         read_text(tmp_path)
+    with pytest.raises(NanoNLPError, match="does not exist; check --src"):  # the option the user gave is named
+        read_text(tmp_path / "missing.txt", key="--src")
+
+
+def test_a_pipe_reads_like_a_file(tmp_path):
+    # `nanonlp eval RUN --src <(zcat test.en.gz)` hands a named pipe, not a regular file
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("一句话\nsecond line\n", encoding="utf-8"))
+    writer.start()
+    assert read_text(fifo) == "一句话\nsecond line\n"
+    writer.join()
 
 
 def test_byte_order_mark_is_dropped(tmp_path):

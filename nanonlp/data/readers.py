@@ -9,13 +9,15 @@ from pathlib import Path
 from nanonlp.errors import NanoNLPError
 
 
-def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """The whole file as text. Undecodable bytes are an error naming the file and the byte offset."""
+def read_text(path: str | Path, encoding: str = "utf-8", key: str = "data.path") -> str:
+    """The whole file as text. Undecodable bytes are an error naming the file and the byte offset.
+    A pipe reads too (`--src <(zcat test.en.gz)`); `key` is the setting or option that named the
+    path, for the errors."""
     path = Path(path)
     if not path.exists():
-        raise NanoNLPError(f"data file '{path}' does not exist; check data.path.")
-    if not path.is_file():
-        raise NanoNLPError(f"data path '{path}' is not a file; point data.path at a text file.")
+        raise NanoNLPError(f"data file '{path}' does not exist; check {key}.")
+    if path.is_dir():
+        raise NanoNLPError(f"data path '{path}' is a folder; point {key} at a text file.")
     raw = path.read_bytes()
     try:
         text = raw.decode(encoding)
@@ -30,7 +32,7 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     if text.startswith("\ufeff"):
         text = text[1:]  # a UTF-8 byte-order mark is not part of the corpus
     if not text.strip():
-        raise NanoNLPError(f"'{path}' is empty (or only whitespace); a language model needs text to learn from.")
+        raise NanoNLPError(f"'{path}' is empty (or only whitespace); point {key} at a file with text in it.")
     return text
 
 

@@ -247,7 +247,7 @@ class LMTask(Task):
         lm = self.load(args.run_dir, args.device)
         if args.data:
             source = catalog.resolve(args.data)
-            result = lm.evaluate(read_text(source, args.encoding or "utf-8"))
+            result = lm.evaluate(read_text(source, args.encoding or "utf-8", "--data"))
         else:
             run_dir = Path(args.run_dir)
             val = run_dir / DATA_DIR / "val.bin"

@@ -245,7 +245,7 @@ def _tag(args) -> None:
                 entities = [{"start": s, "end": e, "type": k, "text": " ".join(tokens[s:e])} for s, e, k in to_spans(spans_tags, "iob2")]
                 lines.append(json.dumps({"tokens": tokens, "tags": row, "entities": entities}, ensure_ascii=False))
     else:
-        texts = args.texts or [t for t in split_lines(read_text(args.input, args.encoding) if args.input else sys.stdin.read()) if t.strip()]
+        texts = args.texts or [t for t in split_lines(read_text(args.input, args.encoding, "--input") if args.input else sys.stdin.read()) if t.strip()]
         if not texts:
             raise NanoNLPError("nothing to tag: give texts as arguments, with --input FILE, or on stdin.")
         results = tagger.tag(texts)

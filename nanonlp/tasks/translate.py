@@ -281,8 +281,8 @@ def _add_translate_arguments(p) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
-def _read_lines(path: str, encoding: str = "utf-8") -> list[str]:
-    return split_lines(read_text(path, encoding))
+def _read_lines(path: str, encoding: str = "utf-8", key: str = "--input") -> list[str]:
+    return split_lines(read_text(path, encoding, key))
 
 
 def _write_lines(lines: list[str], path: str | None) -> None:
@@ -437,7 +437,8 @@ class TranslateTask(Task):
         source_ids = None
         if args.src:
             encoding = args.encoding or translator.config.data.encoding
-            sources, references, where = _read_lines(args.src, encoding), _read_lines(args.ref, encoding), f"{args.src} -> {args.ref}"
+            sources, references = _read_lines(args.src, encoding, "--src"), _read_lines(args.ref, encoding, "--ref")
+            where = f"{args.src} -> {args.ref}"
         else:
             run_dir = Path(args.run_dir)
             if (run_dir / "data" / cache.MANIFEST).is_file():

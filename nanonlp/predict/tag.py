@@ -17,6 +17,7 @@ import torch
 from nanonlp.data.tagging import convert, to_spans
 from nanonlp.errors import NanoNLPError
 from nanonlp.io import atomic_write_text
+from nanonlp.models.pretrained_tagger import word_shape
 from nanonlp.predict import as_batch, load_model, open_for_inference
 
 PAD, UNK = "<pad>", "<unk>"
@@ -201,8 +202,6 @@ class PieceReader:
 
     def units(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[tuple, int, int]]:
         """(unit, first word, end word) per run of words that fits the model; a unit is (ids, word positions, shapes)."""
-        from nanonlp.models.pretrained_tagger import word_shape
-
         out, first = [], 0
         while first < len(spans):
             base = spans[first][0]

@@ -29,9 +29,12 @@ EXAMPLES = """examples:
   nanonlp translate runs/multi30k_en_de_transformer "A man is riding a bike." --plot-attention attn.png
   nanonlp eval runs/multi30k_en_de_transformer --src test.en --ref test.de
   nanonlp average runs/multi30k_en_de_transformer --last 5
+  nanonlp configs                                   # the shipped configs
+  nanonlp configs chnsenticorp_cnn > my.yaml        # print one to edit
+  nanonlp train chnsenticorp_cnn                    # or train a shipped config by name
 """
 
-GENERIC = ("train", "eval", "average", "data")
+GENERIC = ("train", "eval", "average", "data", "configs")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -45,7 +48,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
     p = commands.add_parser("train", help="train a model from a YAML config",
                             description="Train from CONFIG. Any config key can be overridden as --section.key=value.")
-    p.add_argument("config", help="YAML experiment config, e.g. configs/shakespeare_char_gpt.yaml")
+    p.add_argument("config", help="YAML experiment config, e.g. configs/shakespeare_char_gpt.yaml, or a shipped config's name")
     p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run in train.out_dir and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages, only errors")
@@ -77,6 +80,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     owners = {dest: (names, p.get_default(dest)) for dest, names in owners.items()}
 
     commands.add_parser("data", help="list the named data sets and where each resolves")
+    p = commands.add_parser("configs", help="list the shipped configs, or print one (nanonlp configs NAME > my.yaml)")
+    p.add_argument("name", nargs="?", help="a shipped config to print, e.g. chnsenticorp_cnn")
     return parser, owners
 
 
@@ -162,6 +167,20 @@ def cmd_data() -> None:
         print(f"{entry.name:20s} {entry.description}\n{'':20s} {where}")
 
 
+def cmd_configs(name: str | None) -> None:
+    from nanonlp.config import config_summary, packaged_configs
+
+    configs = packaged_configs()
+    if name is None:
+        for config_name, path in configs.items():
+            print(f"{config_name:32s} {config_summary(path)}")
+        return
+    name = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    if name not in configs:
+        raise ConfigError(f"no shipped config is named '{name}'; `nanonlp configs` lists them.")
+    sys.stdout.write(configs[name].read_text(encoding="utf-8"))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--version"]:  # answered before the tasks (and torch) are imported to build the parser
@@ -191,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
             cmd_average(args)
         elif args.command == "data":
             cmd_data()
+        elif args.command == "configs":
+            cmd_configs(args.name)
         else:
             cmd_task_command(args, args.command)
     except NanoNLPError as err:

@@ -247,10 +247,41 @@ def parse_overrides(args: list[str]) -> list[tuple[list[str], Any]]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the shipped configs, installed with the package
+
+
+def packaged_configs() -> dict[str, Path]:
+    """The configs that ship inside the package, by name (file name without .yaml)."""
+    return {path.stem: path for path in sorted(CONFIGS_DIR.glob("*.yaml"))}
+
+
+def config_summary(path: Path) -> str:
+    """The first line of a config's description (the comment block under its command line)."""
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if text:
+            return text
+    return ""
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file as given; else, for `NAME`, `NAME.yaml` or `configs/NAME.yaml` where no such file
+    exists, the shipped config of that name (so the command at the top of each config works after a
+    pip install too)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; pass the path of a YAML file such as configs/shakespeare_char_gpt.yaml.")
+    if path.is_file():
+        return path
+    name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if str(path.parent) in (".", "configs") and name in packaged_configs():
+        return packaged_configs()[name]
+    raise ConfigError(f"config file '{path}' does not exist; pass the path of a YAML file, or the name of a shipped "
+                      "config (`nanonlp configs` lists them, e.g. shakespeare_char_gpt).")
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = resolve_config(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

@@ -92,19 +92,50 @@ def fit_temperature(logits: torch.Tensor, gold: torch.Tensor, steps: int = 200) 
     return float(log_t.detach().exp())
 
 
-def bleu_chrf(hypotheses: list[str], references: list[str]) -> dict:
+BLEU_TOKENIZERS = ("13a", "zh", "ja-mecab", "ko-mecab", "char", "intl", "none")
+
+
+def bleu_tokenizer(target_lang: str, setting: str = "auto") -> str:
+    """The sacreBLEU tokenization for translations into `target_lang`: `setting` unless it is "auto";
+    else "zh" for Chinese (each Han character a word), "ja-mecab" for Japanese where MeCab is installed
+    (else "char", one character a word), "ko-mecab" for Korean where installed, and "13a" (the WMT
+    default, which splits at spaces and punctuation) for every other language. Scoring a language
+    written without spaces by 13a treats a whole sentence as one word: BLEU is then near 0 whatever
+    the translation."""
+    if setting != "auto":
+        if setting not in BLEU_TOKENIZERS:
+            raise ValueError(f"unknown BLEU tokenization '{setting}'; use auto or one of {', '.join(BLEU_TOKENIZERS)}.")
+        return setting
+    lang = target_lang.lower().replace("_", "-").split("-")[0]
+    if lang in ("zh", "cmn", "yue", "wuu", "lzh", "zho", "chi"):
+        return "zh"
+    if lang in ("ja", "jpn", "ko", "kor"):
+        korean = lang in ("ko", "kor")
+        try:
+            from sacrebleu.tokenizers import tokenizer_ko_mecab, tokenizer_ja_mecab  # noqa: F401
+
+            (tokenizer_ko_mecab.TokenizerKoMecab if korean else tokenizer_ja_mecab.TokenizerJaMecab)()
+            return "ko-mecab" if korean else "ja-mecab"
+        except Exception:  # MeCab or its dictionary is not installed
+            return "13a" if korean else "char"
+    return "13a"
+
+
+def bleu_chrf(hypotheses: list[str], references: list[str], tokenize: str = "13a") -> dict:
     """Corpus BLEU (Papineni et al. 2002) and chrF (Popovic 2015) of detokenised sentences, through
-    sacreBLEU (Post 2018) with its default 13a tokenisation, and the signatures that make them comparable."""
+    sacreBLEU (Post 2018) with the given tokenization (see `bleu_tokenizer`), and the signatures that
+    make them comparable (the BLEU signature names the tokenization: tok:zh, tok:13a)."""
     from sacrebleu.metrics import BLEU, CHRF
 
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} translations for {len(references)} references; they must pair up line by line.")
-    bleu, chrf = BLEU(), CHRF()
+    bleu, chrf = BLEU(tokenize=tokenize), CHRF()
     bleu_score = bleu.corpus_score(hypotheses, [references])
     chrf_score = chrf.corpus_score(hypotheses, [references])
     return {
         "bleu": bleu_score.score,
         "chrf": chrf_score.score,
+        "bleu_tokenize": tokenize,
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
         "bleu_detail": str(bleu_score),

@@ -29,6 +29,22 @@ def pretrained_folder(source: str, key: str = "classify.init_from") -> str:
     return str(Path(module.__file__).parent / sub)
 
 
+MIN_COVERAGE = 0.9
+
+
+def warn_on_coverage(tokenizer, texts, source: str) -> float:
+    """Warn (on stderr) when a WordPiece vocabulary reads less than 90% of the training text's
+    characters as something other than [UNK]: the English MiniLM maps most Chinese characters to
+    [UNK], and the model then learns from little but punctuation. Returns the share covered."""
+    import sys
+
+    share, missing = tokenizer.coverage(texts)
+    if share < MIN_COVERAGE:
+        shown = " ".join(missing[:10])
+        print(f"warning: the vocabulary of '{source}' covers {share:.1%} of the training text's characters (below "
+              f"{MIN_COVERAGE:.0%}); the rest read as [UNK] (most frequent: {shown}). Use an encoder trained on this "
+              "language (for Chinese: bert-base-chinese or chinese-roberta-wwm-ext, see the README).", file=sys.stderr)
+    return share
 
 
 def bert_classifier(source: str, config):

@@ -12,6 +12,7 @@ import nanonlp
 from nanonlp.cli import main
 from nanonlp.config import load_config
 from nanonlp.data.tagging import repair
+from nanonlp.data.tokenizers import UnknownCharactersWarning
 from nanonlp.metrics import entity_report
 from nanonlp.models.bilstm_crf import BiLSTMCRF, BiLSTMCRFConfig
 from nanonlp.predict.tag import TagVocabulary, batch_tensors, tokenize
@@ -94,7 +95,8 @@ def test_chinese_characters_are_the_tokens(tmp_path, bigram_dim):
     text = "李四在上海工作。 Then 张三在北京 😀"
     assert tagger.reader.character_tokens  # trained one character a token: raw text is read the same way
     assert [t for t, _, _ in tokenize("张三 NBA 2008", characters=True)] == ["张", "三", "N", "B", "A", "2", "0", "0", "8"]
-    result = tagger.tag(text)
+    with pytest.warns(UnknownCharactersWarning, match=r"read as unknown: .*'😀' \(U\+1F600\)"):
+        result = tagger.tag(text)  # characters training never saw are read as unknown, with one warning naming them
     found = [(e["text"], e["type"]) for e in result["entities"]]
     assert ("李四", "PER") in found and ("上海", "LOC") in found and ("张三", "PER") in found and ("北京", "LOC") in found
     for e in result["entities"]:

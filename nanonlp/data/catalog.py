@@ -32,29 +32,51 @@ class Entry:
     format: str = "auto"  # the file's layout: for the classification readers, or "tsv" / "aligned" pairs
     languages: tuple[str, ...] = ()  # translation data: the languages, in column order (tsv) or as file suffixes (aligned)
     checksums: tuple[tuple[str, str], ...] = ()  # aligned data: (language, sha256 of the uncompressed file)
+    columns: tuple[str, ...] = ()  # csv classification data: the text and label columns
+    holdout_test: float = 0.0  # classification data without a test split: the share a seeded shuffle holds out for test
 
     def split(self, name: str) -> str | None:
         return dict(self.splits).get(name)
 
 
-def _chatterbot_english() -> str:
-    """The English conversations of the `chatterbot-corpus` package as `User:`/`Bot:` dialogue text."""
-    import yaml
+def _chatterbot(language: str) -> Callable[[], str]:
+    """The conversations of one language of the `chatterbot-corpus` package as `User:`/`Bot:` dialogue text."""
 
-    try:
-        import chatterbot_corpus
-    except ImportError:
-        raise NanoNLPError("the chatterbot_english data set needs the chatterbot-corpus package: pip install chatterbot-corpus") from None
-    folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
-    blocks = []
-    for path in sorted(folder.glob("*.yml")):
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        for conversation in doc.get("conversations", []):
-            turns = [str(t).strip() for t in conversation if t is not None and str(t).strip()]
-            if turns:
-                blocks.append("\n".join(f"{'User' if i % 2 == 0 else 'Bot'}: {t}" for i, t in enumerate(turns)))
-    return "\n\n".join(blocks) + "\n"
+    def build() -> str:
+        import yaml
 
+        try:
+            import chatterbot_corpus
+        except ImportError:
+            raise NanoNLPError(f"the chatterbot_{language} data set needs the chatterbot-corpus package: pip install chatterbot-corpus") from None
+        folder = Path(chatterbot_corpus.__file__).parent / "data" / language
+        blocks = []
+        for path in sorted(folder.glob("*.yml")):
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            for conversation in doc.get("conversations", []):
+                turns = [str(t).strip() for t in conversation if t is not None and str(t).strip()]
+                if turns:
+                    blocks.append("\n".join(f"{'User' if i % 2 == 0 else 'Bot'}: {t}" for i, t in enumerate(turns)))
+        if not blocks:
+            raise NanoNLPError(f"the installed chatterbot-corpus has no {language} conversations in {folder}.")
+        return "\n\n".join(blocks) + "\n"
+
+    return build
+
+
+def _chinese_text() -> str:
+    """Raw Chinese text for pretraining: the MSRA sentences (their tags dropped), the Chinese side of
+    Tatoeba English-Chinese and the chatterbot-corpus Chinese dialogues, one sentence or turn a line."""
+    from nanonlp.data.readers import read_tsv_pairs
+    from nanonlp.data.tagging import read_conll
+
+    lines = ["".join(s.tokens) for s in read_conll(resolve("msra_ner"), separator="\t")]
+    lines += [pair.target for pair in read_tsv_pairs(resolve("tatoeba_en_zh"))]
+    lines += [line.split(": ", 1)[-1] for line in _chatterbot("chinese")().splitlines() if line.strip()]
+    return "\n".join(line.strip() for line in lines if line.strip()) + "\n"
+
+
+_SOPHON = "https://raw.githubusercontent.com/SophonPlus/ChineseNlpCorpus/master/datasets"
 
 CATALOG: dict[str, Entry] = {
     e.name: e
@@ -166,7 +188,51 @@ CATALOG: dict[str, Entry] = {
             "chatterbot_english",
             "chatterbot_english/dialogues.txt",
             "English dialogues of the chatterbot-corpus package (about 230 KB), installed with nanonlp",
-            build=_chatterbot_english,
+            build=_chatterbot("english"),
+        ),
+        Entry(
+            "chatterbot_chinese",
+            "chatterbot_chinese/dialogues.txt",
+            "Simplified Chinese dialogues of the chatterbot-corpus package (about 40 KB), installed with nanonlp",
+            build=_chatterbot("chinese"),
+        ),
+        Entry(
+            "zh_text",
+            "zh_text/zh_text.txt",
+            "raw Chinese text (about 2.6 million characters) for pretraining: the MSRA NER sentences without their tags, "
+            "the Chinese side of tatoeba_en_zh and chatterbot_chinese, one a line; built from those data sets",
+            build=_chinese_text,
+        ),
+        Entry(
+            "chnsenticorp",
+            "zh/chnsenticorp_htl_all.csv",
+            "ChnSentiCorp hotel reviews (Tan Songbo), Chinese binary sentiment, 7,766 reviews (5,322 positive), "
+            "CSV label,review; no split (a seeded 80/10/10 one is made); from SophonPlus/ChineseNlpCorpus",
+            url=f"{_SOPHON}/ChnSentiCorp_htl_all/ChnSentiCorp_htl_all.csv",
+            sha256="1d414b9c65caf3a836abdb4efded621968502ad3338e1a9d885ae131c86083f0",
+            format="csv",
+            columns=("review", "label"),
+            holdout_test=0.1,
+        ),
+        Entry(
+            "waimai_10k",
+            "zh/waimai_10k.csv",
+            "waimai_10k food-delivery reviews, Chinese binary sentiment, 11,987 reviews (4,000 positive), "
+            "CSV label,review; no split (a seeded 80/10/10 one is made); from SophonPlus/ChineseNlpCorpus",
+            url=f"{_SOPHON}/waimai_10k/waimai_10k.csv",
+            sha256="b8b5c11c00b51578d35937fca56e03a126b45381f1ea4b22893237cb377a26fe",
+            format="csv",
+            columns=("review", "label"),
+            holdout_test=0.1,
+        ),
+        Entry(
+            "tatoeba_en_zh",
+            "zh/tatoeba_eng_cmn.txt",
+            "Tatoeba English-Chinese sentence pairs from manythings.org (21,116 pairs; simplified and traditional mixed)",
+            url="https://www.manythings.org/anki/cmn-eng.zip",
+            member="cmn.txt",  # no checksum: regenerated from tatoeba.org every few months, as fra-eng.zip
+            format="tsv",
+            languages=("en", "zh"),
         ),
     ]
 }

@@ -6,7 +6,11 @@ and is rebuilt by `load_tokenizer(folder)` from `tokenizer.json` (WordPiece also
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
+import warnings
+from functools import lru_cache
 from pathlib import Path
 
 from nanonlp.errors import NanoNLPError
@@ -15,18 +19,27 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 class CharTokenizer:
-    """One id per distinct character of the training text, in sorted order (char-rnn's vocabulary)."""
+    """One id per distinct character of the training text, in sorted order (char-rnn's vocabulary),
+    plus U+FFFD, the replacement character, which stands for every character training never saw.
+
+    A text with unseen characters encodes with them as U+FFFD and one warning naming them, so that a
+    Chinese prompt with a rare character still runs. A vocabulary saved before U+FFFD was reserved
+    has no unknown id: there an unseen character is an error, as it was.
+    """
 
     kind = "char"
     pad_id = 0  # no id is reserved; classification masks padding out, so any id serves
+    UNKNOWN = "\ufffd"
 
     def __init__(self, chars: list[str]):
         self.chars = list(chars)
         self.index = {c: i for i, c in enumerate(self.chars)}
+        self.unk_id = self.index.get(self.UNKNOWN)
 
     @classmethod
     def train(cls, text: str) -> "CharTokenizer":
-        return cls(sorted(set(text)))
+        # U+FFFD sorts after every character in daily use, so the others keep char-rnn's ids.
+        return cls(sorted(set(text) | {cls.UNKNOWN}))
 
     @property
     def vocab_size(self) -> int:
@@ -36,13 +49,22 @@ class CharTokenizer:
         try:
             return [self.index[c] for c in text]
         except KeyError:
-            unknown = sorted({c for c in text if c not in self.index})
-            shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:5])
-            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            pass
+        unknown = sorted({c for c in text if c not in self.index})
+        shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        if self.unk_id is None:
             raise NanoNLPError(
                 f"the text contains {len(unknown)} character(s) this character-level model never saw in training: "
-                f"{shown}{more}; use only characters from the training corpus."
-            ) from None
+                f"{shown}{more}; use only characters from the training corpus (a model trained now reads them as unknown)."
+            )
+        warnings.warn(f"{len(unknown)} character(s) this character-level model never saw in training read as unknown: "
+                      f"{shown}{more}.", UnknownCharactersWarning, stacklevel=2)
+        return [self.index.get(c, self.unk_id) for c in text]
+
+    def unknown_characters(self, text: str) -> list[str]:
+        """The distinct characters of `text` this vocabulary lacks, sorted."""
+        return sorted({c for c in text if c not in self.index})
 
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in ids)
@@ -51,6 +73,10 @@ class CharTokenizer:
         from nanonlp.io import atomic_write_text
 
         atomic_write_text(Path(folder) / TOKENIZER_FILE, json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False))
+
+
+class UnknownCharactersWarning(UserWarning):
+    """A text held characters the model's vocabulary lacks; they were read as the unknown id."""
 
 
 class BPETokenizer:
@@ -119,8 +145,30 @@ class BPETokenizer:
         """Many single-line texts at once (Rust threads)."""
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
+    @property
+    def byte_level(self) -> bool:
+        """Whether tokens spell bytes in GPT-2's printable alphabet (every tokenizer this project trains)."""
+        from tokenizers import decoders
+
+        return isinstance(self.tokenizer.decoder, decoders.ByteLevel)
+
+    def token_bytes(self, i: int) -> bytes:
+        """The UTF-8 bytes token i stands for; a piece of a character when its bytes are split."""
+        token = self.tokenizer.id_to_token(int(i))
+        if token is None:
+            raise NanoNLPError(f"token id {i} is outside this BPE vocabulary of {self.vocab_size:,}.")
+        if not self.byte_level or int(i) in self.tokenizer.get_added_tokens_decoder():
+            return token.encode("utf-8")  # special tokens (<pad>, <s>) are written as themselves
+        table = _unicode_to_byte()
+        return bytes(table[c] for c in token)
+
     def decode(self, ids) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+        """The text of the ids. Bytes that make no whole character (a sequence cut short by the end
+        of the ids, or a stray continuation byte a model sampled) are left out, never shown as U+FFFD."""
+        ids = list(ids)
+        if not self.byte_level:
+            return self.tokenizer.decode(ids, skip_special_tokens=False)
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="ignore")
 
     def id_to_token(self, i: int) -> str:
         return self.tokenizer.id_to_token(i)
@@ -138,50 +186,93 @@ class BPETokenizer:
         atomic_write_text(Path(folder) / TOKENIZER_FILE, self.tokenizer.to_str())
 
 
-class WordTokenizer:
-    """Words (and optionally hashed word n-grams, as in fastText) for the from-scratch classifiers.
+# Han (with the extension blocks and compatibility ideographs), kana and Hangul: scripts written
+# without spaces between words, so each character is one token of the word tokenizer.
+CJK = ("\u1100-\u11ff\u2e80-\u2fdf\u3005\u3007\u3021-\u3029\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff"
+       "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff66-\uff9f"
+       "\U00020000-\U0003134f")
+# One CJK character; else a run of other word characters (with an inner apostrophe: "don't");
+# else one punctuation mark. Whitespace separates and is dropped.
+WORD_PATTERN = re.compile(rf"[{CJK}]|(?:(?![{CJK}])\w)+(?:'(?:(?![{CJK}])\w)+)?|[^\w\s]")
+CJK_RUN = re.compile(rf"([{CJK}]+)")
 
-    Ids: 0 is padding, 1 unknown words, then the vocabulary by descending frequency; with ngrams > 1,
-    every n-gram of 2..ngrams words adds one id in [len(words), len(words) + buckets), by a stable hash.
+
+class WordTokenizer:
+    """Words (optionally with hashed word n-grams and character n-grams, as in fastText) for the
+    from-scratch classifiers.
+
+    A word is a run of letters and digits; a CJK character (Han, kana, Hangul) is a word of its own,
+    since those scripts put no spaces between words, and each punctuation mark is one. With
+    `segmenter="jieba"` Chinese text is first cut into words by jieba's dictionary instead.
+
+    Ids: 0 is padding, 1 unknown words, then the vocabulary by descending frequency. With ngrams > 1,
+    every n-gram of 2..ngrams words adds one id in [len(words), len(words) + buckets), by a stable
+    hash; with char_ngrams = n > 0, so does every character n-gram (lengths 2..n) of each word
+    written between "<" and ">" (fastText's subwords, Bojanowski et al. 2017). N-gram ids follow the
+    word ids, so they suit the bag-of-n-grams model, which ignores order.
     """
 
     kind = "word"
     pad_id, unk_id = 0, 1
-    PATTERN = r"\w+(?:'\w+)?|[^\w\s]"
+    SEGMENTERS = ("none", "jieba")
 
-    def __init__(self, words: list[str], lowercase: bool = True, ngrams: int = 1, buckets: int = 0):
-        self.words, self.lowercase, self.ngrams, self.buckets = list(words), lowercase, ngrams, buckets
+    def __init__(self, words: list[str], lowercase: bool = True, ngrams: int = 1, buckets: int = 0,
+                 char_ngrams: int = 0, segmenter: str = "none", cjk: bool = True):
+        if segmenter not in self.SEGMENTERS:
+            raise NanoNLPError(f"unknown segmenter '{segmenter}'; use none or jieba.")
+        self.words, self.lowercase, self.ngrams, self.char_ngrams = list(words), lowercase, ngrams, char_ngrams
+        self.buckets = buckets if ngrams > 1 or char_ngrams > 1 else 0
+        self.segmenter, self.cjk = segmenter, cjk  # cjk False: a vocabulary saved before CJK characters were split
         self.index = {w: i for i, w in enumerate(self.words)}
+        self._jieba = _jieba() if segmenter == "jieba" else None
 
     @classmethod
-    def train(cls, texts, vocab_size: int, min_freq: int = 1, lowercase: bool = True, ngrams: int = 1, buckets: int = 0):
+    def train(cls, texts, vocab_size: int, min_freq: int = 1, lowercase: bool = True, ngrams: int = 1, buckets: int = 0,
+              char_ngrams: int = 0, segmenter: str = "none"):
         from collections import Counter
 
         counts = Counter()
-        probe = cls(["<pad>", "<unk>"], lowercase)
+        probe = cls(["<pad>", "<unk>"], lowercase, segmenter=segmenter)
         for text in texts:
             counts.update(probe.split(text))
         kept = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_freq][: max(0, vocab_size - 2)]
-        return cls(["<pad>", "<unk>"] + kept, lowercase, ngrams, buckets if ngrams > 1 else 0)
+        return cls(["<pad>", "<unk>"] + kept, lowercase, ngrams, buckets, char_ngrams, segmenter)
 
     @property
     def vocab_size(self) -> int:
         return len(self.words) + self.buckets
 
     def split(self, text: str) -> list[str]:
-        import re
-
-        return re.findall(self.PATTERN, text.lower() if self.lowercase else text)
+        if self.lowercase:
+            text = text.lower()
+        if not self.cjk:
+            return re.findall(r"\w+(?:'\w+)?|[^\w\s]", text)
+        if self._jieba is None:
+            return WORD_PATTERN.findall(text)
+        # runs of CJK characters cut into words by jieba; everything between them as without it
+        tokens = []
+        for i, part in enumerate(CJK_RUN.split(text)):
+            tokens.extend(self._jieba.lcut(part, HMM=True) if i % 2 else WORD_PATTERN.findall(part))
+        return tokens
 
     def encode(self, text: str) -> list[int]:
         import zlib
 
         tokens = self.split(text)
         ids = [self.index.get(t, self.unk_id) for t in tokens]
+
+        def hashed(gram: str) -> int:
+            # crc32, not hash(): Python salts str hashes per process, and ids must be stable.
+            return len(self.words) + zlib.crc32(gram.encode("utf-8")) % self.buckets
+
         for n in range(2, self.ngrams + 1):
-            for i in range(len(tokens) - n + 1):
-                # crc32, not hash(): Python salts str hashes per process, and ids must be stable.
-                ids.append(len(self.words) + zlib.crc32(" ".join(tokens[i : i + n]).encode("utf-8")) % self.buckets)
+            ids.extend(hashed(" ".join(tokens[i : i + n])) for i in range(len(tokens) - n + 1))
+        if self.char_ngrams > 1:
+            for token in tokens:
+                marked = f"<{token}>"
+                for n in range(2, min(self.char_ngrams, len(marked)) + 1):
+                    # the n-gram "<w>" of a one-character word is the word itself, already counted
+                    ids.extend(hashed("#" + marked[i : i + n]) for i in range(len(marked) - n + 1) if n < len(marked))
         return ids
 
     def decode(self, ids) -> str:
@@ -190,8 +281,21 @@ class WordTokenizer:
     def save(self, folder: str | Path) -> None:
         from nanonlp.io import atomic_write_text
 
-        data = {"type": "word", "lowercase": self.lowercase, "ngrams": self.ngrams, "buckets": self.buckets, "words": self.words}
+        data = {"type": "word", "lowercase": self.lowercase, "ngrams": self.ngrams, "buckets": self.buckets,
+                "char_ngrams": self.char_ngrams, "segmenter": self.segmenter, "cjk": self.cjk, "words": self.words}
         atomic_write_text(Path(folder) / TOKENIZER_FILE, json.dumps(data, ensure_ascii=False))
+
+
+@lru_cache(maxsize=1)
+def _jieba():
+    try:
+        import jieba
+    except ImportError:
+        raise NanoNLPError("data.segmenter jieba needs the jieba package: pip install 'nanonlp[zh]' (or pip install jieba).") from None
+    import logging
+
+    jieba.setLogLevel(logging.WARNING)  # its dictionary-loading messages are not ours to print
+    return jieba
 
 
 def _chunks(text: str, lines_per_chunk: int = 1000):
@@ -216,7 +320,8 @@ def load_tokenizer(folder: str | Path):
     if data.get("type") == "char":
         return CharTokenizer(data["chars"])
     if data.get("type") == "word":
-        return WordTokenizer(data["words"], data["lowercase"], data["ngrams"], data["buckets"])
+        return WordTokenizer(data["words"], data["lowercase"], data["ngrams"], data["buckets"], data.get("char_ngrams", 0),
+                             data.get("segmenter", "none"), data.get("cjk", False))
     if data.get("type") == "wordpiece":
         vocab = WordPieceTokenizer.read_vocab(folder)  # vocab.txt beside tokenizer.json
         return WordPieceTokenizer(vocab, data["lowercase"], data["strip_accents"], data["chinese_chars"])
@@ -225,25 +330,41 @@ def load_tokenizer(folder: str | Path):
     return BPETokenizer(Tokenizer.from_str(path.read_text(encoding="utf-8")))
 
 
+@lru_cache(maxsize=1)
+def _unicode_to_byte() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, read backwards: each of the 256 printable stand-in characters to
+    its byte. Bytes that print as themselves keep their code point; the other 68 (controls, space,
+    and a few Latin-1 marks) are moved to 256 and up, in order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, moved = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[chr(byte)] = byte
+        else:
+            table[chr(256 + moved)] = byte
+            moved += 1
+    return table
+
+
 class StreamDecoder:
-    """Turns ids arriving one at a time into text, holding back bytes of an unfinished character."""
+    """Turns ids arriving one at a time into text. With byte-level BPE, the bytes of a character
+    split across tokens are held back until the character is whole, so no partial character (U+FFFD)
+    is ever shown; bytes that can never make a character are dropped."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.pending: list[int] = []
+        self.bytes_in = isinstance(tokenizer, BPETokenizer) and tokenizer.byte_level
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
 
     def push(self, token_id: int) -> str:
-        self.pending.append(token_id)
-        text = self.tokenizer.decode(self.pending)
-        # A byte-level token can end inside a multi-byte UTF-8 character; wait for the rest.
-        if text.endswith("\ufffd") and len(self.pending) < 8:
-            return ""
-        self.pending = []
-        return text
+        if not self.bytes_in:
+            return self.tokenizer.decode([token_id])
+        return self.utf8.decode(self.tokenizer.token_bytes(token_id))
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(self.pending) if self.pending else ""
-        self.pending = []
+        """Whatever is held back; the bytes of an unfinished character are dropped."""
+        text = self.utf8.decode(b"", final=True) if self.bytes_in else ""
+        self.utf8.reset()
         return text
 
 
@@ -343,6 +464,22 @@ class WordPieceTokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def coverage(self, texts) -> tuple[float, list[str]]:
+        """The share of the texts' characters (whitespace aside) that this vocabulary reads as pieces
+        rather than [UNK], and the characters read as [UNK], most frequent first. (A Latin word that
+        becomes [UNK] counts all its letters; a CJK character is a word of its own.)"""
+        from collections import Counter
+
+        texts = [t for t in texts if t]
+        total = sum(1 for text in texts for c in text if not c.isspace())
+        missing = Counter()
+        for text, encoding in zip(texts, self.tokenizer.encode_batch(texts, add_special_tokens=False)):
+            for token_id, (start, end) in zip(encoding.ids, encoding.offsets):
+                if token_id == self.unk_id:
+                    missing.update(c for c in text[start:end] if not c.isspace())
+        share = 1.0 - sum(missing.values()) / total if total else 1.0
+        return share, [c for c, _ in missing.most_common()]
 
     def id_to_token(self, i: int) -> str:
         return self.vocab[i]

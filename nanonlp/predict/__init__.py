@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from nanonlp.checkpoint import Run, open_run
+from nanonlp.errors import NanoNLPError
 from nanonlp.device import resolve_device
 from nanonlp.io import load_weights
 
@@ -35,4 +36,8 @@ def as_batch(items) -> tuple[list, bool]:
     """(a list of items, whether one item was given): predictors accept both and answer in kind."""
     if isinstance(items, str):
         return [items], True
-    return list(items), False
+    if isinstance(items, (list, tuple)) and all(isinstance(item, str) for item in items):
+        return list(items), False
+    wrong = type(items).__name__ if not isinstance(items, (list, tuple)) else \
+        f"a {type(items).__name__} holding a {next(type(i).__name__ for i in items if not isinstance(i, str))}"
+    raise NanoNLPError(f"expected one text (a str) or a batch of texts (a list of str), got {wrong}.")

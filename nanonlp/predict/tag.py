@@ -295,6 +295,23 @@ class Tagger:
     def max_input_length(self) -> None:
         return None  # any length: an LSTM reads it whole, a Transformer in runs of words that fit
 
+    def _warn_unseen_characters(self, texts: list[str]) -> None:
+        """A character-level tagger of its own vocabulary (MSRA) reads characters it never saw as
+        unknown: one warning names them. (Word taggers meet unseen words all the time; Transformer
+        taggers read pieces of their pretrained vocabulary.)"""
+        if not (isinstance(self.reader, TagVocabulary) and self.reader.character_tokens):
+            return
+        unseen = sorted({c for t in texts for c in t if not c.isspace() and c not in self.reader.char_index})
+        if unseen:
+            import warnings
+
+            from nanonlp.data.tokenizers import UnknownCharactersWarning
+
+            shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unseen[:5])
+            more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
+            warnings.warn(f"{len(unseen)} character(s) this tagger never saw in training read as unknown: {shown}{more}.",
+                          UnknownCharactersWarning, stacklevel=3)
+
     @torch.inference_mode()
     def _decode(self, items: list[tuple[str, list[tuple[int, int]]]], with_scores: bool):
         decoded = decode(self.model, self.reader, items, self.device, self.config.data.inner_scheme, with_scores)
@@ -311,6 +328,7 @@ class Tagger:
         """Per raw text: {"text", "entities": [{"start", "end", "type", "text", "score"}]}, offsets
         into the text as given (double spaces, tabs, emoji and mixed scripts included)."""
         texts, single = as_batch(texts)
+        self._warn_unseen_characters(texts)
         tokenized = [tokenize(t, self.reader.character_tokens) for t in texts]
         decoded = self._decode([(text, [(s, e) for _, s, e in toks]) for text, toks in zip(texts, tokenized)], with_scores=True)
         out = []

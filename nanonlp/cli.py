@@ -181,8 +181,26 @@ def cmd_configs(name: str | None) -> None:
     sys.stdout.write(configs[name].read_text(encoding="utf-8"))
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=None):
+    """nanonlp's own warnings as one line on stderr, as the rest of its messages; others as Python shows them."""
+    from nanonlp.data.tokenizers import UnknownCharactersWarning
+
+    if issubclass(category, UnknownCharactersWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    import functools
+    import warnings
+
+    with warnings.catch_warnings():  # the command's warnings are shown our way, and the caller's setting restored after
+        warnings.showwarning = functools.partial(_show_warning, _default=warnings.showwarning)
+        _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> None:
     if argv == ["--version"]:  # answered before the tasks (and torch) are imported to build the parser
         from nanonlp import __version__
 

@@ -96,7 +96,7 @@ def write_distillation_set(cfg, teacher_dir: Path, examples: list[Example], seed
     if dtype == "float16" and teacher.device.type != "cuda":
         dtype = "auto"  # a teacher trained in float16 on a GPU labels in bf16/float32 on a CPU
     with torch.inference_mode(), autocast(teacher.device, resolve_dtype(dtype, teacher.device)):
-        logits = predict_logits(teacher.model, teacher.encoder, [teacher.encoder.ids(t) for t in texts], teacher.device, progress=progress)
+        logits = predict_logits(teacher.model, teacher.encoder, teacher.encoder.ids_of(texts), teacher.device, progress=progress)
     header = {"training_texts": len(examples), "fingerprint": _fingerprint(examples), "teacher": str(teacher_dir)}
     lines = [json.dumps(header)] + [json.dumps({"text": t, "logits": [round(v, 5) for v in row]}) for t, row in zip(texts, logits.tolist())]
     atomic_write_text(run_dir / "distill.jsonl", "\n".join(lines) + "\n")  # ASCII JSON: one text per line

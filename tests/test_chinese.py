@@ -90,9 +90,22 @@ def test_segmenter_errors():
 def test_character_vocabularies_reserve_an_unknown_id_and_warn_naming_the_characters():
     tokenizer = CharTokenizer.train("今天天气很好")
     assert tokenizer.chars[-1] == "\ufffd" and tokenizer.encode("今天") == [0, 1]  # the others keep char-rnn's ids
-    with pytest.warns(UnknownCharactersWarning, match=r"2 character\(s\) .* '雨' \(U\+96E8\), '下' \(U\+4E0B\)|2 character\(s\) .*'下'.*'雨'"):
+    with pytest.warns(UnknownCharactersWarning, match=r"2 character\(s\) \('下' \(U\+4E0B\), '雨' \(U\+96E8\)\) this"):
         ids = tokenizer.encode("今天下雨")
     assert ids[2:] == [tokenizer.unk_id, tokenizer.unk_id] and ids[:2] == tokenizer.encode("今天")
+
+
+def test_a_batch_of_texts_gives_one_warning_naming_every_unseen_character():
+    from nanonlp.data.tokenizers import one_unknown_warning
+
+    tokenizer = CharTokenizer.train("今天天气很好")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with one_unknown_warning():
+            for text in ["今天下雨", "天气很冷", "今天很好"]:
+                tokenizer.encode(text)
+    assert len(caught) == 1 and "2 character(s) ('下' (U+4E0B), '冷' (U+51B7)" not in str(caught[0].message)
+    assert "3 character(s) ('下' (U+4E0B), '冷' (U+51B7), '雨' (U+96E8))" in str(caught[0].message)
 
 
 def test_a_character_vocabulary_without_an_unknown_id_still_refuses_unseen_characters():

@@ -1,6 +1,6 @@
 import pytest
 
-from nanonlp.data.tokenizers import BPETokenizer, CharTokenizer, StreamDecoder, load_tokenizer
+from nanonlp.data.tokenizers import BPETokenizer, CharTokenizer, StreamDecoder, UnknownCharactersWarning, load_tokenizer
 from nanonlp.errors import NanoNLPError
 
 EDGE_CASES = [
@@ -23,23 +23,26 @@ def test_char_round_trip_edge_cases():
 
 
 def test_char_ids_pinned():
-    # sorted distinct characters of "hello world": ' ' d e h l o r w
+    # sorted distinct characters of "hello world": ' ' d e h l o r w, then U+FFFD for unseen ones
     tokenizer = CharTokenizer.train("hello world")
-    assert tokenizer.chars == [" ", "d", "e", "h", "l", "o", "r", "w"]
+    assert tokenizer.chars == [" ", "d", "e", "h", "l", "o", "r", "w", "\ufffd"]
     assert tokenizer.encode("hello") == [3, 2, 4, 4, 5]
     assert tokenizer.encode("world") == [7, 5, 6, 4, 1]
+    assert tokenizer.unk_id == 8
 
 
-def test_char_unknown_character_is_a_clear_error():
-    tokenizer = CharTokenizer.train("abc")
+def test_char_unknown_character_without_an_unknown_id_is_a_clear_error():
+    tokenizer = CharTokenizer(["a", "b", "c"])  # a vocabulary saved before U+FFFD was reserved
     with pytest.raises(NanoNLPError, match=r"'é' \(U\+00E9\)"):
         tokenizer.encode("abé")
 
 
 def test_char_unknown_characters_beyond_five_are_counted():
     tokenizer = CharTokenizer.train("hello world")
-    with pytest.raises(NanoNLPError, match=r"6 character\(s\) .*'ε' \(U\+03B5\) and 1 more; use only"):
+    with pytest.warns(UnknownCharactersWarning, match=r"6 character\(s\) \(.*'ε' \(U\+03B5\) and 1 more\) this"):
         tokenizer.encode("hello αβγδεζ")
+    with pytest.raises(NanoNLPError, match=r"6 character\(s\) \(.*'ε' \(U\+03B5\) and 1 more\) this .*; use only"):
+        CharTokenizer(tokenizer.chars[:-1]).encode("hello αβγδεζ")
 
 
 def test_bpe_round_trip_edge_cases_including_unseen_scripts():

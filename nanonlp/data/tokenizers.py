@@ -7,8 +7,10 @@ and is rebuilt by `load_tokenizer(folder)` from `tokenizer.json` (WordPiece also
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import re
+import threading
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -51,15 +53,17 @@ class CharTokenizer:
         except KeyError:
             pass
         unknown = sorted({c for c in text if c not in self.index})
-        shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         if self.unk_id is None:
             raise NanoNLPError(
-                f"the text contains {len(unknown)} character(s) this character-level model never saw in training: "
-                f"{shown}{more}; use only characters from the training corpus (a model trained now reads them as unknown)."
+                f"the text contains {_listed(unknown)} this character-level model never saw in training; "
+                "use only characters from the training corpus (a model trained now reads them as unknown)."
             )
-        warnings.warn(f"{len(unknown)} character(s) this character-level model never saw in training read as unknown: "
-                      f"{shown}{more}.", UnknownCharactersWarning, stacklevel=2)
+        collected = getattr(_collecting, "chars", None)
+        if collected is not None:
+            collected.update(unknown)  # one warning for the whole batch, at the end of one_unknown_warning
+        else:
+            warnings.warn(f"{_listed(unknown)} this character-level model never saw in training read as unknown.",
+                          UnknownCharactersWarning, stacklevel=2)
         return [self.index.get(c, self.unk_id) for c in text]
 
     def unknown_characters(self, text: str) -> list[str]:
@@ -77,6 +81,34 @@ class CharTokenizer:
 
 class UnknownCharactersWarning(UserWarning):
     """A text held characters the model's vocabulary lacks; they were read as the unknown id."""
+
+
+_collecting = threading.local()
+
+
+def _listed(chars: list[str]) -> str:
+    """'3 character(s): 'a' (U+0061), ...' with at most five shown and the rest counted."""
+    shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in chars[:5])
+    more = f" and {len(chars) - 5} more" if len(chars) > 5 else ""
+    return f"{len(chars)} character(s) ({shown}{more})"
+
+
+@contextlib.contextmanager
+def one_unknown_warning():
+    """Within the block, character vocabularies collect the characters they never saw instead of
+    warning once per text; one warning names them all when the block ends (a batch of a thousand
+    reviews gives one warning, not a thousand)."""
+    if getattr(_collecting, "chars", None) is not None:  # nested: the outer block warns
+        yield
+        return
+    _collecting.chars = set()
+    try:
+        yield
+    finally:
+        chars, _collecting.chars = sorted(_collecting.chars), None
+        if chars:
+            warnings.warn(f"{_listed(chars)} this character-level model never saw in training read as unknown.",
+                          UnknownCharactersWarning, stacklevel=3)
 
 
 class BPETokenizer:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from nanonlp.data.readers import OUT_OF_SCOPE, Example, join_ptb_tokens
-from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer
+from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer, one_unknown_warning
 from nanonlp.errors import NanoNLPError
 from nanonlp.metrics import classification_report, expected_calibration_error, multilabel_report
 from nanonlp.predict import as_batch, load_model, open_for_inference
@@ -29,6 +29,11 @@ class Encoder:
             sep = getattr(self.tokenizer, "sep_id", None)
             ids = ids[: self.max_length - 1] + [sep] if sep is not None else ids[: self.max_length]  # WordPiece ends on [SEP]
         return ids or [self.pad_id]  # an empty text still needs one position (masked in)
+
+    def ids_of(self, texts) -> list[list[int]]:
+        """The ids of many texts, with one warning for all the characters a character vocabulary never saw."""
+        with one_unknown_warning():
+            return [self.ids(text) for text in texts]
 
     def batch(self, id_lists: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids in id_lists)
@@ -130,7 +135,7 @@ class TextClassifier:
         return self.encoder.max_length
 
     def probabilities(self, texts: list[str]) -> torch.Tensor:
-        return self.probabilities_of_ids([self.encoder.ids(t) for t in texts])
+        return self.probabilities_of_ids(self.encoder.ids_of(texts))
 
     @torch.inference_mode()
     def probabilities_of_ids(self, id_lists: list[list[int]]) -> torch.Tensor:
@@ -165,7 +170,7 @@ class TextClassifier:
         """Accuracy, macro and micro P/R/F1, a per-class table and the confusion matrix; ECE; scope
         figures. `id_lists`, when given, are the examples' token ids (a run's cached split)."""
         if id_lists is None:
-            id_lists = [self.encoder.ids(e.text) for e in examples]
+            id_lists = self.encoder.ids_of(e.text for e in examples)
         probs = self.probabilities_of_ids(id_lists)
         if self.multi_label:
             gold = make_targets(examples, self.labels, True)

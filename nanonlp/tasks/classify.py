@@ -370,10 +370,10 @@ def write_cache(cfg, run_dir: Path, examples: dict, tokenizer) -> None:
     data_dir = Path(run_dir) / "data"
     for split in SPLITS:
         if examples[split] is not None:
-            save_split(data_dir, split, examples[split], [encoder.ids(e.text) for e in examples[split]])
+            save_split(data_dir, split, examples[split], encoder.ids_of(e.text for e in examples[split]))
     if cfg.classify.teacher:
         texts, _ = distill.read_distillation_set(examples["train"], run_dir)
-        cache.save_ids(data_dir / "distill.npz", [encoder.ids(t) for t in texts])
+        cache.save_ids(data_dir / "distill.npz", encoder.ids_of(texts))
     cache.write_manifest(data_dir, split_files(cfg.data), _cache_settings(cfg), cache.tokenizer_files(run_dir))
 
 
@@ -389,7 +389,7 @@ def cached_splits(run_dir: Path, cfg, check: bool = True) -> dict:
     data_dir = Path(run_dir) / "data"
     if not (data_dir / cache.MANIFEST).is_file():
         encoder = text_encoder(cfg.data, load_tokenizer(run_dir))
-        return {split: None if examples is None else (examples, [encoder.ids(e.text) for e in examples])
+        return {split: None if examples is None else (examples, encoder.ids_of(e.text for e in examples))
                 for split, examples in read_raw_splits(cfg).items()}
     if check:
         cache.check(data_dir, _cache_settings(cfg), cache.tokenizer_files(run_dir))

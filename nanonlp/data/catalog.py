@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -66,14 +67,17 @@ def _chatterbot(language: str) -> Callable[[], str]:
 
 def _chinese_text() -> str:
     """Raw Chinese text for pretraining: the MSRA sentences (their tags dropped), the Chinese side of
-    Tatoeba English-Chinese and the chatterbot-corpus Chinese dialogues, one sentence or turn a line."""
+    Tatoeba English-Chinese and the chatterbot-corpus Chinese dialogues, one sentence or turn a line,
+    in a seeded shuffle."""
     from nanonlp.data.readers import read_tsv_pairs
     from nanonlp.data.tagging import read_conll
 
     lines = ["".join(s.tokens) for s in read_conll(resolve("msra_ner"), separator="\t")]
     lines += [pair.target for pair in read_tsv_pairs(resolve("tatoeba_en_zh"))]
     lines += [line.split(": ", 1)[-1] for line in _chatterbot("chinese")().splitlines() if line.strip()]
-    return "\n".join(line.strip() for line in lines if line.strip()) + "\n"
+    lines = [line.strip() for line in lines if line.strip()]
+    random.Random(0).shuffle(lines)  # a seeded mix, so that a language model's last-10% validation split holds every source
+    return "\n".join(lines) + "\n"
 
 
 _SOPHON = "https://raw.githubusercontent.com/SophonPlus/ChineseNlpCorpus/master/datasets"
@@ -200,7 +204,7 @@ CATALOG: dict[str, Entry] = {
             "zh_text",
             "zh_text/zh_text.txt",
             "raw Chinese text (about 2.6 million characters) for pretraining: the MSRA NER sentences without their tags, "
-            "the Chinese side of tatoeba_en_zh and chatterbot_chinese, one a line; built from those data sets",
+            "the Chinese side of tatoeba_en_zh and chatterbot_chinese, one a line in a seeded shuffle; built from those data sets",
             build=_chinese_text,
         ),
         Entry(

@@ -40,7 +40,8 @@ class CharTokenizer:
 
     @classmethod
     def train(cls, text: str) -> "CharTokenizer":
-        # U+FFFD sorts after every character in daily use, so the others keep char-rnn's ids.
+        # U+FFFD sorts after every character of the Basic Multilingual Plane (emoji and the rarest Han,
+        # beyond it, sort after it), so most characters keep char-rnn's ids.
         return cls(sorted(set(text) | {cls.UNKNOWN}))
 
     @property
@@ -87,7 +88,7 @@ _collecting = threading.local()
 
 
 def _listed(chars: list[str]) -> str:
-    """'3 character(s): 'a' (U+0061), ...' with at most five shown and the rest counted."""
+    """"3 character(s) ('a' (U+0061), ...)" with at most five shown and the rest counted."""
     shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in chars[:5])
     more = f" and {len(chars) - 5} more" if len(chars) > 5 else ""
     return f"{len(chars)} character(s) ({shown}{more})"
@@ -189,10 +190,20 @@ class BPETokenizer:
         token = self.tokenizer.id_to_token(int(i))
         if token is None:
             raise NanoNLPError(f"token id {i} is outside this BPE vocabulary of {self.vocab_size:,}.")
-        if not self.byte_level or int(i) in self.tokenizer.get_added_tokens_decoder():
+        if not self.byte_level or int(i) in self._added_ids:
             return token.encode("utf-8")  # special tokens (<pad>, <s>) are written as themselves
         table = _unicode_to_byte()
-        return bytes(table[c] for c in token)
+        try:
+            return bytes(table[c] for c in token)
+        except KeyError:
+            raise NanoNLPError(f"token {token!r} (id {i}) is not written in the byte-level alphabet; "
+                               "the tokenizer file is not a byte-level BPE.") from None
+
+    @property
+    def _added_ids(self) -> frozenset[int]:
+        if not hasattr(self, "_added"):
+            self._added = frozenset(self.tokenizer.get_added_tokens_decoder())
+        return self._added
 
     def decode(self, ids) -> str:
         """The text of the ids. Bytes that make no whole character (a sequence cut short by the end
@@ -218,11 +229,12 @@ class BPETokenizer:
         atomic_write_text(Path(folder) / TOKENIZER_FILE, self.tokenizer.to_str())
 
 
-# Han (with the extension blocks and compatibility ideographs), kana and Hangul: scripts written
-# without spaces between words, so each character is one token of the word tokenizer.
-CJK = ("\u1100-\u11ff\u2e80-\u2fdf\u3005\u3007\u3021-\u3029\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff"
+# Han (with the extension blocks and compatibility ideographs), kana and Hangul: each character is one
+# token of the word tokenizer. Chinese and Japanese put no spaces between words; Korean does, but its
+# words inflect, and syllables generalise better than whole words for a small vocabulary.
+CJK = ("\u1100-\u11ff\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u303b\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff"
        "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff66-\uff9f"
-       "\U00020000-\U0003134f")
+       "\U00020000-\U000323af")
 # One CJK character; else a run of other word characters (with an inner apostrophe: "don't");
 # else one punctuation mark. Whitespace separates and is dropped.
 WORD_PATTERN = re.compile(rf"[{CJK}]|(?:(?![{CJK}])\w)+(?:'(?:(?![{CJK}])\w)+)?|[^\w\s]")
@@ -239,7 +251,7 @@ class WordTokenizer:
 
     Ids: 0 is padding, 1 unknown words, then the vocabulary by descending frequency. With ngrams > 1,
     every n-gram of 2..ngrams words adds one id in [len(words), len(words) + buckets), by a stable
-    hash; with char_ngrams = n > 0, so does every character n-gram (lengths 2..n) of each word
+    hash; with char_ngrams = n >= 2, so does every character n-gram (lengths 2..n) of each word
     written between "<" and ">" (fastText's subwords, Bojanowski et al. 2017). N-gram ids follow the
     word ids, so they suit the bag-of-n-grams model, which ignores order.
     """
@@ -254,6 +266,8 @@ class WordTokenizer:
             raise NanoNLPError(f"unknown segmenter '{segmenter}'; use none or jieba.")
         self.words, self.lowercase, self.ngrams, self.char_ngrams = list(words), lowercase, ngrams, char_ngrams
         self.buckets = buckets if ngrams > 1 or char_ngrams > 1 else 0
+        if (ngrams > 1 or char_ngrams > 1) and buckets < 1:
+            raise NanoNLPError("hashed n-grams need at least one bucket; set data.ngram_buckets.")
         self.segmenter, self.cjk = segmenter, cjk  # cjk False: a vocabulary saved before CJK characters were split
         self.index = {w: i for i, w in enumerate(self.words)}
         self._jieba = _jieba() if segmenter == "jieba" else None
@@ -287,10 +301,11 @@ class WordTokenizer:
             tokens.extend(self._jieba.lcut(part, HMM=True) if i % 2 else WORD_PATTERN.findall(part))
         return tokens
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, max_words: int | None = None) -> list[int]:
+        """Word ids, then the hashed n-gram ids; with max_words, of the first max_words words only."""
         import zlib
 
-        tokens = self.split(text)
+        tokens = self.split(text)[:max_words]
         ids = [self.index.get(t, self.unk_id) for t in tokens]
 
         def hashed(gram: str) -> int:

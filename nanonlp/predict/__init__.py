@@ -33,11 +33,17 @@ def open_for_inference(run_dir: str | Path, device: str) -> tuple[Run, torch.dev
 
 
 def as_batch(items) -> tuple[list, bool]:
-    """(a list of items, whether one item was given): predictors accept both and answer in kind."""
+    """(a list of items, whether one item was given): predictors accept both and answer in kind.
+
+    One str is one text (never one text per character); any other iterable of str (a list, tuple,
+    generator, NumPy array or pandas Series of strings) is a batch; anything else is an error."""
     if isinstance(items, str):
         return [items], True
-    if isinstance(items, (list, tuple)) and all(isinstance(item, str) for item in items):
-        return list(items), False
-    wrong = type(items).__name__ if not isinstance(items, (list, tuple)) else \
-        f"a {type(items).__name__} holding a {next(type(i).__name__ for i in items if not isinstance(i, str))}"
-    raise NanoNLPError(f"expected one text (a str) or a batch of texts (a list of str), got {wrong}.")
+    if isinstance(items, (bytes, bytearray, dict)) or not hasattr(items, "__iter__"):
+        raise NanoNLPError(f"expected one text (a str) or a batch of texts (a list of str), got {type(items).__name__}.")
+    batch = list(items)
+    wrong = next((item for item in batch if not isinstance(item, str)), None)
+    if wrong is not None:
+        raise NanoNLPError(f"expected one text (a str) or a batch of texts (a list of str), got a {type(items).__name__} "
+                           f"holding a {type(wrong).__name__}.")
+    return batch, False

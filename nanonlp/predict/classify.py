@@ -24,6 +24,9 @@ class Encoder:
         self.pad_id = tokenizer.pad_id
 
     def ids(self, text: str) -> list[int]:
+        if getattr(self.tokenizer, "kind", None) == "word":
+            # max_length counts words: the hashed n-grams of the words kept follow them, never cut off
+            return self.tokenizer.encode(text, max_words=self.max_length) or [self.pad_id]
         ids = self.tokenizer.encode(text)
         if len(ids) > self.max_length:
             sep = getattr(self.tokenizer, "sep_id", None)
@@ -53,9 +56,10 @@ class _Transformed:
         self.inner, self.transform = tokenizer, transform
         self.pad_id = tokenizer.pad_id
         self.sep_id = getattr(tokenizer, "sep_id", None)
+        self.kind = getattr(tokenizer, "kind", None)
 
-    def encode(self, text: str) -> list[int]:
-        return self.inner.encode(self.transform(text))
+    def encode(self, text: str, **options) -> list[int]:
+        return self.inner.encode(self.transform(text), **options)
 
 
 def text_encoder(data_cfg, tokenizer) -> Encoder:

@@ -321,6 +321,7 @@ class Tagger:
         """The tag of every token of every (already tokenized) sentence, in `scheme` (default: the
         scheme of the run's data files, data.scheme)."""
         inner, wanted = self.config.data.inner_scheme, scheme or self.config.data.scheme
+        self._warn_unseen_characters(["".join(tokens) for tokens in sentences])
         items = [join_tokens(tokens, self.reader.character_tokens) for tokens in sentences]
         return [convert(tags, inner, wanted) if wanted != inner else tags for tags, _ in self._decode(items, with_scores=False)]
 

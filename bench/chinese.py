@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -47,8 +48,8 @@ CLASSIFY = {
     "chnsenticorp_bilstm_jieba": ("configs/chnsenticorp_bilstm.yaml", JIEBA),
     "chnsenticorp_pretrained": ("configs/chnsenticorp_pretrained.yaml", []),
     "chnsenticorp_minilm": ("configs/chnsenticorp_pretrained.yaml", ["--model.type=bert", "--classify.init_from=all-MiniLM-L6-v2",
-                                                                     "--train.learning_rate=1e-4", "--data.max_length=256",
-                                                                     "--train.max_steps=400"]),
+                                                                     "--train.learning_rate=1e-4", "--data.max_length=128",
+                                                                     "--train.max_steps=300"]),
     "chnsenticorp_encoder": ("configs/chnsenticorp_pretrained.yaml", ["--model.type=bert", "--train.learning_rate=3e-5",
                                                                       "--train.head_learning_rate=1e-3", "--data.max_length=256",
                                                                       "--train.max_steps=600"]),
@@ -73,9 +74,11 @@ def pretraining_corpus(out: Path) -> Path:
     for overrides in ([], WAIMAI):
         cfg = load_config(ROOT / "configs/chnsenticorp_cnn.yaml", overrides)
         lines += [e.text for e in load_splits(cfg.data)[0]]
+    lines = [line.strip() for line in lines if line.strip()]
+    random.Random(0).shuffle(lines)  # every source in the language model's last-10% validation split
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "zh_pretrain.txt"
-    corpus.write_text("\n".join(line.strip() for line in lines if line.strip()) + "\n", encoding="utf-8")
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return corpus
 
 

@@ -34,7 +34,7 @@ EXAMPLES = """examples:
   nanonlp train chnsenticorp_cnn                    # or train a shipped config by name
 """
 
-GENERIC = ("train", "eval", "average", "data", "configs")
+GENERIC = ("train", "eval", "average", "data", "configs", "serve")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -82,6 +82,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     commands.add_parser("data", help="list the named data sets and where each resolves")
     p = commands.add_parser("configs", help="list the shipped configs, or print one (nanonlp configs NAME > my.yaml)")
     p.add_argument("name", nargs="?", help="a shipped config to print, e.g. chnsenticorp_cnn")
+    from nanonlp import serve
+
+    serve.add_arguments(commands.add_parser("serve", help="serve trained runs over HTTP (FastAPI; pip install 'nanonlp[serve]')"))
     return parser, owners
 
 
@@ -230,6 +233,10 @@ def _main(argv: list[str]) -> None:
             cmd_data()
         elif args.command == "configs":
             cmd_configs(args.name)
+        elif args.command == "serve":
+            from nanonlp import serve
+
+            serve.serve(args)
         else:
             cmd_task_command(args, args.command)
     except NanoNLPError as err:

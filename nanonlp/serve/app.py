@@ -1,0 +1,300 @@
+"""The HTTP API over trained runs (FastAPI): one process, one or more mounted models.
+
+    POST /v1/generate   language models: a prompt's continuation, or a stream of server-sent events
+    POST /v1/classify   classifiers: per text the label (or the abstention) and the probabilities
+    POST /v1/translate  translators: per text the translation, or the n best with their scores
+    POST /v1/tag        taggers: per text the entities with character offsets and confidences
+    GET  /v1/models     what is mounted: task, labels or languages, limits
+    GET  /health        liveness
+    GET  /docs          the OpenAPI page FastAPI gives
+
+A request names its model in `model`, which may be left out when one mounted model serves the
+endpoint. Every endpoint takes a batch. Classify, translate and tag requests to one model are
+batched together (serve/batching.py) and run on a worker thread, outside the event loop;
+generation runs on the thread pool, one stream per request.
+
+Errors are JSON `{"detail": ...}` with a status: 401 (no or wrong API key), 404 (unknown model),
+400 (a request the model cannot serve), 413 (body over the limit), 422 (schema, naming the field;
+a generation budget over the server's cap), 503 with Retry-After (the model's queue is full), 504
+(over the per-request time limit), 500 (a bug: logged with the request id, never the traceback to
+the client). Texts longer than a model reads are truncated, and the result says `truncated: true`.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time,
+# and they name classes imported inside create_app (FastAPI is an optional dependency).
+import asyncio
+import contextlib
+import hmac
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from nanonlp.errors import NanoNLPError
+from nanonlp.serve.batching import Batcher, QueueFull
+
+log = logging.getLogger("nanonlp.serve")
+
+
+@dataclass
+class ServeSettings:
+    max_body_bytes: int = 10 * 1024 * 1024  # larger request bodies get 413
+    max_batch: int = 64  # items (texts) run together at most
+    max_wait_ms: float = 5.0  # how long a batch waits for more requests once one is there
+    max_queue: int = 64  # requests waiting per model before 503
+    timeout_s: float = 30.0  # per request; then 504
+    max_new_tokens: int = 1024  # generation budget cap per request
+    max_texts: int = 256  # texts per request
+    api_key: str | None = None  # bearer token required on /v1/* when set
+
+
+@dataclass
+class Mounted:
+    name: str
+    task: str
+    predictor: Any
+    batcher: Batcher | None = None
+
+
+def _truncated(mounted: Mounted, text: str) -> bool:
+    """Whether the model reads only the start of `text`."""
+    p = mounted.predictor
+    if mounted.task == "classify":
+        tokenizer = getattr(p.encoder.tokenizer, "inner", p.encoder.tokenizer)
+        count = len(tokenizer.split(text)) if getattr(tokenizer, "kind", None) == "word" else len(tokenizer.encode(text))
+        return count > p.max_input_length
+    if mounted.task == "translate":
+        limit = p.max_input_length
+        return limit is not None and len(p.vocab.source.encode(text.strip())) + 1 > limit  # + the end token
+    return False
+
+
+def _describe(m: Mounted) -> dict:
+    p = m.predictor
+    info = {"name": m.name, "task": m.task, "max_input_length": getattr(p, "max_input_length", None)}
+    if m.task in ("classify", "tag"):
+        info["labels"] = list(p.labels)
+    if m.task == "translate":
+        info["languages"] = list(p.languages)
+    if m.task == "lm":
+        info["vocab_size"] = p.vocab_size
+    return info
+
+
+def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
+    """The FastAPI app serving `models` (name -> predictor from `nanonlp.load`)."""
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from pydantic import BaseModel, ConfigDict, Field
+
+    settings = settings or ServeSettings()
+    mounted: dict[str, Mounted] = {}
+    for name, predictor in models.items():
+        task = getattr(predictor, "task", None) or ("lm" if hasattr(predictor, "stream") else None)
+        m = Mounted(name, task, predictor)
+        run = {"classify": predictor.predict if task == "classify" else None,
+               "tag": getattr(predictor, "tag", None) if task == "tag" else None}.get(task)
+        if run is not None:
+            m.batcher = Batcher(run, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, name)
+        mounted[name] = m
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        for m in mounted.values():  # the batchers' worker threads end with the server
+            if m.batcher is not None:
+                m.batcher.close()
+
+    app = FastAPI(title="nanonlp", version="1", description="Trained nanonlp runs over HTTP.", lifespan=lifespan)
+    app.state.mounted, app.state.settings = mounted, settings
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    Texts = Field(..., min_length=1, max_length=settings.max_texts, description="the texts, a batch")
+
+    class ClassifyRequest(Strict):
+        model: str | None = None
+        texts: list[str] = Texts
+
+    class TagRequest(Strict):
+        model: str | None = None
+        texts: list[str] = Texts
+
+    class TranslateRequest(Strict):
+        model: str | None = None
+        texts: list[str] = Texts
+        beam: int | None = Field(None, ge=1, le=32)
+        nbest: int = Field(1, ge=1, le=32)
+
+    class GenerateRequest(Strict):
+        model: str | None = None
+        prompt: str | list[str] = "\n"
+        max_new_tokens: int = Field(200, ge=1)
+        temperature: float = Field(0.8, gt=0.0)
+        top_k: int = Field(0, ge=0)
+        top_p: float = Field(1.0, gt=0.0, le=1.0)
+        seed: int | None = None
+        stop: list[str] = Field(default_factory=list)
+        stream: bool = False
+
+    def check_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+            raise HTTPException(401, "a valid API key is needed: send the header 'Authorization: Bearer KEY'.",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def pick(name: str | None, task: str) -> Mounted:
+        serving = [m for m in mounted.values() if m.task == task]
+        if name is None:
+            if len(serving) == 1:
+                return serving[0]
+            if not serving:
+                raise HTTPException(404, f"no mounted model serves this endpoint (it needs a {task} run).")
+            raise HTTPException(400, f"several models serve this endpoint: name one in 'model' ({', '.join(m.name for m in serving)}).")
+        if name not in mounted:
+            raise HTTPException(404, f"no model named '{name}' is mounted; GET /v1/models lists them.")
+        if mounted[name].task != task:
+            raise HTTPException(400, f"model '{name}' is a {mounted[name].task} run; this endpoint needs a {task} run.")
+        return mounted[name]
+
+    async def batched(m: Mounted, texts: list[str]) -> list:
+        try:
+            future = m.batcher.submit(texts)
+        except QueueFull:
+            raise HTTPException(503, f"model '{m.name}' has a full queue; retry shortly.", headers={"Retry-After": "1"}) from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise HTTPException(504, f"the request took longer than the server's limit of {settings.timeout_s:g} s.") from None
+
+    async def in_thread(fn, *args):
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args), settings.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"the request took longer than the server's limit of {settings.timeout_s:g} s.") from None
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        rid = uuid.uuid4().hex[:12]
+        request.state.request_id = rid
+        try:
+            response = await call_next(request)
+        except Exception:  # a bug: the client gets the id, the log gets the traceback
+            log.exception("request %s %s %s failed", rid, request.method, request.url.path)
+            response = JSONResponse({"detail": "internal error; the server log has it under this request id.",
+                                     "request_id": rid}, status_code=500)
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    @app.exception_handler(NanoNLPError)
+    async def bad_request(request: Request, err: NanoNLPError):
+        return JSONResponse({"detail": str(err)}, status_code=400)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "models": len(mounted)}
+
+    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    async def list_models() -> dict:
+        return {"models": [_describe(m) for m in mounted.values()],
+                "limits": {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
+                           "max_new_tokens": settings.max_new_tokens, "timeout_s": settings.timeout_s}}
+
+    @app.post("/v1/classify", dependencies=[Depends(check_key)])
+    async def classify(body: ClassifyRequest) -> dict:
+        m = pick(body.model, "classify")
+        results = await batched(m, body.texts)
+        return {"model": m.name, "results": [{**r, "truncated": _truncated(m, t)} for r, t in zip(results, body.texts)]}
+
+    @app.post("/v1/tag", dependencies=[Depends(check_key)])
+    async def tag(body: TagRequest) -> dict:
+        m = pick(body.model, "tag")
+        return {"model": m.name, "results": await batched(m, body.texts)}
+
+    @app.post("/v1/translate", dependencies=[Depends(check_key)])
+    async def translate(body: TranslateRequest) -> dict:
+        m = pick(body.model, "translate")
+        nbest = await in_thread(m.predictor.translate_nbest, body.texts, body.beam, body.nbest)
+        return {"model": m.name, "results": [
+            {"translation": hyps[0][0] if hyps else "", "nbest": [{"text": t, "score": s} for t, s in hyps],
+             "truncated": _truncated(m, text)} for text, hyps in zip(body.texts, nbest)]}
+
+    @app.post("/v1/generate", dependencies=[Depends(check_key)])
+    async def generate(body: GenerateRequest):
+        m = pick(body.model, "lm")
+        if body.max_new_tokens > settings.max_new_tokens:
+            raise HTTPException(422, f"max_new_tokens {body.max_new_tokens} is over this server's limit of {settings.max_new_tokens}.")
+        options = dict(max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
+                       seed=body.seed, stop=body.stop)
+        if body.stream:
+            if not isinstance(body.prompt, str):
+                raise HTTPException(422, "stream takes one prompt (a string), not a list.")
+            pieces = m.predictor.stream(body.prompt, **options)  # bad arguments raise here, before any byte is sent
+
+            def events():
+                import json
+
+                try:
+                    for piece in pieces:
+                        yield f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n"
+                except Exception:
+                    log.exception("stream of model %s failed", m.name)
+                    yield f"event: error\ndata: {json.dumps({'detail': 'internal error'})}\n\n"
+                    return
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts or len(prompts) > settings.max_texts:
+            raise HTTPException(422, f"give 1 to {settings.max_texts} prompts.")
+        texts = await in_thread(lambda: m.predictor.generate(prompts, **options))
+        return {"model": m.name, "results": [{"text": t, "completion": t[len(p):]} for p, t in zip(prompts, texts)]}
+
+    return BodyLimit(app, settings.max_body_bytes)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413, whether or not it says its length."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+        self.state = app.state  # the FastAPI app's state (mounted models, settings) stays reachable
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._refuse(send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        import json
+
+        body = json.dumps({"detail": f"the request body is over this server's limit of {self.limit:,} bytes."}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

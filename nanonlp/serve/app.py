@@ -6,6 +6,7 @@
     POST /v1/tag        taggers: per text the entities with character offsets and confidences
     GET  /v1/models     what is mounted: task, labels or languages, limits
     GET  /health        liveness
+    GET  /              the web page (serve/static: plain HTML, CSS and JavaScript, nothing fetched from elsewhere)
     GET  /docs          the OpenAPI page FastAPI gives
 
 A request names its model in `model`, which may be left out when one mounted model serves the
@@ -28,6 +29,7 @@ import hmac
 import logging
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nanonlp.errors import NanoNLPError
@@ -84,7 +86,7 @@ def _describe(m: Mounted) -> dict:
 def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
     """The FastAPI app serving `models` (name -> predictor from `nanonlp.load`)."""
     from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from pydantic import BaseModel, ConfigDict, Field
 
     settings = settings or ServeSettings()
@@ -194,6 +196,19 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
     @app.exception_handler(NanoNLPError)
     async def bad_request(request: Request, err: NanoNLPError):
         return JSONResponse({"detail": str(err)}, status_code=400)
+
+    static = Path(__file__).parent / "static"
+    pages = {"style.css": "text/css", "app.js": "text/javascript"}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(static / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str):
+        if name not in pages:
+            raise HTTPException(404, "no such file.")
+        return FileResponse(static / name, media_type=pages[name])
 
     @app.get("/health")
     async def health() -> dict:

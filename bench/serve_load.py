@@ -1,0 +1,216 @@
+"""Load figures for `nanonlp serve`, on this machine, against 127.0.0.1 only.
+
+    python bench/serve_load.py                       # trains what it needs first (about 3 minutes)
+    python bench/serve_load.py --seconds 60 --clients 16
+    python bench/serve_load.py --classifier runs/sst2_ngrams --lm runs/quickstart --encoder runs/sst2_minilm
+
+It starts `nanonlp serve` as a subprocess on a free loopback port and measures:
+1. the bag-of-n-grams classifier under `--clients` concurrent clients for `--seconds`: texts and
+   requests per second, p50/p95/p99 latency, responses by status;
+2. a MiniLM classifier with dynamic batching, and again with `--max-batch 1` (one request at a
+   time), under the same load: the throughput ratio;
+3. a burst of `--burst` requests at once at the MiniLM server, past its queue of 64: how many get 503;
+4. one streamed generation from the quickstart GPT: time to the first piece, and tokens per second;
+and the server's resident memory before and after each load. Runs it needs and is not given are
+trained first into --out: sst2_ngrams (seconds), the quickstart GPT (2 minutes), and a MiniLM
+classifier trained for 1 step (its speed does not depend on its accuracy). Data from $NANONLP_DATA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TEXTS = ["an utterly charming and funny film", "a dull , lifeless mess", "not bad at all", "the best film of the year",
+         "it never quite works", "a moving , beautifully acted story", "tedious and far too long", "good fun"]
+
+
+def train_if_missing(run: str | None, out: Path, name: str, config: str, overrides: list[str]) -> Path:
+    if run:
+        return Path(run)
+    from nanonlp.config import load_config
+    from nanonlp.train import fit
+
+    run_dir = out / name
+    if not (run_dir / "model.safetensors").is_file():
+        print(f"training {name} ({config} {' '.join(overrides)}) ...", flush=True)
+        fit(load_config(ROOT / config, [f"--train.out_dir={run_dir}", *overrides]), quiet=True, overwrite=True)
+    return run_dir
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Server:
+    """`nanonlp serve RUN ...` on a free loopback port, as a subprocess."""
+
+    def __init__(self, runs: list[Path], *options: str):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "nanonlp", "serve", *map(str, runs), "--host", "127.0.0.1",
+                                         "--port", str(self.port), "--device", "cpu", *options],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        import httpx
+
+        for _ in range(600):
+            try:
+                if httpx.get(self.base + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            if self.process.poll() is not None:
+                raise SystemExit(f"the server stopped: {self.process.stderr.read()}")
+        raise SystemExit("the server did not start within 60 s")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def load(base: str, model: str, clients: int, seconds: float, texts_per_request: int) -> dict:
+    """`clients` threads posting classify requests back to back for `seconds`."""
+    import httpx
+
+    latencies, statuses, lock = [], Counter(), threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            i = k
+            while time.perf_counter() < deadline:
+                texts = [TEXTS[(i + j) % len(TEXTS)] for j in range(texts_per_request)]
+                started = time.perf_counter()
+                try:
+                    status = http.post(f"{base}/v1/classify", json={"model": model, "texts": texts}).status_code
+                except httpx.HTTPError:
+                    status = "connection error"
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+                    statuses[status] += 1
+                i += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    ok = statuses.get(200, 0)
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    return {"requests_per_s": ok / wall, "texts_per_s": ok * texts_per_request / wall, "p50_ms": 1000 * q[49],
+            "p95_ms": 1000 * q[94], "p99_ms": 1000 * q[98], "statuses": dict(statuses), "requests": sum(statuses.values())}
+
+
+def burst(base: str, model: str, n: int) -> dict:
+    """n requests at once, each from its own thread."""
+    import httpx
+
+    statuses, lock, gate = Counter(), threading.Lock(), threading.Barrier(n)
+
+    def one(k: int) -> None:
+        with httpx.Client(timeout=120) as http:
+            gate.wait()
+            try:
+                status = http.post(f"{base}/v1/classify", json={"model": model, "texts": [TEXTS[k % len(TEXTS)]]}).status_code
+            except httpx.HTTPError:
+                status = "connection error"
+            with lock:
+                statuses[status] += 1
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return dict(statuses)
+
+
+def stream(base: str, model: str, tokens: int) -> dict:
+    import httpx
+
+    started = time.perf_counter()
+    first, pieces = None, 0
+    with httpx.stream("POST", f"{base}/v1/generate", json={"model": model, "prompt": "User: hello\nBot:", "max_new_tokens": tokens,
+                                                            "seed": 1, "stream": True}, timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                pieces += len(json.loads(line[6:])["text"])
+                first = first or time.perf_counter() - started
+    total = time.perf_counter() - started
+    return {"first_piece_ms": 1000 * first, "characters": pieces, "tokens_per_s": tokens / total, "total_s": total}
+
+
+def show(title: str, r: dict) -> None:
+    print(f"{title}: {r['texts_per_s']:,.0f} texts/s ({r['requests_per_s']:,.0f} requests/s), latency p50 {r['p50_ms']:.1f} ms, "
+          f"p95 {r['p95_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; {r['requests']:,} requests, by status {r['statuses']}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classifier", help="a bag-of-n-grams (or any) classification run (default: train sst2_ngrams)")
+    parser.add_argument("--lm", help="a language-model run (default: train configs/quickstart.yaml)")
+    parser.add_argument("--encoder", help="a MiniLM classification run (default: sst2_minilm trained for 1 step)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each sustained load")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--texts-per-request", type=int, default=8, help="texts in each classify request")
+    parser.add_argument("--burst", type=int, default=256, help="requests sent at once in the burst")
+    parser.add_argument("--tokens", type=int, default=400, help="tokens of the streamed generation")
+    parser.add_argument("--out", default="runs/bench_serve", help="where runs it trains go")
+    args = parser.parse_args()
+    os.environ.setdefault("NANONLP_DATA", str(ROOT.parent / "shared" / "data"))
+    out = Path(args.out)
+    classifier = train_if_missing(args.classifier, out, "sst2_ngrams", "configs/sst2_ngrams.yaml", [])
+    lm = train_if_missing(args.lm, out, "quickstart", "configs/quickstart.yaml", [])
+    encoder = train_if_missing(args.encoder, out, "sst2_minilm", "configs/sst2_minilm.yaml",
+                               ["--train.max_steps=1", "--train.eval_interval=1", "--classify.calibrate=false"])
+    print(f"machine: {os.cpu_count()} CPUs; clients and server share them", flush=True)
+
+    server = Server([f"ngrams={classifier}", f"lm={lm}"])
+    try:
+        before = rss_mb(server.process.pid)
+        show(f"bag of n-grams, {args.clients} clients, {args.seconds:g} s", load(server.base, "ngrams", args.clients, args.seconds, args.texts_per_request))
+        after = rss_mb(server.process.pid)
+        print(f"  server memory {before:.0f} MB before, {after:.0f} MB after ({100 * (after - before) / before:+.1f}%)")
+        s = stream(server.base, "lm", args.tokens)
+        print(f"generation (quickstart GPT, one stream of {args.tokens} tokens): first piece after {s['first_piece_ms']:.0f} ms, "
+              f"{s['tokens_per_s']:.0f} tokens/s ({s['total_s']:.2f} s)", flush=True)
+    finally:
+        server.close()
+
+    figures = {}
+    for label, options in (("dynamic batching", []), ("one request at a time (--max-batch 1)", ["--max-batch", "1"])):
+        server = Server([f"minilm={encoder}"], *options)
+        try:
+            before = rss_mb(server.process.pid)
+            figures[label] = r = load(server.base, "minilm", args.clients, args.seconds / 2, 1)
+            show(f"MiniLM, {label}, {args.clients} clients, {args.seconds / 2:g} s", r)
+            print(f"  server memory {before:.0f} MB before, {rss_mb(server.process.pid):.0f} MB after")
+            if not options:
+                print(f"burst of {args.burst} requests at once at MiniLM (queue 64): by status {burst(server.base, 'minilm', args.burst)}", flush=True)
+        finally:
+            server.close()
+    ratio = figures["dynamic batching"]["texts_per_s"] / max(figures["one request at a time (--max-batch 1)"]["texts_per_s"], 1e-9)
+    print(f"MiniLM throughput with dynamic batching / one at a time: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -250,20 +250,7 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
             if not isinstance(body.prompt, str):
                 raise HTTPException(422, "stream takes one prompt (a string), not a list.")
             pieces = m.predictor.stream(body.prompt, **options)  # bad arguments raise here, before any byte is sent
-
-            def events():
-                import json
-
-                try:
-                    for piece in pieces:
-                        yield f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n"
-                except Exception:
-                    log.exception("stream of model %s failed", m.name)
-                    yield f"event: error\ndata: {json.dumps({'detail': 'internal error'})}\n\n"
-                    return
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(_sse(pieces, m.name), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > settings.max_texts:
             raise HTTPException(422, f"give 1 to {settings.max_texts} prompts.")
@@ -271,6 +258,51 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
         return {"model": m.name, "results": [{"text": t, "completion": t[len(p):]} for p, t in zip(prompts, texts)]}
 
     return BodyLimit(app, settings.max_body_bytes)
+
+
+async def _sse(pieces, name: str):
+    """Server-sent events of a generation: `data: {"text": piece}` per piece, then `data: [DONE]`.
+
+    The pieces are generated on a thread of their own, which hands them to the event loop as they
+    come; pieces that arrive together go out in one write. (Iterating the generator one `next` per
+    thread-pool call would cost a thread hop per token.) If the client goes away, generation stops."""
+    import json
+    import threading
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for piece in pieces:
+                if stop.is_set():
+                    return
+                loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+        except Exception:  # a bug in generation: logged here, an error event to the client
+            log.exception("stream of model %s failed", name)
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", None))
+
+    threading.Thread(target=produce, name="nanonlp-stream", daemon=True).start()
+    try:
+        while True:
+            events = [await queue.get()]
+            while not queue.empty():
+                events.append(queue.get_nowait())
+            out = []
+            for kind, piece in events:
+                if kind == "piece":
+                    out.append(f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n")
+                elif kind == "done":
+                    out.append("data: [DONE]\n\n")
+                else:
+                    out.append(f"event: error\ndata: {json.dumps({'detail': 'internal error'})}\n\n")
+            yield "".join(out)
+            if events[-1][0] != "piece":
+                return
+    finally:
+        stop.set()
 
 
 class _TooLarge(Exception):

@@ -39,6 +39,20 @@ def runs(tmp_path_factory):
     return {"sentiment": nanonlp.load(tmp / "sentiment"), "verse": nanonlp.load(tmp / "verse")}
 
 
+@pytest.fixture(scope="module")
+def tagger_and_translator(tmp_path_factory):
+    """A tiny Chinese entity tagger and a tiny Transformer translator."""
+    from test_tag import chinese_file, tag_config
+    from test_translate import tiny_translate, toy_pairs, write_tsv
+
+    tmp = tmp_path_factory.mktemp("serve_more")
+    data = chinese_file(tmp / "zh.txt")
+    fit(tag_config(tmp, data, out="ner", data__separator="\t"), quiet=True)
+    tsv = write_tsv(tmp / "pairs.tsv", toy_pairs())
+    fit(load_config(None, tiny_translate(tsv, tmp / "mt", **{"data.dev_path": str(tsv), "data.test_path": str(tsv)})), quiet=True)
+    return {"ner": nanonlp.load(tmp / "ner"), "mt": nanonlp.load(tmp / "mt")}
+
+
 @pytest.fixture
 def client(runs):
     with TestClient(create_app(runs, ServeSettings(max_new_tokens=50, max_body_bytes=2000))) as c:
@@ -218,3 +232,22 @@ def test_a_real_uvicorn_on_loopback_serves_and_streams(runs):
         server.should_exit = True
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_tag_and_translate_endpoints_equal_their_predictors(tagger_and_translator):
+    from test_translate import toy_pairs
+
+    ner, mt = tagger_and_translator["ner"], tagger_and_translator["mt"]
+    with TestClient(create_app(tagger_and_translator)) as c:
+        texts = ["李四在上海工作。", "张三在北京工作。"]
+        body = c.post("/v1/tag", json={"texts": texts}).json()
+        assert body["results"] == ner.tag(texts)
+        assert any(e["text"] == "上海" and e["type"] == "LOC" for e in body["results"][0]["entities"])
+        sources = [p.source for p in toy_pairs()[:3]]
+        body = c.post("/v1/translate", json={"texts": sources, "beam": 2, "nbest": 2}).json()
+        expected = mt.translate_nbest(sources, 2, 2)
+        for got, want in zip(body["results"], expected):
+            assert got["translation"] == want[0][0] and [h["text"] for h in got["nbest"]] == [t for t, _ in want]
+            assert got["truncated"] is False
+        models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        assert models["ner"]["labels"] == ["LOC", "PER"] and models["mt"]["languages"] == ["en", "de"]

@@ -16,17 +16,18 @@ if CHROMIUM is None:
 
 from nanonlp.serve.app import create_app  # noqa: E402
 
-from test_serve import runs  # noqa: E402,F401  (the module fixture: a tiny classifier and a tiny GPT)
+from test_serve import runs, tagger_and_translator  # noqa: E402,F401  (module fixtures: tiny trained runs)
 
 
 @pytest.fixture(scope="module")
-def server(runs):  # noqa: F811
+def server(runs, tagger_and_translator):  # noqa: F811
     import uvicorn
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(create_app(runs), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app({**runs, **tagger_and_translator})
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -98,3 +99,21 @@ def test_an_error_from_the_server_appears_in_the_page(page):
 def test_the_page_fits_a_phone_window_and_holds_the_chat_panel(page):
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
     assert page.locator("section[data-task='chat']").count() == 1
+
+
+def test_entities_are_highlighted_and_translations_shown(page, tagger_and_translator):  # noqa: F811
+    from test_translate import toy_pairs
+
+    panel = page.locator("section[data-model='ner']")
+    panel.locator("textarea").fill("😀 李四在上海工作。")  # an emoji first: offsets count code points, not UTF-16 units
+    panel.locator("button").click()
+    page.wait_for_selector("section[data-model='ner'] mark")
+    marks = {m.get_attribute("data-type"): m.evaluate("e => e.firstChild.textContent") for m in panel.locator("mark").all()}
+    assert marks == {"PER": "李四", "LOC": "上海"}
+    assert panel.locator(".result").text_content().replace("PER", "").replace("LOC", "") == "😀 李四在上海工作。"
+    source = toy_pairs()[0].source
+    panel = page.locator("section[data-model='mt']")
+    panel.locator("textarea").fill(source)
+    panel.locator("button").click()
+    page.wait_for_function("document.querySelector(\"section[data-model='mt'] .output\").textContent.length > 0")
+    assert panel.locator(".output").text_content() == tagger_and_translator["mt"].translate(source, beam_size=5)

@@ -65,9 +65,12 @@ class Server:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.base = f"http://127.0.0.1:{self.port}"
+        import tempfile
+
+        self.log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads would block the server once full
         self.process = subprocess.Popen([sys.executable, "-m", "nanonlp", "serve", *map(str, runs), "--host", "127.0.0.1",
                                          "--port", str(self.port), "--device", "cpu", *options],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                        stdout=subprocess.DEVNULL, stderr=self.log, text=True)
         import httpx
 
         for _ in range(600):
@@ -77,7 +80,9 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.1)
             if self.process.poll() is not None:
-                raise SystemExit(f"the server stopped: {self.process.stderr.read()}")
+                self.log.seek(0)
+                raise SystemExit(f"the server stopped: {self.log.read()}")
+        self.close()
         raise SystemExit("the server did not start within 60 s")
 
     def close(self) -> None:
@@ -156,6 +161,9 @@ def stream(base: str, model: str, tokens: int) -> dict:
                 pieces += len(json.loads(line[6:])["text"])
                 first = first or time.perf_counter() - started
     total = time.perf_counter() - started
+    if first is None:
+        raise SystemExit("the stream gave no text")
+    # a character model's pieces are its tokens; with no stop string, every token asked for is generated
     return {"first_piece_ms": 1000 * first, "characters": pieces, "tokens_per_s": tokens / total, "total_s": total}
 
 

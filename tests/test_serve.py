@@ -200,6 +200,7 @@ def test_the_server_answers_503_with_retry_after_when_a_queue_is_full(runs):
 
 def test_mount_names():
     assert list(mount_names(["runs/a", "b=runs/c"])) == ["a", "b"]
+    assert str(mount_names(["x=runs/lr=0.1"])["x"]) == "runs/lr=0.1"  # only the first "=" names
     with pytest.raises(Exception, match="two runs are mounted as 'a'"):
         mount_names(["runs/a", "other/a"])
 
@@ -251,3 +252,21 @@ def test_tag_and_translate_endpoints_equal_their_predictors(tagger_and_translato
             assert got["truncated"] is False
         models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
         assert models["ner"]["labels"] == ["LOC", "PER"] and models["mt"]["languages"] == ["en", "de"]
+
+
+def test_a_body_without_its_length_is_still_limited_and_seeds_and_restarts_are_handled(runs):
+    app = create_app(runs, ServeSettings(max_body_bytes=2000))
+
+    def chunks():
+        yield b'{"texts": ["'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"]}'
+
+    with TestClient(app) as c:
+        response = c.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
+        assert response.status_code == 413 and "limit of 2,000 bytes" in response.json()["detail"]
+        response = c.post("/v1/generate", json={"prompt": "To", "max_new_tokens": 3, "seed": 2**64})
+        assert response.status_code == 422 and "seed" in response.text
+    with TestClient(app) as c:  # the same app started a second time still batches
+        assert c.post("/v1/classify", json={"texts": ["so good"]}).status_code == 200

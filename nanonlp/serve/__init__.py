@@ -13,7 +13,7 @@ def mount_names(specs: list[str]) -> dict[str, Path]:
     """`RUN` or `NAME=RUN` arguments -> {name: run directory}; a name is the directory's name by default."""
     out: dict[str, Path] = {}
     for spec in specs:
-        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
         path = Path(path)
         name = name or path.resolve().name
         if name in out:

@@ -93,19 +93,25 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
     mounted: dict[str, Mounted] = {}
     for name, predictor in models.items():
         task = getattr(predictor, "task", None) or ("lm" if hasattr(predictor, "stream") else None)
-        m = Mounted(name, task, predictor)
-        run = {"classify": predictor.predict if task == "classify" else None,
-               "tag": getattr(predictor, "tag", None) if task == "tag" else None}.get(task)
-        if run is not None:
-            m.batcher = Batcher(run, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, name)
-        mounted[name] = m
+        mounted[name] = Mounted(name, task, predictor)
+    busy: dict[str, int] = {name: 0 for name in mounted}  # translate / generate jobs running or waiting, per model
+
+    def start_batchers() -> None:
+        for m in mounted.values():
+            run = {"classify": getattr(m.predictor, "predict", None), "tag": getattr(m.predictor, "tag", None)}.get(m.task)
+            if run is not None:
+                m.batcher = Batcher(run, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, m.name)
+
+    start_batchers()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        if any(m.batcher is not None and m.batcher.closed for m in mounted.values()):
+            start_batchers()  # the app started again after a shutdown
         yield
         for m in mounted.values():  # the batchers' worker threads end with the server
             if m.batcher is not None:
-                m.batcher.close()
+                await asyncio.to_thread(m.batcher.close)
 
     app = FastAPI(title="nanonlp", version="1", description="Trained nanonlp runs over HTTP.", lifespan=lifespan)
     app.state.mounted, app.state.settings = mounted, settings
@@ -136,7 +142,7 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
         temperature: float = Field(0.8, gt=0.0)
         top_k: int = Field(0, ge=0)
         top_p: float = Field(1.0, gt=0.0, le=1.0)
-        seed: int | None = None
+        seed: int | None = Field(None, ge=0, lt=2**63)
         stop: list[str] = Field(default_factory=list)
         stream: bool = False
 
@@ -174,11 +180,17 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
             future.cancel()
             raise HTTPException(504, f"the request took longer than the server's limit of {settings.timeout_s:g} s.") from None
 
-    async def in_thread(fn, *args):
+    async def in_thread(m: Mounted, fn, *args):
+        """fn on the thread pool; at most max_queue jobs per model run or wait (503 past that)."""
+        if busy[m.name] >= settings.max_queue:
+            raise HTTPException(503, f"model '{m.name}' has a full queue; retry shortly.", headers={"Retry-After": "1"})
+        busy[m.name] += 1
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn, *args), settings.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(504, f"the request took longer than the server's limit of {settings.timeout_s:g} s.") from None
+        finally:
+            busy[m.name] -= 1
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
@@ -234,7 +246,7 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
     @app.post("/v1/translate", dependencies=[Depends(check_key)])
     async def translate(body: TranslateRequest) -> dict:
         m = pick(body.model, "translate")
-        nbest = await in_thread(m.predictor.translate_nbest, body.texts, body.beam, body.nbest)
+        nbest = await in_thread(m, m.predictor.translate_nbest, body.texts, body.beam, body.nbest)
         return {"model": m.name, "results": [
             {"translation": hyps[0][0] if hyps else "", "nbest": [{"text": t, "score": s} for t, s in hyps],
              "truncated": _truncated(m, text)} for text, hyps in zip(body.texts, nbest)]}
@@ -254,7 +266,7 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > settings.max_texts:
             raise HTTPException(422, f"give 1 to {settings.max_texts} prompts.")
-        texts = await in_thread(lambda: m.predictor.generate(prompts, **options))
+        texts = await in_thread(m, lambda: m.predictor.generate(prompts, **options))
         return {"model": m.name, "results": [{"text": t, "completion": t[len(p):]} for p, t in zip(prompts, texts)]}
 
     return BodyLimit(app, settings.max_body_bytes)
@@ -305,10 +317,6 @@ async def _sse(pieces, name: str):
         stop.set()
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes gets 413, whether or not it says its length."""
 
@@ -322,26 +330,33 @@ class BodyLimit:
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await self._refuse(send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
+        if length is not None:  # the server reads no more than the length it was told
+            return await self.app(scope, receive, send)
+        body, more = b"", True  # no length given (chunked): read it all first, stopping past the limit
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._refuse(send)
+        replayed = False
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send) -> None:
         import json
 
         body = json.dumps({"detail": f"the request body is over this server's limit of {self.limit:,} bytes."}).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"x-request-id", uuid.uuid4().hex[:12].encode())]})
         await send({"type": "http.response.body", "body": body})

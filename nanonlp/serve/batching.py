@@ -1,7 +1,7 @@
 """Dynamic batching: requests to one model that arrive close together run as one batch.
 
 Each request is a list of items (texts). A worker thread takes the waiting requests, up to
-`max_batch` items, after waiting at most `max_wait` seconds for more to arrive once the first is
+`max_batch` items (a single request larger than that runs alone, as one batch), after waiting at most `max_wait` seconds for more to arrive once the first is
 there, runs the model once on all their items, and hands each request its slice of the results.
 The queue is bounded: past `max_queue` waiting requests, `submit` refuses at once (the server
 answers 503 with Retry-After) instead of letting the backlog, and every client's wait, grow.

@@ -270,3 +270,9 @@ def test_a_body_without_its_length_is_still_limited_and_seeds_and_restarts_are_h
         assert response.status_code == 422 and "seed" in response.text
     with TestClient(app) as c:  # the same app started a second time still batches
         assert c.post("/v1/classify", json={"texts": ["so good"]}).status_code == 200
+
+
+def test_a_loopback_server_answers_only_loopback_host_names(runs):
+    with TestClient(create_app(runs, ServeSettings(allowed_hosts=("127.0.0.1", "localhost"))), base_url="http://127.0.0.1") as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/health", headers={"host": "rebound.example.com"}).status_code == 400

@@ -53,7 +53,10 @@ def serve(args) -> None:
     models = {name: nanonlp.load(path, device=args.device) for name, path in mount_names(args.runs).items()}
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
-                             max_new_tokens=args.max_new_tokens, api_key=args.api_key or None)
+                             max_new_tokens=args.max_new_tokens, api_key=args.api_key or None,
+                             # on loopback, answer only loopback names: a web page elsewhere cannot reach the
+                             # server by pointing a domain of its own at 127.0.0.1 (DNS rebinding)
+                             allowed_hosts=("127.0.0.1", "localhost", "[::1]") if args.host in ("127.0.0.1", "localhost", "::1") else ())
     app = create_app(models, settings)
     where = f"http://{args.host}:{args.port}"
     print(f"serving {', '.join(models)} at {where} (API docs at {where}/docs)"

@@ -48,6 +48,7 @@ class ServeSettings:
     max_new_tokens: int = 1024  # generation budget cap per request
     max_texts: int = 256  # texts per request
     api_key: str | None = None  # bearer token required on /v1/* when set
+    allowed_hosts: tuple[str, ...] = ()  # Host headers answered (others get 400, against DNS rebinding); () any
 
 
 @dataclass
@@ -269,6 +270,10 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
         texts = await in_thread(m, lambda: m.predictor.generate(prompts, **options))
         return {"model": m.name, "results": [{"text": t, "completion": t[len(p):]} for p, t in zip(prompts, texts)]}
 
+    if settings.allowed_hosts:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
     return BodyLimit(app, settings.max_body_bytes)
 
 

@@ -65,12 +65,9 @@ EXPERIMENTS = [*CLASSIFY, *TRANSLATE]
 def pretraining_corpus(out: Path) -> Path:
     """Raw Chinese text without a dev or test review of either sentiment set: the MSRA sentences, the
     Chinese side of Tatoeba, and the training reviews (the classifiers' own seeded splits)."""
-    from nanonlp.data import catalog
-    from nanonlp.data.readers import read_tsv_pairs
-    from nanonlp.data.tagging import read_conll
+    from nanonlp.data.catalog import chinese_sentences
 
-    lines = ["".join(s.tokens) for s in read_conll(catalog.resolve("msra_ner"), separator="\t")]
-    lines += [pair.target for pair in read_tsv_pairs(catalog.resolve("tatoeba_en_zh"))]
+    lines = chinese_sentences()
     for overrides in ([], WAIMAI):
         cfg = load_config(ROOT / "configs/chnsenticorp_cnn.yaml", overrides)
         lines += [e.text for e in load_splits(cfg.data)[0]]

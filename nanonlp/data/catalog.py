@@ -65,15 +65,19 @@ def _chatterbot(language: str) -> Callable[[], str]:
     return build
 
 
-def _chinese_text() -> str:
-    """Raw Chinese text for pretraining: the MSRA sentences (their tags dropped), the Chinese side of
-    Tatoeba English-Chinese and the chatterbot-corpus Chinese dialogues, one sentence or turn a line,
-    in a seeded shuffle."""
+def chinese_sentences() -> list[str]:
+    """The MSRA NER sentences (their tags dropped) and the Chinese side of Tatoeba English-Chinese."""
     from nanonlp.data.readers import read_tsv_pairs
     from nanonlp.data.tagging import read_conll
 
     lines = ["".join(s.tokens) for s in read_conll(resolve("msra_ner"), separator="\t")]
-    lines += [pair.target for pair in read_tsv_pairs(resolve("tatoeba_en_zh"))]
+    return lines + [pair.target for pair in read_tsv_pairs(resolve("tatoeba_en_zh"))]
+
+
+def _chinese_text() -> str:
+    """Raw Chinese text for pretraining: `chinese_sentences` and the chatterbot-corpus Chinese
+    dialogues, one sentence or turn a line, in a seeded shuffle."""
+    lines = chinese_sentences()
     lines += [line.split(": ", 1)[-1] for line in _chatterbot("chinese")().splitlines() if line.strip()]
     lines = [line.strip() for line in lines if line.strip()]
     random.Random(0).shuffle(lines)  # a seeded mix, so that a language model's last-10% validation split holds every source
@@ -207,28 +211,26 @@ CATALOG: dict[str, Entry] = {
             "the Chinese side of tatoeba_en_zh and chatterbot_chinese, one a line in a seeded shuffle; built from those data sets",
             build=_chinese_text,
         ),
-        Entry(
-            "chnsenticorp",
-            "zh/chnsenticorp_htl_all.csv",
-            "ChnSentiCorp hotel reviews (Tan Songbo), Chinese binary sentiment, 7,766 reviews (5,322 positive), "
-            "CSV label,review; no split (a seeded 80/10/10 one is made); from SophonPlus/ChineseNlpCorpus",
-            url=f"{_SOPHON}/ChnSentiCorp_htl_all/ChnSentiCorp_htl_all.csv",
-            sha256="1d414b9c65caf3a836abdb4efded621968502ad3338e1a9d885ae131c86083f0",
-            format="csv",
-            columns=("review", "label"),
-            holdout_test=0.1,
-        ),
-        Entry(
-            "waimai_10k",
-            "zh/waimai_10k.csv",
-            "waimai_10k food-delivery reviews, Chinese binary sentiment, 11,987 reviews (4,000 positive), "
-            "CSV label,review; no split (a seeded 80/10/10 one is made); from SophonPlus/ChineseNlpCorpus",
-            url=f"{_SOPHON}/waimai_10k/waimai_10k.csv",
-            sha256="b8b5c11c00b51578d35937fca56e03a126b45381f1ea4b22893237cb377a26fe",
-            format="csv",
-            columns=("review", "label"),
-            holdout_test=0.1,
-        ),
+        *[
+            Entry(
+                name,
+                f"zh/{file}",
+                f"{description}, Chinese binary sentiment, CSV label,review; no split (a seeded 80/10/10 one is made); "
+                "from SophonPlus/ChineseNlpCorpus",
+                url=f"{_SOPHON}/{folder}/{folder}.csv",
+                sha256=sha256,
+                format="csv",
+                columns=("review", "label"),
+                holdout_test=0.1,
+            )
+            for name, file, folder, description, sha256 in [
+                ("chnsenticorp", "chnsenticorp_htl_all.csv", "ChnSentiCorp_htl_all",
+                 "ChnSentiCorp hotel reviews (Tan Songbo), 7,766 reviews (5,322 positive)",
+                 "1d414b9c65caf3a836abdb4efded621968502ad3338e1a9d885ae131c86083f0"),
+                ("waimai_10k", "waimai_10k.csv", "waimai_10k", "waimai_10k food-delivery reviews, 11,987 reviews (4,000 positive)",
+                 "b8b5c11c00b51578d35937fca56e03a126b45381f1ea4b22893237cb377a26fe"),
+            ]
+        ],
         Entry(
             "tatoeba_en_zh",
             "zh/tatoeba_eng_cmn.txt",

@@ -29,6 +29,9 @@ EXAMPLES = """examples:
   nanonlp translate runs/multi30k_en_de_transformer "A man is riding a bike." --plot-attention attn.png
   nanonlp eval runs/multi30k_en_de_transformer --src test.en --ref test.de
   nanonlp average runs/multi30k_en_de_transformer --last 5
+  nanonlp train tatoeba_en_vae                      # a sentence VAE
+  nanonlp sample runs/tatoeba_en_vae --num-samples 10 --nearest 1
+  nanonlp interpolate runs/tatoeba_en_vae "i am tired ." "she is a doctor ." --steps 6
   nanonlp configs                                   # the shipped configs
   nanonlp configs chnsenticorp_cnn > my.yaml        # print one to edit
   nanonlp train chnsenticorp_cnn                    # or train a shipped config by name
@@ -54,11 +57,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages, only errors")
 
     every = tasks.all_tasks()
+    # Tasks may share a command (`sample`): one parser takes the options of all (see tasks.add_option),
+    # and the run's task runs it.
+    shared: dict[str, list] = {}
     for task in every:
         for command in task.commands:
             if command.name in GENERIC:
                 raise ValueError(f"task {task.name} declares the command '{command.name}', which is nanonlp's own.")
-            command.add_arguments(commands.add_parser(command.name, help=command.help))
+            shared.setdefault(command.name, []).append(command)
+    for name, declared in shared.items():
+        sub = commands.add_parser(name, help="; ".join(dict.fromkeys(c.help for c in declared)))
+        for command in declared:
+            command.add_arguments(sub)
 
     p = commands.add_parser("average", help="average the last checkpoints of a run into a new run directory")
     p.add_argument("run_dir", help="run directory written by `nanonlp train`")
@@ -131,12 +141,15 @@ def cmd_task_command(args, name: str) -> None:
     """A task's own command: the run named on the command line must belong to that task."""
     from nanonlp import tasks
 
-    owner = next(t for t in tasks.all_tasks() if any(c.name == name for c in t.commands))
-    command = next(c for c in owner.commands if c.name == name)
+    owners = [t for t in tasks.all_tasks() if any(c.name == name for c in t.commands)]
+    owner = owners[0]
     run_dir = getattr(args, "run_dir", None)
-    if run_dir is not None and tasks.task_of(run_dir) is not owner:
-        raise NanoNLPError(f"'{run_dir}' is not a {owner.name} run; `nanonlp {name}` needs one trained with task: {owner.name}.")
-    command.run(args)
+    if run_dir is not None:
+        owner = tasks.task_of(run_dir)
+        if owner not in owners:
+            names = " or ".join(t.name for t in owners)
+            raise NanoNLPError(f"'{run_dir}' is a {owner.name} run; `nanonlp {name}` needs one trained with task: {names}.")
+    next(c for c in owner.commands if c.name == name).run(args)
 
 
 def cmd_average(args) -> None:

@@ -124,6 +124,45 @@ def loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     return _save_png(fig, out_path)
 
 
+def latent_curve(metrics_path: str | Path, out_path: str | Path) -> Path | None:
+    """A latent-variable model's training: reconstruction and KL (or, for an ARAE, the critic's
+    Wasserstein estimate) per log step, validation points, and the KL weight, against the step. A KL
+    that falls to zero while the reconstruction stays at the language model's is posterior collapse."""
+    plt = _pyplot()
+    metrics_path = Path(metrics_path)
+    if not metrics_path.is_file():
+        return None
+    series: dict[str, list] = {}
+    for line in metrics_path.read_text().splitlines():
+        record = json.loads(line)
+        for key in ("loss_reconstruction", "loss_kl", "loss_kl_weight", "loss_wasserstein", "val_reconstruction", "val_kl",
+                    "val_wasserstein"):
+            if key in record:
+                series.setdefault(key, []).append((record["step"], record[key]))
+    if "loss_reconstruction" not in series:
+        return None
+    second = "kl" if "loss_kl" in series else "wasserstein"
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), dpi=100, sharex=True)
+    top.plot(*zip(*series["loss_reconstruction"]), linewidth=1, label="train")
+    if "val_reconstruction" in series:
+        top.plot(*zip(*series["val_reconstruction"]), "o-", markersize=3, label="validation")
+    top.set_ylabel("reconstruction (nats per sentence)")
+    if f"loss_{second}" in series:
+        bottom.plot(*zip(*series[f"loss_{second}"]), linewidth=1, label="train")
+    if f"val_{second}" in series:
+        bottom.plot(*zip(*series[f"val_{second}"]), "o-", markersize=3, label="validation")
+    bottom.set_ylabel("KL (nats per sentence)" if second == "kl" else "critic's Wasserstein estimate")
+    if "loss_kl_weight" in series:
+        weight = bottom.twinx()
+        weight.plot(*zip(*series["loss_kl_weight"]), color="grey", linestyle="--", linewidth=1)
+        weight.set_ylabel("KL weight", color="grey")
+    bottom.set_xlabel("step")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+    return _save_png(fig, out_path)
+
+
 def confusion_matrix(matrix: list[list[int]], labels: list[str], out_path: str | Path) -> Path:
     """Rows gold, columns predicted; counts written in the cells when there are few classes."""
     with _fonts(labels) as plt:

@@ -196,12 +196,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     depths, top = {}, 0
     if cfg.layer_decay < 1.0 and hasattr(model, "layer_depths"):
         depths, top = model.layer_depths()
+    # A model may set its own rates for some parameters (a GAN's critic and generator).
+    own = model.learning_rate_scales() if hasattr(model, "learning_rate_scales") else {}
     scales: dict[float, list] = {}
     for p in params:
         if id(p) in head_ids:
             scale = cfg.head_learning_rate / cfg.learning_rate
         else:
             scale = cfg.layer_decay ** (top - depths[id(p)]) if id(p) in depths else 1.0
+        scale *= own.get(id(p), 1.0)
         scales.setdefault(scale, []).append(p)
     groups = []
     for scale, part in scales.items():

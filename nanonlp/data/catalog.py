@@ -84,6 +84,19 @@ def _chinese_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sentences_of(name: str, column: int) -> Callable[[], str]:
+    """One side of a Tatoeba pair file as one sentence a line, each distinct sentence once, in file order."""
+
+    def build() -> str:
+        from nanonlp.data.readers import read_tsv_pairs
+
+        pairs = read_tsv_pairs(resolve(name))
+        sentences = [pair.source if column == 0 else pair.target for pair in pairs]
+        return "".join(s.strip() + "\n" for s in dict.fromkeys(sentences) if s.strip())
+
+    return build
+
+
 _SOPHON = "https://raw.githubusercontent.com/SophonPlus/ChineseNlpCorpus/master/datasets"
 
 CATALOG: dict[str, Entry] = {
@@ -231,6 +244,20 @@ CATALOG: dict[str, Entry] = {
                  "b8b5c11c00b51578d35937fca56e03a126b45381f1ea4b22893237cb377a26fe"),
             ]
         ],
+        Entry(
+            "tatoeba_en_sentences",
+            "tatoeba_sentences/eng.txt",
+            "the distinct English sentences of tatoeba_en_fr, one a line (about 120,000), for sentence VAEs and GANs; "
+            "built from that data set",
+            build=_sentences_of("tatoeba_en_fr", 0),
+        ),
+        Entry(
+            "tatoeba_zh_sentences",
+            "tatoeba_sentences/cmn.txt",
+            "the distinct Chinese sentences of tatoeba_en_zh, one a line (about 20,000), for sentence VAEs and GANs; "
+            "built from that data set",
+            build=_sentences_of("tatoeba_en_zh", 1),
+        ),
         Entry(
             "tatoeba_en_zh",
             "zh/tatoeba_eng_cmn.txt",

@@ -160,6 +160,10 @@ class Task:
 
 def add_option(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
     """parser.add_argument, unless another task already added the same option to this parser."""
+    if flags and not flags[0].startswith("-"):  # a positional argument: known by its name
+        if not any(action.dest == flags[0] and not action.option_strings for action in parser._actions):
+            parser.add_argument(*flags, **kwargs)
+        return
     known = {flag for action in parser._actions for flag in action.option_strings}
     if not any(flag in known for flag in flags):
         parser.add_argument(*flags, **kwargs)

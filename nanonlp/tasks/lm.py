@@ -149,19 +149,21 @@ def _check_cache(run_dir: Path, data_cfg: DataConfig) -> None:
 
 
 def _add_sample_arguments(p) -> None:
-    p.add_argument("run_dir", help="run directory written by `nanonlp train` (or a Hugging Face GPT-2 folder)")
-    p.add_argument("--prompt", help="text to continue (default: the run's sample.prompt)")
-    p.add_argument("--max-new-tokens", type=int, help="tokens to generate")
-    p.add_argument("--temperature", type=float, help="0 is greedy; below 1 is more conservative")
-    p.add_argument("--top-k", type=int, help="sample from the k most likely tokens only (0: off)")
-    p.add_argument("--top-p", type=float, help="sample from the smallest set reaching probability p (1: off)")
-    p.add_argument("--seed", type=int, help="random seed; the same seed gives the same text")
-    p.add_argument("--stop", action="append", default=[], help="end a sample before this text (may be given several times)")
-    p.add_argument("--num-samples", type=int, default=1, help="how many independent samples to print")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_option(p, "run_dir", help="run directory written by `nanonlp train` (or a Hugging Face GPT-2 folder)")
+    add_option(p, "--prompt", help="text to continue (default: the run's sample.prompt)")
+    add_option(p, "--max-new-tokens", type=int, help="tokens to generate")
+    add_option(p, "--temperature", type=float, help="0 is greedy; below 1 is more conservative")
+    add_option(p, "--top-k", type=int, help="sample from the k most likely tokens only (0: off)")
+    add_option(p, "--top-p", type=float, help="sample from the smallest set reaching probability p (1: off)")
+    add_option(p, "--seed", type=int, help="random seed; the same seed gives the same text")
+    add_option(p, "--stop", action="append", default=[], help="end a sample before this text (may be given several times)")
+    add_option(p, "--num-samples", type=int, default=1, help="how many independent samples to print")
+    add_option(p, "--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def _sample(args) -> None:
+    if getattr(args, "nearest", 0):
+        raise ConfigError("--nearest is for sentence models (task: sentence); a language model's samples are running text.")
     lm = LMTask().load(args.run_dir, args.device)
     defaults = lm.sample_defaults
     pick = lambda value, default: default if value is None else value  # noqa: E731

@@ -50,6 +50,11 @@ class TrainConfig:
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     init_from: str = ""  # start from pretrained weights: a Hugging Face GPT-2 folder; "" trains from scratch
     peak_tflops: float = 0.0  # the device's matmul peak for MFU; 0 measures it once per machine and caches it
+    lr_schedule: str = field(default="steps", metadata={"choices": ("steps", "time")})  # time: warmup and decay follow the clock to max_seconds
+    warmup_share: float = 0.02  # lr_schedule time: the share of max_seconds spent warming up
+    optimizer: str = field(default="adamw", metadata={"choices": ("adamw", "muon")})  # muon: Muon for hidden matrices, AdamW for the rest
+    muon_learning_rate: float = 0.02  # optimizer muon: the hidden matrices' peak rate (the schedule scales it with learning_rate)
+    muon_momentum: float = 0.95  # optimizer muon: Nesterov momentum of the hidden matrices
 
     def validate(self) -> None:
         positive = ["max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval", "keep_checkpoints"]
@@ -60,6 +65,13 @@ class TrainConfig:
                      "early_stopping", "head_learning_rate"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}.")
+        if self.lr_schedule == "time" and self.max_seconds <= 0:
+            raise ConfigError("train.lr_schedule time decays to the end of train.max_seconds: set train.max_seconds.")
+        if not 0.0 <= self.warmup_share < 1.0:
+            raise ConfigError(f"train.warmup_share must be in [0, 1), got {self.warmup_share}.")
+        if self.muon_learning_rate <= 0 or not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"train.muon_learning_rate must be positive and train.muon_momentum in [0, 1), got "
+                              f"{self.muon_learning_rate} and {self.muon_momentum}.")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"train.layer_decay must be in (0, 1], got {self.layer_decay}.")
         if self.learning_rate <= 0:

@@ -206,12 +206,28 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
             scale = cfg.layer_decay ** (top - depths[id(p)]) if id(p) in depths else 1.0
         scale *= own.get(id(p), 1.0)
         scales.setdefault(scale, []).append(p)
+    # Muon takes the hidden layers' matrices (a model names them with `matrix_parameters()`), at its own rate.
+    muon = set()
+    if cfg.optimizer == "muon":
+        if not hasattr(model, "matrix_parameters"):
+            raise ConfigError(f"train.optimizer muon needs a model that names its hidden matrices; {type(model).__name__} "
+                              "does not: use train.optimizer adamw.")
+        muon = {id(p) for p in model.matrix_parameters() if p.requires_grad}
     groups = []
     for scale, part in scales.items():
-        groups += [{"params": [p for p in part if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
-                   {"params": [p for p in part if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+        rest = [p for p in part if id(p) not in muon]
+        groups += [{"params": [p for p in part if id(p) in muon], "weight_decay": 0.0, "muon": True,
+                    "lr_scale": scale * cfg.muon_learning_rate / cfg.learning_rate},
+                   {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
     groups = [g for g in groups if g["params"]]
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+    if muon:
+        from nanonlp.optim import MuonAdamW
+
+        return MuonAdamW(groups, momentum=cfg.muon_momentum, **kwargs)
+    for group in groups:
+        group.pop("muon", None)
     # The fused kernel updates all parameters in one pass; CUDA and recent CPU builds have it.
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
@@ -219,8 +235,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
         return torch.optim.AdamW(groups, foreach=True, **kwargs)
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to learning_rate, then cosine decay to min_lr over lr_decay_steps (default max_steps)."""
+def learning_rate(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr over lr_decay_steps (default max_steps).
+    With lr_schedule time, the same shape over the clock: warmup for warmup_share of max_seconds, then
+    cosine decay reaching min_lr at max_seconds."""
+    if cfg.lr_schedule == "time":
+        progress = min(1.0, elapsed / cfg.max_seconds)
+        if progress < cfg.warmup_share:
+            return cfg.learning_rate * max(progress / cfg.warmup_share, 1e-3)
+        rest = (progress - cfg.warmup_share) / max(1e-9, 1.0 - cfg.warmup_share)
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * rest)) * (cfg.learning_rate - cfg.min_lr)
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
     decay_steps = cfg.lr_decay_steps or cfg.max_steps
@@ -463,7 +487,7 @@ class Trainer:
     def train_step(self) -> tuple[dict, float, int]:
         """Set the learning rate, accumulate grad_accum_steps micro-batches, clip, step.
         Returns the loss parts, the learning rate and the tokens seen (all ranks)."""
-        lr = learning_rate(self.step, self.cfg)
+        lr = learning_rate(self.step, self.cfg, self.elapsed())
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         batches = [self.job.train_batch() for _ in range(self.cfg.grad_accum_steps)]

@@ -32,6 +32,15 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
     vocab_size: int = field(default=0, metadata={"derived": "the tokenizer's vocabulary size"})
     layer_norm_epsilon: float = 1e-5
+    size: str = field(default="manual", metadata={"choices": ("manual", "auto")})  # auto: shape, batch and rates chosen for train.max_seconds (nanonlp.recipe)
+    # The NanoGPT speedrun's changes (Jordan et al. 2024, modded-nanogpt); the defaults are GPT-2's layout.
+    position: str = field(default="learned", metadata={"choices": ("learned", "rotary")})  # rotary: RoPE (Su et al. 2021), no wpe
+    rotary_base: float = 10000.0  # RoPE's base wavelength
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
+    activation: str = field(default="gelu", metadata={"choices": ("gelu", "relu2")})  # relu2: ReLU squared (So et al. 2021)
+    zero_init: bool = False  # output projections of every block (and an untied head) start at zero
+    tie_embeddings: bool = True  # the output head shares the token embedding (GPT-2); false: its own matrix
+    logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap) (Gemma 2); 0 off
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -39,6 +48,15 @@ class GPTConfig:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}.")
         if self.n_embd % self.n_head != 0:
             raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}).")
+        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"rotary positions need an even head width; n_embd / n_head is {self.n_embd // self.n_head}.")
+        if self.logit_softcap < 0 or self.rotary_base <= 1:
+            raise ConfigError("model.logit_softcap must not be negative and model.rotary_base must be above 1.")
+
+    @property
+    def gpt2_layout(self) -> bool:
+        """Whether the weights are GPT-2's, tensor for tensor (Hugging Face files load and save)."""
+        return self.position == "learned" and self.tie_embeddings and not self.qk_norm and self.activation == "gelu"
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
 
@@ -60,6 +78,26 @@ class KVCache:
         return self.keys[layer][:, :, : start + T], self.values[layer][:, :, : start + T]
 
 
+class Rotary(nn.Module):
+    """Rotary position embeddings (Su et al. 2021): each pair of a head's channels (i, i + d/2) is
+    rotated by an angle proportional to the position, so q . k depends on positions only through
+    their difference."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (T, d/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """x (B, heads, T, d) at positions start .. start + T - 1."""
+        T, half = x.size(2), x.size(3) // 2
+        cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -68,15 +106,21 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = Dropout(config.dropout)
+        self.qk_norm = config.qk_norm
+        head_dim = config.n_embd // config.n_head
+        self.rotary = Rotary(head_dim, config.block_size, config.rotary_base) if config.position == "rotary" else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        past = 0
+        past = cache.length if cache is not None else 0
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if self.rotary is not None:
+            q, k = self.rotary(q, past), self.rotary(k, past)
         if cache is not None:
-            past = cache.length
             k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
         if past == 0:
@@ -96,11 +140,14 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.relu2 = config.activation == "relu2"
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else self.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -122,23 +169,42 @@ class GPT(nn.Module):
         if config.vocab_size < 1:
             raise NanoNLPError("GPTConfig.vocab_size must be set from the tokenizer before building the model.")
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
-            )
-        )
+        parts = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.position == "learned":
+            parts["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        parts.update(drop=Dropout(config.dropout), h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                     ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias))
+        self.transformer = nn.ModuleDict(parts)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying (Press & Wolf 2017)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # weight tying (Press & Wolf 2017)
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream's
-        # variance does not grow with depth.
+        # variance does not grow with depth. The speedrun starts them (and an untied head) at zero:
+        # every block begins as the identity.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init and not config.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)
+
+    def matrix_parameters(self):
+        """The hidden layers' weight matrices (what Muon updates): not the embeddings or the head."""
+        return [p for name, p in self.transformer.h.named_parameters() if p.dim() == 2]
+
+    def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), device=idx.device))
+        return self.transformer.drop(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(self.transformer.ln_f(x))
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -157,13 +223,12 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise NanoNLPError(f"sequence of {start + T} tokens is longer than the model's block_size {self.config.block_size}.")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self._embed(idx, start)  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        logits = self._logits(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -175,7 +240,7 @@ class GPT(nn.Module):
         T = idx.size(1)
         if T > self.config.block_size:
             raise NanoNLPError(f"input of {T} tokens is longer than the GPT's block_size {self.config.block_size}.")
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device)))
+        x = self._embed(idx, 0)
         for block in self.transformer.h:
             x = block(x)
         return self.transformer.ln_f(x)
@@ -202,7 +267,7 @@ class GPT(nn.Module):
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B."""
-        n = sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
+        n = sum(p.numel() for p in self.parameters()) - (self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0)
         c = self.config
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 

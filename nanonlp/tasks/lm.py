@@ -192,8 +192,17 @@ class LMTask(Task):
     commands = (Command("sample", "generate text from a trained language model", _add_sample_arguments, _sample),)
     eval_help = "a language model's loss, perplexity and bits per character"
 
+    def check(self, cfg, run_dir: Path) -> None:
+        if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":
+            if cfg.train.max_seconds <= 0:
+                raise ConfigError("model.size auto chooses the model for a time budget: set train.max_seconds.")
+            if cfg.train.init_from:
+                raise ConfigError("model.size auto builds a model from scratch; it cannot be combined with train.init_from.")
+
     def frozen_keys(self, cfg) -> list[str]:
         keys = super().frozen_keys(cfg)
+        if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":  # the recipe chose the shape
+            keys = [k for k in keys if k not in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size")]
         if cfg.train.init_from:  # a fine-tuned GPT-2's shape comes from its folder, not from the config
             keys = [k for k in keys if not k.startswith("model.") or k == "model.dropout"]
         if cfg.data.tokenizer == "char":  # the vocabulary size of a char tokenizer is the corpus's, not a setting
@@ -202,6 +211,10 @@ class LMTask(Task):
 
     def check_prepared(self, cfg, ctx: Context) -> None:
         _check_cache(ctx.run_dir, cfg.data)
+        if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":
+            from nanonlp import recipe
+
+            recipe.load_for_run(cfg, ctx.run_dir)  # so the config.yaml of the resumed run says what it trains with
 
     def prepare(self, cfg, ctx: Context) -> None:
         pretrained = None
@@ -210,12 +223,20 @@ class LMTask(Task):
         tokenizer = prepare_data(cfg.data, ctx.run_dir, pretrained, ctx.quiet)
         if pretrained is None:
             cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
+        if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":
+            from nanonlp import recipe
+
+            recipe.choose_for_run(cfg, ctx.run_dir, tokenizer.vocab_size, ctx.device, ctx.quiet)
 
     def job(self, cfg, ctx: Context) -> TrainingJob:
         run_dir, device, tc = ctx.run_dir, ctx.device, cfg.train
         if not (run_dir / DATA_DIR / "train.bin").is_file() or not (run_dir / DATA_DIR / "val.bin").is_file():
             raise NanoNLPError(f"run directory '{run_dir}' has no tokenized data ({DATA_DIR}/train.bin); start it over with --overwrite.")
         tokenizer = load_tokenizer(run_dir)
+        if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":
+            from nanonlp import recipe
+
+            recipe.load_for_run(cfg, run_dir)  # a resumed run continues its recipe, whatever the config's train section says
         model = build_from_pretrained(cfg)[0] if cfg.train.init_from else self.build_model(cfg.model)
         model.to(device)
         block_size = cfg.model.block_size

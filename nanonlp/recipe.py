@@ -1,0 +1,220 @@
+"""Budget-aware GPT recipes: with `model.size: auto` and a time budget (`train.max_seconds`), the
+model's shape, batch and learning rates are chosen for the budget and for this machine's measured speed.
+
+The rule (no table of per-machine settings):
+1. A ladder of shapes, each a little larger than the last: width w in LADDER, depth max(2, w / 32)
+   capped at 8, heads of 32 channels, context 64 up to width 128, 128 up to 256, then 256.
+2. The machine's speed: a few timed training steps of three shapes of the ladder (smallest, middle,
+   largest) fit seconds per step = a + b * FLOPs per step by least squares, which predicts every rung.
+   The probe's seconds count against the budget; its result is cached per machine, thread count,
+   torch version and precision, so later runs skip it.
+3. The shape: the largest rung that still sees at least TOKENS_PER_PARAMETER training tokens per
+   parameter in the budget left (tokens = seconds left / predicted seconds per step * tokens per
+   step). A longer budget sees more tokens on every rung, so it never picks a smaller model.
+4. The batch: BATCH_TOKENS tokens a step (rounded to whole sequences).
+5. The schedule follows the clock, not a step count: warmup over the first WARMUP_SHARE of the budget,
+   then cosine decay that ends at the budget (`train.lr_schedule: time`). Peak rates: Muon's
+   MUON_LR for the hidden matrices; AdamW's ADAM_LR * 128 / width for embeddings, head and gains
+   (wider models take smaller Adam steps, as in muP).
+The choice is printed with its reasons and saved in the run directory (recipe.json) and its config,
+so a resumed run continues the same recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nanonlp.errors import ConfigError
+
+LADDER = (64, 96, 128, 192, 256, 320, 384, 512)
+HEAD_DIM = 32
+TOKENS_PER_PARAMETER = 8.0
+BATCH_TOKENS = 2048
+WARMUP_SHARE = 0.02
+MUON_LR = 0.02
+ADAM_LR = 4e-3
+RECIPE = "recipe.json"
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+
+    @classmethod
+    def of_width(cls, width: int) -> "Shape":
+        depth = min(8, max(2, width // 32))
+        context = 64 if width <= 128 else 128 if width <= 256 else 256
+        return cls(depth, max(1, width // HEAD_DIM), width, context)
+
+    def parameters(self, vocab_size: int) -> int:
+        """Weights of the speedrun GPT (untied head, no learned positions): embedding, head, blocks."""
+        return 2 * vocab_size * self.n_embd + self.n_layer * 12 * self.n_embd ** 2
+
+    def flops_per_step(self, vocab_size: int, batch_tokens: int) -> float:
+        n = self.parameters(vocab_size) - vocab_size * self.n_embd  # the embedding is a lookup
+        return batch_tokens * (6 * n + 12 * self.n_layer * self.n_embd * self.block_size)
+
+
+@dataclass
+class Recipe:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    batch_size: int
+    learning_rate: float
+    muon_learning_rate: float
+    warmup_share: float
+    seconds_per_step: float
+    probe_seconds: float
+    reason: str
+
+
+def fit_speed(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares a, b of seconds = a + b * flops over (flops, seconds) samples; b >= 0, a >= 0."""
+    n = len(samples)
+    mean_f = sum(f for f, _ in samples) / n
+    mean_s = sum(s for _, s in samples) / n
+    var = sum((f - mean_f) ** 2 for f, _ in samples)
+    b = max(0.0, sum((f - mean_f) * (s - mean_s) for f, s in samples) / var) if var > 0 else mean_s / max(mean_f, 1.0)
+    a = max(0.0, mean_s - b * mean_f)
+    return a, b
+
+
+def choose(budget_seconds: float, vocab_size: int, speed: tuple[float, float], probe_seconds: float = 0.0) -> Recipe:
+    """The recipe for a budget, given the fitted speed (seconds per step = a + b * FLOPs per step)."""
+    if budget_seconds <= 0:
+        raise ConfigError("model.size auto needs a time budget: set train.max_seconds.")
+    a, b = speed
+    left = max(1.0, budget_seconds - probe_seconds)
+    chosen, reason = None, ""
+    for width in LADDER:
+        shape = Shape.of_width(width)
+        batch = max(1, BATCH_TOKENS // shape.block_size)
+        step = a + b * shape.flops_per_step(vocab_size, batch * shape.block_size)
+        tokens = left / step * batch * shape.block_size
+        ratio = tokens / shape.parameters(vocab_size)
+        if chosen is None or ratio >= TOKENS_PER_PARAMETER:
+            chosen = (shape, batch, step)
+            reason = (f"the largest model that sees {ratio:.1f} >= {TOKENS_PER_PARAMETER:g} tokens per parameter in "
+                      f"{left:.0f} s at {step * 1000:.0f} ms a step" if ratio >= TOKENS_PER_PARAMETER else
+                      f"the smallest model (even it sees only {ratio:.1f} tokens per parameter in {left:.0f} s)")
+        else:
+            break
+    shape, batch, step = chosen
+    return Recipe(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, batch, ADAM_LR * 128 / shape.n_embd, MUON_LR,
+                  WARMUP_SHARE, step, probe_seconds, reason)
+
+
+def _probe_cache_key(device: torch.device, dtype: torch.dtype) -> str:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    return f"{name}|{torch.get_num_threads()} threads|torch {torch.__version__}|{dtype}"
+
+
+def measure_speed(vocab_size: int, device: torch.device, dtype: torch.dtype, steps: int = 3) -> tuple[tuple[float, float], float]:
+    """Time `steps` training steps (after one warm-up step) of three rungs; fit and return the speed
+    and the seconds spent. Cached per machine (see _probe_cache_key)."""
+    from nanonlp.data.catalog import cache_dir
+    from nanonlp.device import autocast
+    from nanonlp.models.gpt import GPT, GPTConfig
+    from nanonlp.optim import MuonAdamW
+
+    key = _probe_cache_key(device, dtype)
+    cache = cache_dir() / "speed_probe.json"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key in known:
+        return tuple(known[key]), 0.0
+    started = time.perf_counter()
+    samples = []
+    for width in (LADDER[0], LADDER[len(LADDER) // 2], LADDER[-1]):
+        shape = Shape.of_width(width)
+        batch = max(1, BATCH_TOKENS // shape.block_size)
+        model = GPT(GPTConfig(block_size=shape.block_size, n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
+                              dropout=0.0, bias=False, vocab_size=vocab_size, position="rotary", qk_norm=True,
+                              activation="relu2", tie_embeddings=False)).to(device)
+        optimizer = MuonAdamW([{"params": model.matrix_parameters(), "muon": True},
+                               {"params": [p for p in model.parameters() if p.dim() != 2 or
+                                           all(p is not q for q in model.matrix_parameters())]}], lr=1e-4)
+        x = torch.randint(vocab_size, (batch, shape.block_size), device=device)
+        for i in range(steps + 1):
+            if i == 1:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+            with autocast(device, dtype):
+                _, loss = model(x, x)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        samples.append((shape.flops_per_step(vocab_size, batch * shape.block_size), (time.perf_counter() - t0) / steps))
+    speed = fit_speed(samples)
+    known[key] = list(speed)
+    from nanonlp.io import atomic_write_text
+
+    atomic_write_text(cache, json.dumps(known, indent=1))
+    return speed, time.perf_counter() - started
+
+
+def apply(cfg, recipe: Recipe) -> None:
+    """Set the model shape and the train settings of `cfg` to the recipe's."""
+    cfg.model = dataclasses.replace(cfg.model, n_layer=recipe.n_layer, n_head=recipe.n_head, n_embd=recipe.n_embd,
+                                    block_size=recipe.block_size)
+    apply_train(cfg, recipe)
+
+
+def apply_train(cfg, recipe: Recipe) -> None:
+    tc = cfg.train
+    tc.batch_size, tc.grad_accum_steps = recipe.batch_size, 1
+    tc.learning_rate, tc.min_lr = recipe.learning_rate, recipe.learning_rate / 10
+    tc.optimizer, tc.muon_learning_rate = "muon", recipe.muon_learning_rate
+    tc.lr_schedule, tc.warmup_share = "time", recipe.warmup_share
+    tc.max_steps = max(tc.max_steps, 10 ** 9)  # the clock ends the run
+
+
+def choose_for_run(cfg, run_dir: Path, vocab_size: int, device: torch.device, quiet: bool) -> Recipe:
+    """A fresh run: probe (or read the cached probe), choose, apply, print and save the recipe."""
+    from nanonlp.device import resolve_dtype
+    from nanonlp.io import atomic_write_text
+
+    speed, probe_seconds = measure_speed(vocab_size, device, resolve_dtype(cfg.train.dtype, device))
+    recipe = choose(cfg.train.max_seconds, vocab_size, speed, probe_seconds)
+    apply(cfg, recipe)
+    atomic_write_text(run_dir / RECIPE, json.dumps(dataclasses.asdict(recipe), indent=1))
+    if not quiet:
+        print(f"recipe for {cfg.train.max_seconds:g} s: {recipe.n_layer} layers x {recipe.n_embd} wide, {recipe.n_head} heads, "
+              f"context {recipe.block_size}, batch {recipe.batch_size}; Muon {recipe.muon_learning_rate:g} and AdamW "
+              f"{recipe.learning_rate:.2g}, warmup {100 * recipe.warmup_share:g}% then cosine decay to the budget's end; "
+              f"{recipe.reason} (speed probe {probe_seconds:.1f} s{', cached' if probe_seconds == 0 else ''})", file=sys.stderr)
+    return recipe
+
+
+def load_for_run(cfg, run_dir: Path) -> Recipe | None:
+    """A run's saved recipe, its train settings applied to cfg (a resumed run continues it); None without one."""
+    path = run_dir / RECIPE
+    if not path.is_file():
+        return None
+    recipe = Recipe(**json.loads(path.read_text(encoding="utf-8")))
+    apply_train(cfg, recipe)
+    return recipe

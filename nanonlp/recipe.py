@@ -11,11 +11,12 @@ The rule (no table of per-machine settings):
 3. The shape: the largest rung that still sees at least TOKENS_PER_PARAMETER training tokens per
    parameter in the budget left (tokens = seconds left / predicted seconds per step * tokens per
    step). A longer budget sees more tokens on every rung, so it never picks a smaller model.
-4. The batch: BATCH_TOKENS tokens a step (rounded to whole sequences).
+4. The batch: BATCH_TOKENS tokens a step (rounded to whole sequences); about EVALUATIONS validations
+   in the run (train.eval_interval from the predicted step count).
 5. The schedule follows the clock, not a step count: warmup over the first WARMUP_SHARE of the budget,
    then cosine decay that ends at the budget (`train.lr_schedule: time`). Peak rates: Muon's
-   MUON_LR for the hidden matrices; AdamW's ADAM_LR * 128 / width for embeddings, head and gains
-   (wider models take smaller Adam steps, as in muP).
+   MUON_LR for the hidden matrices (where train.optimizer is muon); AdamW's ADAM_LR * 128 / width for
+   the rest (wider models take smaller Adam steps, as in muP).
 The choice is printed with its reasons and saved in the run directory (recipe.json) and its config,
 so a resumed run continues the same recipe.
 """
@@ -41,6 +42,7 @@ WARMUP_SHARE = 0.02
 MUON_LR = 0.02
 ADAM_LR = 4e-3
 RECIPE = "recipe.json"
+EVALUATIONS = 20  # validations in a run (the recipe sets train.eval_interval from the predicted steps)
 
 
 @dataclass(frozen=True)
@@ -188,9 +190,11 @@ def apply_train(cfg, recipe: Recipe) -> None:
     tc = cfg.train
     tc.batch_size, tc.grad_accum_steps = recipe.batch_size, 1
     tc.learning_rate, tc.min_lr = recipe.learning_rate, recipe.learning_rate / 10
-    tc.optimizer, tc.muon_learning_rate = "muon", recipe.muon_learning_rate
+    tc.muon_learning_rate = recipe.muon_learning_rate  # used where train.optimizer is muon
     tc.lr_schedule, tc.warmup_share = "time", recipe.warmup_share
     tc.max_steps = max(tc.max_steps, 10 ** 9)  # the clock ends the run
+    steps = max(1.0, (tc.max_seconds - recipe.probe_seconds) / recipe.seconds_per_step)
+    tc.eval_interval = max(10, int(steps / EVALUATIONS))
 
 
 def choose_for_run(cfg, run_dir: Path, vocab_size: int, device: torch.device, quiet: bool) -> Recipe:
@@ -203,8 +207,9 @@ def choose_for_run(cfg, run_dir: Path, vocab_size: int, device: torch.device, qu
     apply(cfg, recipe)
     atomic_write_text(run_dir / RECIPE, json.dumps(dataclasses.asdict(recipe), indent=1))
     if not quiet:
+        rates = f"Muon {recipe.muon_learning_rate:g} and AdamW" if cfg.train.optimizer == "muon" else "AdamW"
         print(f"recipe for {cfg.train.max_seconds:g} s: {recipe.n_layer} layers x {recipe.n_embd} wide, {recipe.n_head} heads, "
-              f"context {recipe.block_size}, batch {recipe.batch_size}; Muon {recipe.muon_learning_rate:g} and AdamW "
+              f"context {recipe.block_size}, batch {recipe.batch_size}; {rates} "
               f"{recipe.learning_rate:.2g}, warmup {100 * recipe.warmup_share:g}% then cosine decay to the budget's end; "
               f"{recipe.reason} (speed probe {probe_seconds:.1f} s{', cached' if probe_seconds == 0 else ''})", file=sys.stderr)
     return recipe

@@ -260,7 +260,7 @@ def test_a_budget_aware_run_saves_its_recipe_and_a_resume_continues_it(tmp_path,
     chosen = json.loads((run / "recipe.json").read_text())
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["n_embd"] == chosen["n_embd"] and saved["model"]["n_layer"] == chosen["n_layer"]
-    assert saved["train"]["lr_schedule"] == "time" and saved["train"]["optimizer"] == "muon"
+    assert saved["train"]["lr_schedule"] == "time" and saved["train"]["eval_interval"] >= 10
     assert saved["train"]["batch_size"] == chosen["batch_size"]
     # A resume with a longer budget continues the recipe: same shape and batch, the clock schedule.
     resumed = load_config(config, overrides[:-3] + ["--train.max_seconds=4", "--train.eval_interval=5", "--train.dtype=float32",

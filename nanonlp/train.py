@@ -127,6 +127,14 @@ class Distributed:
         torch.distributed.broadcast(tensor, src=0)
         return bool(tensor.item())
 
+    def from_main(self, value: float, device: torch.device) -> float:
+        """Rank 0's number, on every rank (its clock, for a schedule that follows the clock)."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.broadcast(tensor, src=0)
+        return float(tensor.item())
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             value = value.clone()
@@ -367,7 +375,11 @@ def optimizer_step(model, optimizer, grad_clip: float, scaler=None) -> None:
     if scaler is not None:
         scaler.unscale_(optimizer)
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        # A model whose parts train on separate losses (a GAN's autoencoder, critic and generator)
+        # names them in `gradient_groups()`: each is clipped alone, so one part's large gradients
+        # (a critic's gradient penalty) never shrink another's step.
+        for params in model.gradient_groups() if hasattr(model, "gradient_groups") else [model.parameters()]:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -416,7 +428,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
         self.metrics_path = run_dir / "metrics.jsonl"
         self.peak = peak_tflops(cfg, device, self.dtype) if self.dist.is_main and job.flops_per_token else 0.0
-        self.step, self.elapsed_before, self.best = 0, 0.0, {}
+        self.step, self.elapsed_before, self.best = 0, job.spent_seconds, {}
         state = self._restore() if resume else None
         self.resumed = state is not None
 
@@ -487,7 +499,8 @@ class Trainer:
     def train_step(self) -> tuple[dict, float, int]:
         """Set the learning rate, accumulate grad_accum_steps micro-batches, clip, step.
         Returns the loss parts, the learning rate and the tokens seen (all ranks)."""
-        lr = learning_rate(self.step, self.cfg, self.elapsed())
+        elapsed = self.dist.from_main(self.elapsed(), self.device) if self.cfg.lr_schedule == "time" else 0.0
+        lr = learning_rate(self.step, self.cfg, elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         batches = [self.job.train_batch() for _ in range(self.cfg.grad_accum_steps)]

@@ -236,7 +236,7 @@ def test_gan_losses_train_only_their_own_module():
 
     assert touched(model.critic_loss(code, fake)) == {"critic"}
     assert touched(-model.critic_score(fake).mean()) == {"generator"}
-    assert touched(model.critic_score(code).mean()) <= {"encoder", "to_code"}
+    assert touched(model.critic_score(code).mean()) == {"encoder", "to_code"}
 
 
 def test_optimizer_gives_critic_and_generator_their_own_rates():

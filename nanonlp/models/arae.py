@@ -89,6 +89,11 @@ class ARAE(nn.Module):
         scales.update({id(p): self.config.generator_lr_scale for p in self.generator.parameters()})
         return scales
 
+    def gradient_groups(self) -> list[list]:
+        """The parts trained by separate losses, each clipped alone: autoencoder, critic, generator."""
+        gan = {id(p) for p in self.critic.parameters()} | {id(p) for p in self.generator.parameters()}
+        return [[p for p in self.parameters() if id(p) not in gan], list(self.critic.parameters()), list(self.generator.parameters())]
+
     def encode_mean(self, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The code of each sentence (B, D), on the unit sphere."""
         return F.normalize(self.to_code(self.encoder(targets, lengths)).float(), dim=-1)

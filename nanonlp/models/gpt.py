@@ -52,13 +52,13 @@ class GPTConfig:
             raise ConfigError(f"rotary positions need an even head width; n_embd / n_head is {self.n_embd // self.n_head}.")
         if self.logit_softcap < 0 or self.rotary_base <= 1:
             raise ConfigError("model.logit_softcap must not be negative and model.rotary_base must be above 1.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
 
     @property
     def gpt2_layout(self) -> bool:
         """Whether the weights are GPT-2's, tensor for tensor (Hugging Face files load and save)."""
         return self.position == "learned" and self.tie_embeddings and not self.qk_norm and self.activation == "gelu"
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
 
 
 class KVCache:
@@ -268,6 +268,8 @@ class GPT(nn.Module):
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B."""
         n = sum(p.numel() for p in self.parameters()) - (self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0)
+        if not self.config.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()  # an untied embedding is a lookup, not a matmul
         c = self.config
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 

@@ -51,6 +51,7 @@ class TrainingJob:
     monitor: str = "val_loss"  # the metric that picks the best checkpoint
     monitor_mode: str = "min"  # "min" or "max"
     flops_per_token: float = 0.0
+    spent_seconds: float = 0.0  # of train.max_seconds, spent before the first step (a recipe's speed probe)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class Task:
             if value is None:
                 continue
             keys += [f"{section}.{f.name}" for f in dataclasses.fields(value) if not f.metadata.get("derived")]
-        return keys + list(self.frozen)
+        return keys + list(self.frozen) + ["train.optimizer"]  # an optimizer's saved state fits only itself
 
     def check(self, cfg, run_dir: Path) -> None:
         """Checks that need no data, made before the run directory is touched (on rank 0)."""

@@ -193,6 +193,9 @@ class LMTask(Task):
     eval_help = "a language model's loss, perplexity and bits per character"
 
     def check(self, cfg, run_dir: Path) -> None:
+        if cfg.train.init_from and isinstance(cfg.model, GPTConfig) and not cfg.model.gpt2_layout:
+            raise ConfigError("train.init_from loads GPT-2 weights, whose layout has learned positions, a tied head, no QK-norm "
+                              "and GELU: remove model.position, model.qk_norm, model.activation and model.tie_embeddings.")
         if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":
             if cfg.train.max_seconds <= 0:
                 raise ConfigError("model.size auto chooses the model for a time budget: set train.max_seconds.")
@@ -233,10 +236,12 @@ class LMTask(Task):
         if not (run_dir / DATA_DIR / "train.bin").is_file() or not (run_dir / DATA_DIR / "val.bin").is_file():
             raise NanoNLPError(f"run directory '{run_dir}' has no tokenized data ({DATA_DIR}/train.bin); start it over with --overwrite.")
         tokenizer = load_tokenizer(run_dir)
+        spent = 0.0
         if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":
             from nanonlp import recipe
 
-            recipe.load_for_run(cfg, run_dir)  # a resumed run continues its recipe, whatever the config's train section says
+            chosen = recipe.load_for_run(cfg, run_dir)  # a resumed run continues its recipe, whatever the config's train section says
+            spent = chosen.probe_seconds if chosen is not None and ctx.fresh else 0.0  # the probe counts against the budget
         model = build_from_pretrained(cfg)[0] if cfg.train.init_from else self.build_model(cfg.model)
         model.to(device)
         block_size = cfg.model.block_size
@@ -260,6 +265,7 @@ class LMTask(Task):
             data_state=lambda: {"generator": sampler.generator.get_state()},
             load_data_state=lambda state: sampler.generator.set_state(state["generator"]),
             flops_per_token=model.flops_per_token(),
+            spent_seconds=spent,
         )
 
     def add_eval_arguments(self, parser) -> None:

@@ -240,6 +240,8 @@ def latent_figures(model, sentences: list, device: torch.device, iw_samples: int
     generator = torch.Generator(device=device).manual_seed(seed)
     totals = {"nll": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
     tokens, means, logvars = 0, [], []
+    from nanonlp.models.vae import gaussian_kl, randn, sequence_nll
+
     for inputs, targets, lengths in batches(sentences, batch_size, device):
         tokens += int(lengths.sum())
         if isinstance(model, SentenceVAE):
@@ -247,11 +249,12 @@ def latent_figures(model, sentences: list, device: torch.device, iw_samples: int
             mu, logvar = model.posterior(targets, lengths)
             means.append(mu)
             logvars.append(logvar)
-            parts = model(inputs, targets, lengths)
-            totals["reconstruction"] += float(parts["reconstruction"]) * len(lengths)
-            totals["kl"] += float(parts["kl"]) * len(lengths)
+            z = mu + (0.5 * logvar).exp() * randn(mu.shape, generator, mu.device)  # one draw, from this call's generator
+            totals["reconstruction"] += float(sequence_nll(model.decoder(inputs, z)[0], targets).sum())
+            totals["kl"] += float(gaussian_kl(mu, logvar).sum())
         elif isinstance(model, ARAE):
-            totals["reconstruction"] += float(model(inputs, targets, lengths)["reconstruction"]) * len(lengths)
+            code = model.encode_mean(targets, lengths)
+            totals["reconstruction"] += float(sequence_nll(model.decoder(inputs, code)[0], targets).sum())
         else:
             totals["nll"] -= float(model.log_likelihood(inputs, targets, lengths).sum())
     n = len(sentences)

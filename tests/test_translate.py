@@ -415,7 +415,7 @@ def test_changed_data_is_refused_on_resume_and_eval(tmp_path, capsys):
         fit(load_config(None, overrides + ["--train.max_steps=6"]), resume=True, quiet=True)
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", str(tmp_path / "run"), "--data", str(tsv)])
-    assert exit_info.value.code == 2 and "--data is for classify, lm and tag runs" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--data is for classify, lm, sentence and tag runs" in capsys.readouterr().err
 
 
 def test_two_process_translation_training_learns_and_resumes(tmp_path):

@@ -150,8 +150,9 @@ def _check_cache(run_dir: Path, data_cfg: DataConfig) -> None:
 
 def _add_sample_arguments(p) -> None:
     add_option(p, "run_dir", help="run directory written by `nanonlp train` (or a Hugging Face GPT-2 folder)")
+    # task sentence adds --nearest to these
     add_option(p, "--prompt", help="text to continue (default: the run's sample.prompt)")
-    add_option(p, "--max-new-tokens", type=int, help="tokens to generate")
+    add_option(p, "--max-new-tokens", type=int, help="tokens to generate (a sentence model: the longest sentence, in words)")
     add_option(p, "--temperature", type=float, help="0 is greedy; below 1 is more conservative")
     add_option(p, "--top-k", type=int, help="sample from the k most likely tokens only (0: off)")
     add_option(p, "--top-p", type=float, help="sample from the smallest set reaching probability p (1: off)")

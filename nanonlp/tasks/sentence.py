@@ -274,15 +274,10 @@ def latent_figures(model, sentences: list, device: torch.device, iw_samples: int
 
 
 def _add_sample_arguments(p) -> None:
-    add_option(p, "run_dir", help="run directory written by `nanonlp train`")
-    add_option(p, "--max-new-tokens", type=int, help="tokens to generate (a sentence model: the longest sentence, in words)")
-    add_option(p, "--temperature", type=float, help="0 is greedy; below 1 is more conservative")
-    add_option(p, "--top-k", type=int, help="sample from the k most likely tokens only (0: off)")
-    add_option(p, "--top-p", type=float, help="sample from the smallest set reaching probability p (1: off)")
-    add_option(p, "--seed", type=int, help="random seed; the same seed gives the same text")
-    add_option(p, "--num-samples", type=int, default=1, help="how many independent samples to print")
+    from nanonlp.tasks.lm import _add_sample_arguments as language_model_options
+
+    language_model_options(p)  # `sample` is shared with task lm: the same options, and one of our own
     add_option(p, "--nearest", type=int, default=0, help="sentence models: also print the K training sentences nearest each sample")
-    add_option(p, "--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def _sample(args) -> None:

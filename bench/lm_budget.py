@@ -12,7 +12,8 @@ first over 30 iterations. Its data is prepared as its shakespeare_char/prepare.p
 first 90% train, last 10% validation), which is nanonlp's split of the same text (data.val_fraction 0.1).
 
 Printed for each budget: each side's final validation loss (nats per character), and the seconds
-nanonlp needed to reach nanoGPT's final loss (from its evaluations, so an upper bound).
+nanonlp needed to reach nanoGPT's final loss (from its evaluations, so an upper bound), also as a
+share of the budget.
 """
 
 from __future__ import annotations
@@ -128,7 +129,11 @@ def run_nanonlp(config: str, out_dir: Path, seconds: float, data: str, *override
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"nanonlp failed:\n{result.stderr[-3000:]}")
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if '"val_loss"' in line]
+    metrics = out_dir / "metrics.jsonl"
+    evals = [json.loads(line) for line in metrics.read_text().splitlines() if '"val_loss"' in line] if metrics.is_file() else []
+    if not evals:
+        raise SystemExit(f"nanonlp ran no evaluation in {seconds:g} s (see {out_dir}): give it a longer budget.")
+    return evals
 
 
 def first_time_at_or_below(evals: list[dict], target: float) -> float | None:
@@ -165,8 +170,9 @@ def main() -> None:
             reach = first_time_at_or_below(evals, theirs)
             rows.append({"budget_s": budget, "nanogpt_iters": iters, "nanogpt_wall_s": wall, "nanogpt_val_loss": theirs,
                          "nanonlp_val_loss": ours, "nanonlp_seconds_to_nanogpt_loss": reach})
+            share = f"{reach:.1f} s, {reach / budget:.2f} of the budget" if reach is not None else "never"
             print(f"{budget:6.0f} s: nanoGPT {theirs:.4f} ({iters} iters, {wall:.0f} s wall); nanonlp {ours:.4f}; "
-                  f"nanonlp reached {theirs:.4f} at {reach if reach is not None else 'never'} s", flush=True)
+                  f"nanonlp reached {theirs:.4f} at {share}", flush=True)
         results["budgets"] = rows
 
     if args.ablation:

@@ -10,10 +10,17 @@ The rule (no table of per-machine settings):
    torch version and precision, so later runs skip it.
 3. The shape: the largest rung that still sees at least TOKENS_PER_PARAMETER training tokens per
    parameter in the budget left (tokens = seconds left / predicted seconds per step * tokens per
-   step). A longer budget sees more tokens on every rung, so it never picks a smaller model.
+   step). Repeated tokens count for less: after the first pass over a small corpus, the tokens are
+   discounted as in Muennighoff et al. (2023, "Scaling data-constrained language models"): U unique
+   tokens seen P times count as U * (1 + R * (1 - exp(-(P - 1) / R))), R = REPEAT_DECAY passes, so
+   a corpus never counts for more than about R + 1 passes. A longer budget sees at least as many
+   counted tokens on every rung, so it never picks a smaller model.
 4. The batch: BATCH_TOKENS tokens a step (rounded to whole sequences); about EVALUATIONS validations
    in the run (train.eval_interval from the predicted step count).
-5. The schedule follows the clock, not a step count: warmup over the first WARMUP_SHARE of the budget,
+5. Dropout where the run repeats its data: 0 for fewer than two passes, else min(MAX_DROPOUT,
+   0.05 * log2(passes)): 0.05 at two passes, 0.1 at four, 0.2 from sixteen (nanoGPT's Tiny Shakespeare
+   setting, about 80 passes, uses 0.2).
+6. The schedule follows the clock, not a step count: warmup over the first WARMUP_SHARE of the budget,
    then cosine decay that ends at the budget (`train.lr_schedule: time`). Peak rates: Muon's
    MUON_LR for the hidden matrices (where train.optimizer is muon); AdamW's ADAM_LR * 128 / width for
    the rest (wider models take smaller Adam steps, as in muP).
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +45,8 @@ from nanonlp.errors import ConfigError
 LADDER = (64, 96, 128, 192, 256, 320, 384, 512)
 HEAD_DIM = 32
 TOKENS_PER_PARAMETER = 8.0
+REPEAT_DECAY = 15.0  # Muennighoff et al.'s R*_D: repeated passes lose value on this scale
+MAX_DROPOUT = 0.2
 BATCH_TOKENS = 2048
 WARMUP_SHARE = 0.02
 MUON_LR = 0.02
@@ -80,6 +90,7 @@ class Recipe:
     seconds_per_step: float
     probe_seconds: float
     reason: str
+    dropout: float = 0.0
 
 
 def fit_speed(samples: list[tuple[float, float]]) -> tuple[float, float]:
@@ -93,8 +104,23 @@ def fit_speed(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return a, b
 
 
-def choose(budget_seconds: float, vocab_size: int, speed: tuple[float, float], probe_seconds: float = 0.0) -> Recipe:
-    """The recipe for a budget, given the fitted speed (seconds per step = a + b * FLOPs per step)."""
+def counted_tokens(tokens: float, train_tokens: int | None) -> float:
+    """The tokens a run sees, discounted for repeats of a corpus of `train_tokens` (None: unlimited)."""
+    if not train_tokens or tokens <= train_tokens:
+        return tokens
+    repeats = tokens / train_tokens - 1.0
+    return train_tokens * (1.0 + REPEAT_DECAY * (1.0 - math.exp(-repeats / REPEAT_DECAY)))
+
+
+def dropout_for(passes: float) -> float:
+    """Dropout for a run that sees its training data `passes` times."""
+    return 0.0 if passes < 2.0 else round(min(MAX_DROPOUT, 0.05 * math.log2(passes)), 3)
+
+
+def choose(budget_seconds: float, vocab_size: int, speed: tuple[float, float], probe_seconds: float = 0.0,
+           train_tokens: int | None = None) -> Recipe:
+    """The recipe for a budget, given the fitted speed (seconds per step = a + b * FLOPs per step) and
+    the size of the training split (None: unlimited data)."""
     if budget_seconds <= 0:
         raise ConfigError("model.size auto needs a time budget: set train.max_seconds.")
     a, b = speed
@@ -105,17 +131,21 @@ def choose(budget_seconds: float, vocab_size: int, speed: tuple[float, float], p
         batch = max(1, BATCH_TOKENS // shape.block_size)
         step = a + b * shape.flops_per_step(vocab_size, batch * shape.block_size)
         tokens = left / step * batch * shape.block_size
-        ratio = tokens / shape.parameters(vocab_size)
+        counted = counted_tokens(tokens, train_tokens)
+        ratio = counted / shape.parameters(vocab_size)
         if chosen is None or ratio >= TOKENS_PER_PARAMETER:
-            chosen = (shape, batch, step)
-            reason = (f"the largest model that sees {ratio:.1f} >= {TOKENS_PER_PARAMETER:g} tokens per parameter in "
-                      f"{left:.0f} s at {step * 1000:.0f} ms a step" if ratio >= TOKENS_PER_PARAMETER else
-                      f"the smallest model (even it sees only {ratio:.1f} tokens per parameter in {left:.0f} s)")
+            passes = tokens / train_tokens if train_tokens else 0.0
+            chosen = (shape, batch, step, dropout_for(passes))
+            seen = f"{ratio:.1f} tokens per parameter in {left:.0f} s at {step * 1000:.0f} ms a step"
+            if counted < tokens:
+                seen += f" ({passes:.1f} passes over the {train_tokens:,} training tokens count as {counted / train_tokens:.1f})"
+            reason = (f"the largest model that sees {seen}, at least {TOKENS_PER_PARAMETER:g}" if ratio >= TOKENS_PER_PARAMETER
+                      else f"the smallest model (even it sees only {seen})")
         else:
             break
-    shape, batch, step = chosen
+    shape, batch, step, dropout = chosen
     return Recipe(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, batch, ADAM_LR * 128 / shape.n_embd, MUON_LR,
-                  WARMUP_SHARE, step, probe_seconds, reason)
+                  WARMUP_SHARE, step, probe_seconds, reason, dropout)
 
 
 def _probe_cache_key(device: torch.device, dtype: torch.dtype) -> str:
@@ -182,7 +212,7 @@ def measure_speed(vocab_size: int, device: torch.device, dtype: torch.dtype, ste
 def apply(cfg, recipe: Recipe) -> None:
     """Set the model shape and the train settings of `cfg` to the recipe's."""
     cfg.model = dataclasses.replace(cfg.model, n_layer=recipe.n_layer, n_head=recipe.n_head, n_embd=recipe.n_embd,
-                                    block_size=recipe.block_size)
+                                    block_size=recipe.block_size, dropout=recipe.dropout)
     apply_train(cfg, recipe)
 
 
@@ -197,19 +227,23 @@ def apply_train(cfg, recipe: Recipe) -> None:
     tc.eval_interval = max(10, int(steps / EVALUATIONS))
 
 
-def choose_for_run(cfg, run_dir: Path, vocab_size: int, device: torch.device, quiet: bool) -> Recipe:
+def choose_for_run(cfg, run_dir: Path, vocab_size: int, train_tokens: int, device: torch.device, quiet: bool) -> Recipe:
     """A fresh run: probe (or read the cached probe), choose, apply, print and save the recipe."""
     from nanonlp.device import resolve_dtype
     from nanonlp.io import atomic_write_text
 
     speed, probe_seconds = measure_speed(vocab_size, device, resolve_dtype(cfg.train.dtype, device))
-    recipe = choose(cfg.train.max_seconds, vocab_size, speed, probe_seconds)
+    if probe_seconds >= 0.5 * cfg.train.max_seconds:
+        raise ConfigError(f"the speed probe took {probe_seconds:.0f} s, at least half of train.max_seconds "
+                          f"({cfg.train.max_seconds:g} s); it is cached now, so run again with --overwrite, or raise "
+                          "train.max_seconds.")
+    recipe = choose(cfg.train.max_seconds, vocab_size, speed, probe_seconds, train_tokens)
     apply(cfg, recipe)
     atomic_write_text(run_dir / RECIPE, json.dumps(dataclasses.asdict(recipe), indent=1))
     if not quiet:
         rates = f"Muon {recipe.muon_learning_rate:g} and AdamW" if cfg.train.optimizer == "muon" else "AdamW"
         print(f"recipe for {cfg.train.max_seconds:g} s: {recipe.n_layer} layers x {recipe.n_embd} wide, {recipe.n_head} heads, "
-              f"context {recipe.block_size}, batch {recipe.batch_size}; {rates} "
+              f"context {recipe.block_size}, batch {recipe.batch_size}, dropout {recipe.dropout:g}; {rates} "
               f"{recipe.learning_rate:.2g}, warmup {100 * recipe.warmup_share:g}% then cosine decay to the budget's end; "
               f"{recipe.reason} (speed probe {probe_seconds:.1f} s{', cached' if probe_seconds == 0 else ''})", file=sys.stderr)
     return recipe

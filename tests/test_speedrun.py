@@ -216,6 +216,27 @@ def test_the_chosen_model_sees_enough_tokens_and_the_next_one_would_not():
     assert recipes.choose(budget, vocab, speed, probe_seconds=590).n_embd < chosen.n_embd
 
 
+def test_a_small_corpus_counts_its_repeats_for_less_and_gets_dropout():
+    unique = 100_000
+    assert recipes.counted_tokens(50_000, unique) == 50_000 and recipes.counted_tokens(5e6, None) == 5e6  # no repeats
+    counted = [recipes.counted_tokens(passes * unique, unique) for passes in (1, 2, 4, 16, 64, 1000)]
+    assert counted == sorted(counted) and counted[1] < 2 * unique  # repeats count, but for less than new text
+    assert counted[-1] <= (recipes.REPEAT_DECAY + 1) * unique  # and never for more than R + 1 passes
+    assert recipes.dropout_for(0.5) == 0.0 and recipes.dropout_for(1.9) == 0.0
+    rates = [recipes.dropout_for(p) for p in (2, 4, 16, 80, 1000)]
+    assert rates == sorted(rates) and rates[0] > 0 and rates[-1] == recipes.MAX_DROPOUT
+    speed, vocab = (0.005, 5e-12), 65
+    for budget in (60, 600, 6000):  # less text never picks a larger model; a longer budget never a smaller one
+        widths = [recipes.choose(budget, vocab, speed, train_tokens=n).n_embd for n in (10_000, 100_000, 1_000_000, 10 ** 9)]
+        assert widths == sorted(widths), (budget, widths)
+    for tokens in (10_000, 1_000_000):
+        widths = [recipes.choose(budget, vocab, speed, train_tokens=tokens).n_embd for budget in (60, 600, 6000, 60000)]
+        assert widths == sorted(widths), (tokens, widths)
+    assert recipes.choose(6000, vocab, speed, train_tokens=10_000).n_embd < recipes.choose(6000, vocab, speed).n_embd
+    assert recipes.choose(6000, vocab, speed, train_tokens=10_000).dropout == recipes.MAX_DROPOUT
+    assert recipes.choose(60, vocab, speed, train_tokens=10 ** 9).dropout == 0.0  # one pass at most: no dropout
+
+
 def test_speed_fit_recovers_a_line():
     samples = [(f, 0.003 + 2e-12 * f) for f in (1e9, 5e9, 2e10)]
     a, b = recipes.fit_speed(samples)
@@ -263,6 +284,7 @@ def test_a_budget_aware_run_saves_its_recipe_and_a_resume_continues_it(tmp_path,
     assert saved["model"]["n_embd"] == chosen["n_embd"] and saved["model"]["n_layer"] == chosen["n_layer"]
     assert saved["train"]["lr_schedule"] == "time" and saved["train"]["eval_interval"] >= 10
     assert saved["train"]["batch_size"] == chosen["batch_size"]
+    assert saved["model"]["dropout"] == chosen["dropout"] > 0  # the tiny corpus is seen many times in the budget
     # A resume with a longer budget continues the recipe: same shape and batch, the clock schedule.
     resumed = load_config(config, overrides[:-3] + ["--train.max_seconds=4", "--train.eval_interval=5", "--train.dtype=float32",
                                                     "--train.batch_size=3"])
@@ -276,6 +298,10 @@ def test_a_budget_aware_run_saves_its_recipe_and_a_resume_continues_it(tmp_path,
     assert max(r["lr"] for r in lines) <= peak * 1.0001 and lines[-1]["lr"] < 0.2 * peak  # decayed on the clock, near min_lr at 4 s
     with pytest.raises(ConfigError, match="max_seconds"):
         fit(load_config(config, overrides[:2] + ["--train.out_dir=" + str(tmp_path / "x")]), quiet=True)
+    # A probe that eats most of the budget is an error, not a run with no training and no evaluation.
+    monkeypatch.setattr(recipes, "measure_speed", lambda *a, **k: ((0.02, 1e-11), 1.5))
+    with pytest.raises(ConfigError, match="speed probe took 2 s"):
+        fit(load_config(config, [overrides[0], f"--train.out_dir={tmp_path / 'y'}", *overrides[2:]]), quiet=True)
 
 
 def test_gpt_config_refuses_a_dropout_of_one():

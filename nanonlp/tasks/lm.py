@@ -206,7 +206,7 @@ class LMTask(Task):
     def frozen_keys(self, cfg) -> list[str]:
         keys = super().frozen_keys(cfg)
         if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":  # the recipe chose the shape
-            keys = [k for k in keys if k not in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size")]
+            keys = [k for k in keys if k not in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.dropout")]
         if cfg.train.init_from:  # a fine-tuned GPT-2's shape comes from its folder, not from the config
             keys = [k for k in keys if not k.startswith("model.") or k == "model.dropout"]
         if cfg.data.tokenizer == "char":  # the vocabulary size of a char tokenizer is the corpus's, not a setting
@@ -230,7 +230,8 @@ class LMTask(Task):
         if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":
             from nanonlp import recipe
 
-            recipe.choose_for_run(cfg, ctx.run_dir, tokenizer.vocab_size, ctx.device, ctx.quiet)
+            train_tokens = len(read_ids(ctx.run_dir / DATA_DIR / "train.bin", tokenizer.vocab_size))
+            recipe.choose_for_run(cfg, ctx.run_dir, tokenizer.vocab_size, train_tokens, ctx.device, ctx.quiet)
 
     def job(self, cfg, ctx: Context) -> TrainingJob:
         run_dir, device, tc = ctx.run_dir, ctx.device, cfg.train

@@ -4,6 +4,7 @@ at the same wall-clock budgets; and each speedrun method's gain or loss measured
     python bench/lm_budget.py --nanogpt ~/src/nanoGPT                    # budgets 60 s, 120 s, 5 min, 15 min
     python bench/lm_budget.py --nanogpt ~/src/nanoGPT --budgets 60,120
     python bench/lm_budget.py --ablation 120                             # the methods table only (no nanoGPT needed)
+    python bench/lm_budget.py --ablation 120 --methods qk,relu,zero      # some methods and the baseline
 
 --nanogpt is a local checkout of karpathy/nanoGPT; it is run from a scratch copy under --out (never
 copied into this repository) with its README's CPU recipe (4 layers, 4 heads, 128 wide, context 64,
@@ -148,6 +149,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="60,120,300,900", help="seconds, comma-separated")
     parser.add_argument("--config", default=str(ROOT / "nanonlp/configs/budget_char_gpt.yaml"), help="nanonlp's budget-aware config")
     parser.add_argument("--ablation", type=float, default=0, help="seconds: also measure each method alone at this budget")
+    parser.add_argument("--methods", default="", help="with --ablation: only the methods whose names contain one of these "
+                        "comma-separated words (the baseline always runs)")
     parser.add_argument("--out", default="runs/bench_lm_budget")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -177,7 +180,10 @@ def main() -> None:
 
     if args.ablation:
         rows = {}
+        wanted = [w.strip().lower() for w in args.methods.split(",") if w.strip()]
         for name, overrides in METHODS.items():
+            if wanted and overrides and not any(w in name.lower() for w in wanted):
+                continue
             tag = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
             evals = run_nanonlp(args.config, out / f"ablation_{tag}", args.ablation, args.data, "--train.optimizer=adamw",
                                 "--model.position=learned", "--model.qk_norm=false", "--model.activation=gelu",

@@ -17,9 +17,10 @@ The rule (no table of per-machine settings):
    counted tokens on every rung, so it never picks a smaller model.
 4. The batch: BATCH_TOKENS tokens a step (rounded to whole sequences); about EVALUATIONS validations
    in the run (train.eval_interval from the predicted step count).
-5. Dropout where the run repeats its data: 0 for fewer than two passes, else min(MAX_DROPOUT,
-   0.05 * log2(passes)): 0.05 at two passes, 0.1 at four, 0.2 from sixteen (nanoGPT's Tiny Shakespeare
-   setting, about 80 passes, uses 0.2).
+5. Dropout where the run repeats its data many times: 0 below DROPOUT_FROM_PASSES passes, else
+   min(MAX_DROPOUT, 0.05 * log2(passes / 4)): 0.05 at 8 passes, 0.1 at 16, 0.2 from 64 (nanoGPT's Tiny
+   Shakespeare setting, about 80 passes, uses 0.2). Dropout slows learning, so it waits until the data
+   is repeated enough to overfit: at 2 passes, 0.05 cost 0.07 in validation loss (1.383 against 1.315).
 6. The schedule follows the clock, not a step count: warmup over the first WARMUP_SHARE of the budget,
    then cosine decay that ends at the budget (`train.lr_schedule: time`). Peak rates: Muon's
    MUON_LR for the hidden matrices (where train.optimizer is muon); AdamW's ADAM_LR * 128 / width for
@@ -47,6 +48,7 @@ HEAD_DIM = 32
 TOKENS_PER_PARAMETER = 8.0
 REPEAT_DECAY = 15.0  # Muennighoff et al.'s R*_D: repeated passes lose value on this scale
 MAX_DROPOUT = 0.2
+DROPOUT_FROM_PASSES = 8.0
 BATCH_TOKENS = 2048
 WARMUP_SHARE = 0.02
 MUON_LR = 0.02
@@ -114,7 +116,7 @@ def counted_tokens(tokens: float, train_tokens: int | None) -> float:
 
 def dropout_for(passes: float) -> float:
     """Dropout for a run that sees its training data `passes` times."""
-    return 0.0 if passes < 2.0 else round(min(MAX_DROPOUT, 0.05 * math.log2(passes)), 3)
+    return 0.0 if passes < DROPOUT_FROM_PASSES else round(min(MAX_DROPOUT, 0.05 * math.log2(passes / 4)), 3)
 
 
 def choose(budget_seconds: float, vocab_size: int, speed: tuple[float, float], probe_seconds: float = 0.0,

@@ -222,8 +222,8 @@ def test_a_small_corpus_counts_its_repeats_for_less_and_gets_dropout():
     counted = [recipes.counted_tokens(passes * unique, unique) for passes in (1, 2, 4, 16, 64, 1000)]
     assert counted == sorted(counted) and counted[1] < 2 * unique  # repeats count, but for less than new text
     assert counted[-1] <= (recipes.REPEAT_DECAY + 1) * unique  # and never for more than R + 1 passes
-    assert recipes.dropout_for(0.5) == 0.0 and recipes.dropout_for(1.9) == 0.0
-    rates = [recipes.dropout_for(p) for p in (2, 4, 16, 80, 1000)]
+    assert recipes.dropout_for(0.5) == 0.0 and recipes.dropout_for(7.9) == 0.0
+    rates = [recipes.dropout_for(p) for p in (8, 16, 32, 80, 1000)]
     assert rates == sorted(rates) and rates[0] > 0 and rates[-1] == recipes.MAX_DROPOUT
     speed, vocab = (0.005, 5e-12), 65
     for budget in (60, 600, 6000):  # less text never picks a larger model; a longer budget never a smaller one

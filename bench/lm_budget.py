@@ -5,6 +5,10 @@ at the same wall-clock budgets; and each speedrun method's gain or loss measured
     python bench/lm_budget.py --nanogpt ~/src/nanoGPT --budgets 60,120
     python bench/lm_budget.py --ablation 120                             # the methods table only (no nanoGPT needed)
     python bench/lm_budget.py --ablation 120 --methods qk,relu,zero      # some methods and the baseline
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python bench/lm_budget.py --nanogpt DIR --budgets 60,120 --set train.dtype=float32   # as on an AVX2-only CPU
+
+(nanoGPT trains in float32 on any CPU: its autocast is for CUDA only.)
 
 --nanogpt is a local checkout of karpathy/nanoGPT; it is run from a scratch copy under --out (never
 copied into this repository) with its README's CPU recipe (4 layers, 4 heads, 128 wide, context 64,
@@ -151,12 +155,14 @@ def main() -> None:
     parser.add_argument("--ablation", type=float, default=0, help="seconds: also measure each method alone at this budget")
     parser.add_argument("--methods", default="", help="with --ablation: only the methods whose names contain one of these "
                         "comma-separated words (the baseline always runs)")
+    parser.add_argument("--set", action="append", default=[], help="an override for every nanonlp run, e.g. --set train.dtype=float32")
     parser.add_argument("--out", default="runs/bench_lm_budget")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"processor: {processor()}; {os.cpu_count()} cores; corpus {args.data}", file=sys.stderr)
-    results = {"processor": processor(), "data": args.data}
+    results = {"processor": processor(), "data": args.data, "overrides": args.set}
+    extra = [f"--{item}" for item in args.set]
 
     if args.nanogpt:
         text = corpus_text(args.data)
@@ -168,7 +174,7 @@ def main() -> None:
             iters = max(1, int(budget / step))  # its iterations fill the budget; start-up and evaluation come on top, as nanonlp's data preparation does
             stdout, wall = run_nanogpt(src, out / f"nanogpt_{budget:g}", iters, 50)
             theirs = nanogpt_val_loss(stdout)
-            evals = run_nanonlp(args.config, out / f"nanonlp_{budget:g}", budget, args.data)
+            evals = run_nanonlp(args.config, out / f"nanonlp_{budget:g}", budget, args.data, *extra)
             ours = evals[-1]["val_loss"]
             reach = first_time_at_or_below(evals, theirs)
             rows.append({"budget_s": budget, "nanogpt_iters": iters, "nanogpt_wall_s": wall, "nanogpt_val_loss": theirs,
@@ -187,7 +193,7 @@ def main() -> None:
             tag = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
             evals = run_nanonlp(args.config, out / f"ablation_{tag}", args.ablation, args.data, "--train.optimizer=adamw",
                                 "--model.position=learned", "--model.qk_norm=false", "--model.activation=gelu",
-                                "--model.zero_init=false", "--model.tie_embeddings=true", "--model.logit_softcap=0", *overrides)
+                                "--model.zero_init=false", "--model.tie_embeddings=true", "--model.logit_softcap=0", *overrides, *extra)
             rows[name] = evals[-1]["val_loss"]
             print(f"{name:32s} {rows[name]:.4f}", flush=True)
         results["ablation"] = {"seconds": args.ablation, "val_loss": rows}

@@ -2,6 +2,12 @@
 
     python bench/lm_speed.py                      # 6 layers, 384 wide, 6 heads, context 256, batch 64
     python bench/lm_speed.py --steps 5 --modes bf16-eager fp32-eager --profile
+    python bench/lm_speed.py --speedrun --n-layer 4 --n-embd 256 --n-head 4 --block-size 128 --batch-size 32 \
+        --dropout 0 --threads 1 2 --modes fp32-eager fp32-compiled     # the speedrun GPT with Muon
+
+On a machine with AVX-512, an AVX2-only machine's fp32 path can be imitated by limiting every kernel
+library to AVX2: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+(the script prints the capability PyTorch dispatches to).
 
 For each precision and eager/compiled mode: tokens/s, ms/step and model FLOPs utilisation (MFU)
 against the matmul peak measured here for that precision. Steps are the real ones of nanonlp's
@@ -45,18 +51,33 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--modes", nargs="+", default=["fp32-eager", "bf16-eager", "fp32-compiled", "bf16-compiled"])
     parser.add_argument("--profile", action="store_true", help="print the top operators of the first mode")
+    parser.add_argument("--speedrun", action="store_true", help="the speedrun's GPT (rotary, QK-norm, ReLU², zero-init, "
+                        "untied head, soft-cap 30) trained with Muon, as configs/budget_char_gpt.yaml")
+    parser.add_argument("--threads", type=int, nargs="+", default=[0], help="torch threads to measure with (0: the default)")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     text = Path(args.data).read_text(encoding="utf-8")
     tokenizer = CharTokenizer.train(text)
     ids = np.asarray(tokenizer.encode(text), dtype=np.uint16)
+    speedrun = dict(position="rotary", qk_norm=True, activation="relu2", zero_init=True, tie_embeddings=False,
+                    logit_softcap=30.0) if args.speedrun else {}
     config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                       dropout=args.dropout, bias=False, vocab_size=tokenizer.vocab_size)
+                       dropout=args.dropout, bias=False, vocab_size=tokenizer.vocab_size, **speedrun)
+    train_config = TrainConfig(optimizer="muon" if args.speedrun else "adamw")
+    capability = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else torch.cuda.get_device_name()
     print(f"model: GPT {args.n_layer}x{args.n_embd}, {args.n_head} heads, context {args.block_size}, batch {args.batch_size}, "
-          f"dropout {args.dropout}; device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"dropout {args.dropout}{', speedrun methods, Muon' if args.speedrun else ''}; device {device} ({capability}), "
+          f"torch {torch.__version__}")
+    default_threads = torch.get_num_threads()
+    for threads in args.threads:
+        torch.set_num_threads(threads or default_threads)
+        measure(args, device, ids, config, train_config)
+
+
+def measure(args, device, ids, config, train_config) -> None:
     peaks = {name: matmul_peak_tflops(device, dtype) for name, dtype in DTYPES.items()}
-    print("matmul peak: " + ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in peaks.items()))
+    print(f"{torch.get_num_threads()} threads; matmul peak: " + ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in peaks.items()))
     print(f"{'mode':>14} {'tokens/s':>9} {'ms/step':>8} {'TFLOP/s':>8} {'MFU':>6}")
     for mode in args.modes:
         precision, how = mode.split("-")
@@ -65,7 +86,7 @@ def main() -> None:
             continue
         torch.manual_seed(0)
         model = GPT(config).to(device).train()
-        optimizer = make_optimizer(model, TrainConfig(), device)
+        optimizer = make_optimizer(model, train_config, device)
         runner = torch.compile(model) if how == "compiled" else model
         sampler = WindowSampler(ids, args.block_size, args.batch_size, device, 0, "training")
         job = TrainingJob(model=model, train_batch=sampler, loss=lm_loss, evaluate=None, batch_tokens=None,

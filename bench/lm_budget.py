@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="an override for every nanonlp run, e.g. --set train.dtype=float32")
     parser.add_argument("--out", default="runs/bench_lm_budget")
     args = parser.parse_args()
+    if args.methods and not args.ablation:
+        parser.error("--methods chooses among the ablation's methods: give --ablation SECONDS too.")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"processor: {processor()}; {os.cpu_count()} cores; corpus {args.data}", file=sys.stderr)

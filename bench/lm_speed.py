@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["fp32-eager", "bf16-eager", "fp32-compiled", "bf16-compiled"])
     parser.add_argument("--profile", action="store_true", help="print the top operators of the first mode")
     parser.add_argument("--speedrun", action="store_true", help="the speedrun's GPT (rotary, QK-norm, ReLU², zero-init, "
-                        "untied head, soft-cap 30) trained with Muon, as configs/budget_char_gpt.yaml")
+                        "untied head, soft-cap 30) trained with Muon, as configs/budget_char_gpt.yaml (--dropout stays as given)")
     parser.add_argument("--threads", type=int, nargs="+", default=[0], help="torch threads to measure with (0: the default)")
     args = parser.parse_args()
 

@@ -57,7 +57,7 @@ def pretrain_chinese_gpt(out: Path, minutes: float, overrides: list[str]) -> Pat
     corpus = out / "zh_raw.txt"
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     lm_dir = out / "zh_char_gpt"
-    cfg = load_config(ROOT / "configs/shakespeare_char_gpt_cpu.yaml",
+    cfg = load_config(ROOT / "configs/zh_char_gpt.yaml",
                       [f"--data.path={corpus}", f"--train.out_dir={lm_dir}", f"--train.max_seconds={minutes * 60}",
                        f"--train.max_steps={int(minutes * 130)}", "--train.eval_interval=200"])
     started = time.perf_counter()

@@ -4,7 +4,7 @@ model's shape, batch and learning rates are chosen for the budget and for this m
 The rule (no table of per-machine settings):
 1. A ladder of shapes, each a little larger than the last: width w in LADDER, depth max(2, w / 32)
    capped at 8, heads of 32 channels, context 64 up to width 128, 128 up to 256, then 256.
-2. The machine's speed: a few timed training steps of three shapes of the ladder (smallest, middle,
+2. The machine's speed: a few timed training steps (without dropout, which the recipe may add) of three shapes of the ladder (smallest, middle,
    largest) fit seconds per step = a + b * FLOPs per step by least squares, which predicts every rung.
    The probe's seconds count against the budget; its result is cached per machine, thread count,
    torch version and precision, so later runs skip it.
@@ -108,7 +108,7 @@ def fit_speed(samples: list[tuple[float, float]]) -> tuple[float, float]:
 
 def counted_tokens(tokens: float, train_tokens: int | None) -> float:
     """The tokens a run sees, discounted for repeats of a corpus of `train_tokens` (None: unlimited)."""
-    if not train_tokens or tokens <= train_tokens:
+    if train_tokens is None or tokens <= train_tokens:
         return tokens
     repeats = tokens / train_tokens - 1.0
     return train_tokens * (1.0 + REPEAT_DECAY * (1.0 - math.exp(-repeats / REPEAT_DECAY)))
@@ -125,6 +125,8 @@ def choose(budget_seconds: float, vocab_size: int, speed: tuple[float, float], p
     the size of the training split (None: unlimited data)."""
     if budget_seconds <= 0:
         raise ConfigError("model.size auto needs a time budget: set train.max_seconds.")
+    if train_tokens is not None and train_tokens <= 0:
+        raise ConfigError("model.size auto found no training tokens: give data.path a longer text, or a smaller data.val_fraction.")
     a, b = speed
     left = max(1.0, budget_seconds - probe_seconds)
     chosen, reason = None, ""
@@ -136,7 +138,7 @@ def choose(budget_seconds: float, vocab_size: int, speed: tuple[float, float], p
         counted = counted_tokens(tokens, train_tokens)
         ratio = counted / shape.parameters(vocab_size)
         if chosen is None or ratio >= TOKENS_PER_PARAMETER:
-            passes = tokens / train_tokens if train_tokens else 0.0
+            passes = tokens / train_tokens if train_tokens is not None else 0.0
             chosen = (shape, batch, step, dropout_for(passes))
             seen = f"{ratio:.1f} tokens per parameter in {left:.0f} s at {step * 1000:.0f} ms a step"
             if counted < tokens:
@@ -237,8 +239,8 @@ def choose_for_run(cfg, run_dir: Path, vocab_size: int, train_tokens: int, devic
     speed, probe_seconds = measure_speed(vocab_size, device, resolve_dtype(cfg.train.dtype, device))
     if probe_seconds >= 0.5 * cfg.train.max_seconds:
         raise ConfigError(f"the speed probe took {probe_seconds:.0f} s, at least half of train.max_seconds "
-                          f"({cfg.train.max_seconds:g} s); it is cached now, so run again with --overwrite, or raise "
-                          "train.max_seconds.")
+                          f"({cfg.train.max_seconds:g} s); it is cached now, so the same command again trains for the "
+                          "whole budget (or raise train.max_seconds).")
     recipe = choose(cfg.train.max_seconds, vocab_size, speed, probe_seconds, train_tokens)
     apply(cfg, recipe)
     atomic_write_text(run_dir / RECIPE, json.dumps(dataclasses.asdict(recipe), indent=1))

@@ -102,6 +102,24 @@ def test_chatterbot_text_is_built_from_the_installed_package():
     assert text.startswith("User: ") and "\nBot: " in text
 
 
+def test_chatterbot_conversations_are_kept_once_in_a_seeded_shuffle(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    folder = tmp_path / "data" / "english"
+    folder.mkdir(parents=True)
+    (folder / "a.yml").write_text("conversations:\n- - Hi\n  - Hello\n- - How are you?\n  - Fine.\n", encoding="utf-8")
+    (folder / "b.yml").write_text("conversations:\n- - Hi\n  - Hello\n" + "".join(f"- - Q{i}\n  - A{i}\n" for i in range(20)),
+                                  encoding="utf-8")
+    monkeypatch.setitem(sys.modules, "chatterbot_corpus", types.SimpleNamespace(__file__=str(tmp_path / "__init__.py")))
+    text = catalog._chatterbot("english")()
+    blocks = text.strip().split("\n\n")
+    file_order = ["User: Hi\nBot: Hello", "User: How are you?\nBot: Fine.", *(f"User: Q{i}\nBot: A{i}" for i in range(20))]
+    assert sorted(blocks) == sorted(file_order)  # the repeated conversation once
+    assert blocks != file_order  # shuffled, so a tail split is not the last file
+    assert catalog._chatterbot("english")() == text  # the same shuffle every build
+
+
 def test_unknown_name_lists_the_catalog():
     with pytest.raises(NanoNLPError, match="known names are: tiny_shakespeare"):
         catalog.resolve("no_such_set")

@@ -3,6 +3,9 @@ projections, an untied head, logit soft-capping."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
@@ -221,7 +224,8 @@ def test_a_small_corpus_counts_its_repeats_for_less_and_gets_dropout():
     assert recipes.counted_tokens(50_000, unique) == 50_000 and recipes.counted_tokens(5e6, None) == 5e6  # no repeats
     counted = [recipes.counted_tokens(passes * unique, unique) for passes in (1, 2, 4, 16, 64, 1000)]
     assert counted == sorted(counted) and counted[1] < 2 * unique  # repeats count, but for less than new text
-    assert counted[-1] <= (recipes.REPEAT_DECAY + 1) * unique  # and never for more than R + 1 passes
+    assert counted[-1] <= (recipes.REPEAT_DECAY + 1) * unique < 1000 * unique  # never more than R + 1 passes
+    assert recipes.counted_tokens(2 * unique, unique) == pytest.approx(unique * (1 + 15 * (1 - math.exp(-1 / 15))))
     assert recipes.dropout_for(0.5) == 0.0 and recipes.dropout_for(7.9) == 0.0
     rates = [recipes.dropout_for(p) for p in (8, 16, 32, 80, 1000)]
     assert rates == sorted(rates) and rates[0] > 0 and rates[-1] == recipes.MAX_DROPOUT
@@ -235,6 +239,19 @@ def test_a_small_corpus_counts_its_repeats_for_less_and_gets_dropout():
     assert recipes.choose(6000, vocab, speed, train_tokens=10_000).n_embd < recipes.choose(6000, vocab, speed).n_embd
     assert recipes.choose(6000, vocab, speed, train_tokens=10_000).dropout == recipes.MAX_DROPOUT
     assert recipes.choose(60, vocab, speed, train_tokens=10 ** 9).dropout == 0.0  # one pass at most: no dropout
+
+
+def test_a_recipe_saved_before_dropout_was_chosen_still_loads(tmp_path):
+    from nanonlp.config import Config
+
+    old = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=32, learning_rate=0.008, muon_learning_rate=0.02,
+               warmup_share=0.02, seconds_per_step=0.01, probe_seconds=0.0, reason="the smallest model")
+    (tmp_path / recipes.RECIPE).write_text(json.dumps(old), encoding="utf-8")
+    cfg = Config(task="lm", data=None, model=GPTConfig(size="auto"), train=TrainConfig(max_seconds=60))
+    loaded = recipes.load_for_run(cfg, tmp_path)
+    assert loaded.dropout == 0.0 and cfg.train.batch_size == 32 and cfg.train.lr_schedule == "time"
+    with pytest.raises(ConfigError, match="no training tokens"):
+        recipes.choose(60, 65, (0.01, 1e-11), train_tokens=0)
 
 
 def test_speed_fit_recovers_a_line():
@@ -275,8 +292,8 @@ def test_a_budget_aware_run_saves_its_recipe_and_a_resume_continues_it(tmp_path,
     monkeypatch.setattr(recipes, "measure_speed", lambda *a, **k: ((0.02, 1e-11), 0.0))
     config = tmp_path / "auto.yaml"
     config.write_text("task: lm\nmodel:\n  type: gpt\n  size: auto\n  dropout: 0.0\n", encoding="utf-8")
-    overrides = [f"--data.path={corpus}", f"--train.out_dir={tmp_path / 'run'}", "--train.max_seconds=2", "--train.eval_interval=5",
-                 "--train.dtype=float32"]
+    overrides = [f"--data.path={corpus}", f"--train.out_dir={tmp_path / 'run'}", "--train.log_interval=1", "--train.max_seconds=2",
+                 "--train.eval_interval=5", "--train.dtype=float32"]
     fit(load_config(config, overrides), quiet=True)
     run = tmp_path / "run"
     chosen = json.loads((run / "recipe.json").read_text())
@@ -292,6 +309,7 @@ def test_a_budget_aware_run_saves_its_recipe_and_a_resume_continues_it(tmp_path,
     assert result.stopped_by == "max_seconds"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["n_embd"] == chosen["n_embd"] and saved["train"]["batch_size"] == chosen["batch_size"] != 3
+    assert saved["model"]["dropout"] == chosen["dropout"]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"lr"' in x]
     peak = chosen["learning_rate"]
     assert lines[-1]["elapsed_s"] > 2.0
@@ -299,9 +317,9 @@ def test_a_budget_aware_run_saves_its_recipe_and_a_resume_continues_it(tmp_path,
     with pytest.raises(ConfigError, match="max_seconds"):
         fit(load_config(config, overrides[:2] + ["--train.out_dir=" + str(tmp_path / "x")]), quiet=True)
     # A probe that eats most of the budget is an error, not a run with no training and no evaluation.
-    monkeypatch.setattr(recipes, "measure_speed", lambda *a, **k: ((0.02, 1e-11), 1.5))
-    with pytest.raises(ConfigError, match="speed probe took 2 s"):
-        fit(load_config(config, [overrides[0], f"--train.out_dir={tmp_path / 'y'}", *overrides[2:]]), quiet=True)
+    monkeypatch.setattr(recipes, "measure_speed", lambda *a, **k: ((0.02, 1e-11), 1.6))
+    with pytest.raises(ConfigError, match="speed probe took 2 s, at least half"):
+        fit(load_config(config, [overrides[0], f"--train.out_dir={tmp_path / 'y'}", *overrides[3:]]), quiet=True)
 
 
 def test_gpt_config_refuses_a_dropout_of_one():

@@ -6,7 +6,7 @@ The rule (no table of per-machine settings):
    capped at 8, heads of 32 channels, context 64 up to width 128, 128 up to 256, then 256.
 2. The machine's speed: a few timed training steps (without dropout, which the recipe may add) of three shapes of the ladder (smallest, middle,
    largest) fit seconds per step = a + b * FLOPs per step by least squares, which predicts every rung.
-   The probe's seconds count against the budget; its result is cached per machine, thread count,
+   The probe's seconds count against the budget; its result is cached per machine, instruction set, thread count,
    torch version and precision, so later runs skip it.
 3. The shape: the largest rung that still sees at least TOKENS_PER_PARAMETER training tokens per
    parameter in the budget left (tokens = seconds left / predicted seconds per step * tokens per
@@ -163,13 +163,14 @@ def _probe_cache_key(device: torch.device, dtype: torch.dtype) -> str:
                 break
     except OSError:
         pass
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    # The kernels' instruction set too: ATEN_CPU_CAPABILITY=avx2 makes an AVX-512 machine run as an AVX2 one.
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}|{torch.backends.cpu.get_cpu_capability()}"
     return f"{name}|{torch.get_num_threads()} threads|torch {torch.__version__}|{dtype}"
 
 
 def measure_speed(vocab_size: int, device: torch.device, dtype: torch.dtype, steps: int = 3) -> tuple[tuple[float, float], float]:
     """Time `steps` training steps (after one warm-up step) of three rungs; fit and return the speed
-    and the seconds spent. Cached per machine (see _probe_cache_key)."""
+    and the seconds spent. Cached per machine, instruction set, thread count, torch and precision."""
     from nanonlp.data.catalog import cache_dir
     from nanonlp.device import autocast
     from nanonlp.models.gpt import GPT, GPTConfig

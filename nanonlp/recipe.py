@@ -1,13 +1,14 @@
 """Budget-aware GPT recipes: with `model.size: auto` and a time budget (`train.max_seconds`), the
-model's shape, batch and learning rates are chosen for the budget and for this machine's measured speed.
+model's shape, batch, dropout and learning rates are chosen for the budget and for this machine's measured speed.
 
 The rule (no table of per-machine settings):
 1. A ladder of shapes, each a little larger than the last: width w in LADDER, depth max(2, w / 32)
    capped at 8, heads of 32 channels, context 64 up to width 128, 128 up to 256, then 256.
-2. The machine's speed: a few timed training steps (without dropout, which the recipe may add) of three shapes of the ladder (smallest, middle,
-   largest) fit seconds per step = a + b * FLOPs per step by least squares, which predicts every rung.
-   The probe's seconds count against the budget; its result is cached per machine, instruction set, thread count,
-   torch version and precision, so later runs skip it.
+2. The machine's speed: a few timed training steps (without dropout, which the recipe may add) of
+   three shapes of the ladder (smallest, middle, largest) fit seconds per step = a + b * FLOPs per
+   step by least squares, which predicts every rung. The probe's seconds count against the budget;
+   its result is cached per machine, instruction set, thread count, torch version and precision, so
+   later runs skip it.
 3. The shape: the largest rung that still sees at least TOKENS_PER_PARAMETER training tokens per
    parameter in the budget left (tokens = seconds left / predicted seconds per step * tokens per
    step). Repeated tokens count for less: after the first pass over a small corpus, the tokens are

@@ -224,7 +224,7 @@ def test_a_small_corpus_counts_its_repeats_for_less_and_gets_dropout():
     assert recipes.counted_tokens(50_000, unique) == 50_000 and recipes.counted_tokens(5e6, None) == 5e6  # no repeats
     counted = [recipes.counted_tokens(passes * unique, unique) for passes in (1, 2, 4, 16, 64, 1000)]
     assert counted == sorted(counted) and counted[1] < 2 * unique  # repeats count, but for less than new text
-    assert counted[-1] <= (recipes.REPEAT_DECAY + 1) * unique < 1000 * unique  # never more than R + 1 passes
+    assert recipes.REPEAT_DECAY * unique < counted[-1] <= (recipes.REPEAT_DECAY + 1) * unique  # 1000 passes count as ~R + 1
     assert recipes.counted_tokens(2 * unique, unique) == pytest.approx(unique * (1 + 15 * (1 - math.exp(-1 / 15))))
     assert recipes.dropout_for(0.5) == 0.0 and recipes.dropout_for(7.9) == 0.0
     rates = [recipes.dropout_for(p) for p in (8, 16, 32, 80, 1000)]
@@ -239,6 +239,8 @@ def test_a_small_corpus_counts_its_repeats_for_less_and_gets_dropout():
     assert recipes.choose(6000, vocab, speed, train_tokens=10_000).n_embd < recipes.choose(6000, vocab, speed).n_embd
     assert recipes.choose(6000, vocab, speed, train_tokens=10_000).dropout == recipes.MAX_DROPOUT
     assert recipes.choose(60, vocab, speed, train_tokens=10 ** 9).dropout == 0.0  # one pass at most: no dropout
+    with pytest.raises(ConfigError, match="no training tokens"):
+        recipes.choose(60, vocab, speed, train_tokens=0)
 
 
 def test_a_recipe_saved_before_dropout_was_chosen_still_loads(tmp_path):
@@ -250,8 +252,6 @@ def test_a_recipe_saved_before_dropout_was_chosen_still_loads(tmp_path):
     cfg = Config(task="lm", data=None, model=GPTConfig(size="auto"), train=TrainConfig(max_seconds=60))
     loaded = recipes.load_for_run(cfg, tmp_path)
     assert loaded.dropout == 0.0 and cfg.train.batch_size == 32 and cfg.train.lr_schedule == "time"
-    with pytest.raises(ConfigError, match="no training tokens"):
-        recipes.choose(60, 65, (0.01, 1e-11), train_tokens=0)
 
 
 def test_speed_fit_recovers_a_line():

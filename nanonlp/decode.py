@@ -39,6 +39,15 @@ def choose(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, g
     return torch.multinomial(probs, 1, generator=generator)
 
 
+class Cancelled(Exception):
+    """A caller's cancel flag was set: decoding stopped between two steps (a server's time limit)."""
+
+
+def check_cancel(cancel) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("decoding was cancelled")
+
+
 @torch.no_grad()
 def generate_ids(
     model,
@@ -101,7 +110,7 @@ class Hypothesis:
 
 @torch.no_grad()
 def greedy_search(model, src: torch.Tensor, max_lengths: torch.Tensor, bos_id: int, eos_id: int, pad_id: int,
-                  alpha: float = 0.0) -> list[Hypothesis]:
+                  alpha: float = 0.0, cancel=None) -> list[Hypothesis]:
     """The most likely next token at every step, per sentence, until eos or its max length (B,).
 
     The eos token is not part of the returned tokens; the score counts the log-probability of the eos
@@ -114,6 +123,7 @@ def greedy_search(model, src: torch.Tensor, max_lengths: torch.Tensor, bos_id: i
     done = [False] * B
     limit = max_lengths.tolist()
     for step in range(max(limit)):
+        check_cancel(cancel)  # a threading.Event set by a caller that stopped waiting
         logprobs, state, _ = model.decode_step(tokens, state, step)
         logprobs = _allowed(logprobs, bos_id, pad_id)
         best, tokens = logprobs.max(dim=-1)
@@ -133,7 +143,7 @@ def greedy_search(model, src: torch.Tensor, max_lengths: torch.Tensor, bos_id: i
 
 @torch.no_grad()
 def beam_search(model, src: torch.Tensor, max_lengths: torch.Tensor, beam_size: int, bos_id: int, eos_id: int, pad_id: int,
-                alpha: float = 1.0, nbest: int = 1) -> list[list[Hypothesis]]:
+                alpha: float = 1.0, nbest: int = 1, cancel=None) -> list[list[Hypothesis]]:
     """Batched beam search; for each sentence its `nbest` best finished hypotheses, best first.
 
     Each sentence keeps `beam_size` live hypotheses. At every step the 2 x beam best extensions are
@@ -142,6 +152,7 @@ def beam_search(model, src: torch.Tensor, max_lengths: torch.Tensor, beam_size: 
     beam_size of them scores at least the best live hypothesis as it stands; at its maximum length
     (max_lengths, in tokens before eos) eos is the only choice. Finished hypotheses are ranked by their
     log-probability divided by the GNMT length penalty (length counted with eos). Beam size 1 is greedy.
+    Setting `cancel` (a threading.Event) stops the search before the next step, raising Cancelled.
     """
     B, K = src.size(0), beam_size
     device = src.device
@@ -155,6 +166,7 @@ def beam_search(model, src: torch.Tensor, max_lengths: torch.Tensor, beam_size: 
     done = [False] * B
     limit = max_lengths.tolist()
     for step in range(max(limit) + 1):
+        check_cancel(cancel)
         logprobs, state, _ = model.decode_step(tokens, state, step)
         logprobs = _allowed(logprobs, bos_id, pad_id)  # (B*K, V)
         V = logprobs.size(1)

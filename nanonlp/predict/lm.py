@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from nanonlp.data.tokenizers import BPETokenizer, StreamDecoder, load_tokenizer
-from nanonlp.decode import generate_ids
+from nanonlp.decode import Cancelled, check_cancel, generate_ids  # noqa: F401 (Cancelled: what a cancelled stream raises)
 from nanonlp.device import autocast, resolve_device, resolve_dtype
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.predict import as_batch, load_model, open_for_inference
+
+
+MIN_TEMPERATURE = 1e-4  # below it (but above 0, which is greedy) logits / temperature can overflow float32
+MAX_TEMPERATURE = 100.0
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256  # characters in one stop string
+RNN_PROMPT_TOKENS = 4096  # a recurrent model reads a longer prompt through its last this-many tokens
 
 
 @dataclass
@@ -28,36 +36,72 @@ class SampleConfig:
     def validate(self) -> None:
         if self.max_new_tokens < 0:
             raise ConfigError(f"sample.max_new_tokens must not be negative, got {self.max_new_tokens}.")
-        if self.temperature < 0:
-            raise ConfigError(f"sample.temperature must not be negative, got {self.temperature}.")
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise ConfigError(f"sample.temperature must be 0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, "
+                              f"got {self.temperature:g}; smaller positive values overflow the logits.")
         if self.top_k < 0:
             raise ConfigError(f"sample.top_k must not be negative, got {self.top_k}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"sample.top_p must be in (0, 1], got {self.top_p}.")
 
 
+def check_stop(stop: list[str]) -> None:
+    """At most MAX_STOP_STRINGS stop strings of at most MAX_STOP_LENGTH characters each."""
+    if len(stop) > MAX_STOP_STRINGS:
+        raise ConfigError(f"give at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}.")
+    longest = max((len(s) for s in stop), default=0)
+    if longest > MAX_STOP_LENGTH:
+        raise ConfigError(f"a stop string may be at most {MAX_STOP_LENGTH} characters long, got one of {longest:,}.")
+
+
+def _failure(pattern: str) -> list[int]:
+    """Knuth-Morris-Pratt: for each prefix length n, the length of its longest proper border."""
+    fail = [0] * (len(pattern) + 1)
+    k = 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = fail[k]
+        if pattern[i] == pattern[k]:
+            k += 1
+        fail[i + 1] = k
+    return fail
+
+
 def until_stop(pieces: Iterator[str], stop: list[str]) -> Iterator[str]:
     """The pieces up to (not including) the first stop string. Text that may be the start of a stop
-    string is held back until the next piece decides; ending the output closes `pieces`."""
+    string is held back until the next piece decides; ending the output closes `pieces`.
+
+    Each stop string is matched by a Knuth-Morris-Pratt automaton fed one character at a time, so
+    the work is linear in the text generated times the number of stop strings."""
     stop = [s for s in stop if s]
     if not stop:
         yield from pieces
         return
-    buffer = ""
+    tables = [_failure(s) for s in stop]
+    matched = [0] * len(stop)  # per stop string: how many of its first characters end the text so far
+    held = ""  # text not yet yielded: the longest of the partial matches
     try:
         for piece in pieces:
-            buffer += piece
-            found = [buffer.find(s) for s in stop if s in buffer]
-            if found:
-                if min(found) > 0:
-                    yield buffer[: min(found)]
-                return
-            hold = max((n for s in stop for n in range(1, len(s)) if buffer.endswith(s[:n])), default=0)
-            if len(buffer) > hold:
-                yield buffer[: len(buffer) - hold]
-                buffer = buffer[len(buffer) - hold :]
-        if buffer:
-            yield buffer
+            for ch in piece:
+                held += ch
+                for j, (s, fail) in enumerate(zip(stop, tables)):
+                    k = matched[j]
+                    while k and s[k] != ch:
+                        k = fail[k]
+                    if s[k] == ch:
+                        k += 1
+                    if k == len(s):  # a stop string is complete: what came before it is the output
+                        before = held[: len(held) - len(s)]
+                        if before:
+                            yield before
+                        return
+                    matched[j] = k
+            keep = max(matched)
+            if len(held) > keep:
+                yield held[: len(held) - keep]
+                held = held[len(held) - keep :]
+        if held:
+            yield held
     finally:
         if hasattr(pieces, "close"):
             pieces.close()
@@ -82,8 +126,13 @@ class LanguageModel:
 
     @property
     def max_input_length(self) -> int:
-        """Tokens of context the model sees; a longer prompt is read through its last block_size tokens."""
-        return self.block_size
+        """Prompt tokens read: a GPT sees its last block_size tokens; a recurrent model, whose state
+        could carry any length, reads its last RNN_PROMPT_TOKENS, which bounds a request's memory and time."""
+        return self.block_size if hasattr(self.model, "transformer") else RNN_PROMPT_TOKENS  # GPTs hold a transformer
+
+    def truncated(self, prompt: str) -> bool:
+        """Whether the model reads only the end of `prompt`."""
+        return len(self.tokenizer.encode(prompt)) > self.max_input_length
 
     @property
     def vocab_size(self) -> int:
@@ -97,16 +146,21 @@ class LanguageModel:
         ids = self.tokenizer.encode(prompt)
         if not ids:
             raise NanoNLPError("the prompt is empty after tokenization; give at least one character of prompt.")
-        return torch.tensor([ids], dtype=torch.long, device=self.device)
+        return torch.tensor([ids[-self.max_input_length :]], dtype=torch.long, device=self.device)
 
     def stream(self, prompt: str = "\n", max_new_tokens: int = 500, temperature: float = 0.8, top_k: int = 0,
-               top_p: float = 1.0, seed: int | None = None, stop: list[str] | str | None = None) -> Iterator[str]:
+               top_p: float = 1.0, seed: int | None = None, stop: list[str] | str | None = None,
+               cancel: threading.Event | None = None, on_token: Callable[[], None] | None = None) -> Iterator[str]:
         """Yield the continuation of `prompt` piece by piece as it is generated, ending before the
-        first of the `stop` strings (which is not yielded).
+        first of the `stop` strings (which is not yielded). A prompt longer than max_input_length
+        tokens is read through its end. Setting `cancel` stops generation before the next token
+        (the iterator raises Cancelled); `on_token` is called once per token sampled (a server's count).
 
         Bad arguments and an unencodable prompt raise here, before anything is generated.
         """
         SampleConfig(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p).validate()
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        check_stop(stop)
         prompt_ids = self._prompt_ids(prompt)
         # A generator of this call's own, never the global one: threads sampling at once stay apart.
         generator = torch.Generator(device=self.device)
@@ -114,19 +168,22 @@ class LanguageModel:
             generator.seed()  # a fresh non-deterministic seed
         else:
             generator.manual_seed(seed)
-        pieces = self._pieces(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
-        return until_stop(pieces, [stop] if isinstance(stop, str) else list(stop or []))
+        pieces = self._pieces(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator, cancel, on_token)
+        return until_stop(pieces, stop)
 
-    def _pieces(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator) -> Iterator[str]:
+    def _pieces(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator, cancel=None, on_token=None) -> Iterator[str]:
         decoder = StreamDecoder(self.tokenizer)
         tokens = generate_ids(self.model, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
         while True:
+            check_cancel(cancel)
             # The modes are entered around each step, not across a yield: the caller's code between
             # pieces runs in its own mode, on its own thread.
             with torch.inference_mode(), autocast(self.device, self.dtype):
                 token = next(tokens, None)
             if token is None:
                 break
+            if on_token is not None:
+                on_token()
             piece = decoder.push(int(token[0, 0]))
             if piece:
                 yield piece
@@ -135,11 +192,12 @@ class LanguageModel:
             yield tail
 
     def generate(self, prompt: str | list[str] = "\n", max_new_tokens: int = 500, temperature: float = 0.8, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None, stop: list[str] | str | None = None) -> str | list[str]:
+                 top_p: float = 1.0, seed: int | None = None, stop: list[str] | str | None = None,
+                 cancel: threading.Event | None = None, on_token: Callable[[], None] | None = None) -> str | list[str]:
         """The prompt followed by its generated continuation; for a list of prompts, a list (each
-        prompt sampled with the same seed, as if alone)."""
+        prompt sampled with the same seed, as if alone). `cancel` as in `stream`."""
         prompts, single = as_batch(prompt)
-        out = [p + "".join(self.stream(p, max_new_tokens, temperature, top_k, top_p, seed, stop)) for p in prompts]
+        out = [p + "".join(self.stream(p, max_new_tokens, temperature, top_k, top_p, seed, stop, cancel, on_token)) for p in prompts]
         return out[0] if single else out
 
     def evaluate(self, text: str, batch_size: int = 16) -> dict:

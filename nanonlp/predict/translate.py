@@ -97,6 +97,9 @@ def _chunks(items: list, size: int):
         yield items[start : start + size]
 
 
+RNN_SOURCE_TOKENS = 1024  # an RNN encoder has no position table; a longer source is cut here, bounding a request
+
+
 class Translator:
     """A trained translation model with its vocabularies: `translate`, `translate_nbest`, `attention`, `evaluate`."""
 
@@ -112,8 +115,9 @@ class Translator:
 
     @property
     def max_input_length(self) -> int | None:
-        """Source tokens read (with the end token); a longer sentence is cut. None: no limit (an RNN)."""
-        return getattr(self.model.config, "max_positions", None)
+        """Source tokens read (with the end token); a longer sentence is cut: a Transformer's position
+        table, or RNN_SOURCE_TOKENS for a recurrent encoder."""
+        return getattr(self.model.config, "max_positions", None) or RNN_SOURCE_TOKENS
 
     def max_lengths(self, sources: list[list[int]]) -> torch.Tensor:
         """Per source, the most tokens its translation may have: ratio * source length + offset,
@@ -127,21 +131,22 @@ class Translator:
         return torch.tensor(limits)
 
     def _source_ids(self, texts: list[str]) -> list[list[int]]:
-        return self.vocab.encode_sources([t.strip() for t in texts], getattr(self.model.config, "max_positions", None))
+        return self.vocab.encode_sources([t.strip() for t in texts], self.max_input_length)
 
     def translate_nbest(self, texts: str | list[str], beam_size: int | None = None, nbest: int = 1,
-                        batch_size: int | None = None, alpha: float | None = None) -> list[list[tuple[str, float]]]:
+                        batch_size: int | None = None, alpha: float | None = None, cancel=None) -> list[list[tuple[str, float]]]:
         """For each text its `nbest` translations with their scores (log-probability divided by the
-        length penalty), best first. Beam size 1 is greedy search."""
+        length penalty), best first. Beam size 1 is greedy search. Setting `cancel` (a
+        threading.Event) stops the search between steps (decode.Cancelled)."""
         texts, single = as_batch(texts)
         sources = self._source_ids(texts)
         blank = [not text.strip() for text in texts]  # a blank line translates to a blank line
-        out = self.translate_ids(sources, beam_size, nbest, batch_size, alpha, skip=blank)
+        out = self.translate_ids(sources, beam_size, nbest, batch_size, alpha, skip=blank, cancel=cancel)
         return out[0] if single else out
 
     @torch.inference_mode()
     def translate_ids(self, sources: list[list[int]], beam_size: int | None = None, nbest: int = 1, batch_size: int | None = None,
-                      alpha: float | None = None, skip: list[bool] | None = None) -> list[list[tuple[str, float]]]:
+                      alpha: float | None = None, skip: list[bool] | None = None, cancel=None) -> list[list[tuple[str, float]]]:
         """translate_nbest for source ids (each ending with the end token), as a run caches them."""
         beam_size = beam_size or self.config.translate.beam_size
         batch_size = batch_size or self.config.translate.batch_size
@@ -158,9 +163,9 @@ class Translator:
             src = pad_batch(batch, v.pad_id).to(self.device)
             limits = self.max_lengths(batch)
             if beam_size == 1:
-                results = [[h] for h in greedy_search(self.model, src, limits, v.bos_id, v.eos_id, v.pad_id, alpha)]
+                results = [[h] for h in greedy_search(self.model, src, limits, v.bos_id, v.eos_id, v.pad_id, alpha, cancel)]
             else:
-                results = beam_search(self.model, src, limits, beam_size, v.bos_id, v.eos_id, v.pad_id, alpha, nbest)
+                results = beam_search(self.model, src, limits, beam_size, v.bos_id, v.eos_id, v.pad_id, alpha, nbest, cancel)
             for i, hypotheses in zip(rows, results):
                 out[i] = [(v.decode_target(h.tokens), h.score) for h in hypotheses]
         return out

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from nanonlp.errors import ConfigError
@@ -24,17 +27,43 @@ def mount_names(specs: list[str]) -> dict[str, Path]:
 
 def add_arguments(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories to serve, each RUN or NAME=RUN")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 serves the network, a deliberate choice)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 serves the network, a deliberate "
+                   "choice that needs --api-key or --allow-no-key)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--api-key", default=os.environ.get("NANONLP_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $NANONLP_API_KEY; none when unset)")
+    p.add_argument("--allow-no-key", action="store_true",
+                   help="serve a non-loopback address without an API key (anyone who reaches it may use the models)")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MB (413 above it)")
     p.add_argument("--max-batch", type=int, default=64, help="texts run together at most")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting per model before 503")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504")
-    p.add_argument("--max-new-tokens", type=int, default=1024, help="generation budget cap per request")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="generation budget cap per prompt")
+    p.add_argument("--max-request-tokens", type=int, default=16384, help="generation budget cap per request: prompts x max_new_tokens")
+    p.add_argument("--max-connections", type=int, default=256, help="open connections at most (503 past it)")
+    p.add_argument("--graceful-timeout", type=float, default=20.0,
+                   help="on SIGTERM or Ctrl-C, seconds in-flight requests get to finish before the server exits")
+    p.add_argument("--access-log", choices=("json", "off"), default="json",
+                   help="one JSON line per request on stderr, with its request id (default), or none")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(host: str, api_key: str | None, allow_no_key: bool) -> str | None:
+    """Refuse a non-loopback bind without an API key unless allowed; the warning to print when allowed."""
+    if host in LOOPBACK or api_key:
+        return None
+    if not allow_no_key:
+        raise ConfigError(f"--host {host} serves the network without an API key: set --api-key (or $NANONLP_API_KEY), "
+                          "or pass --allow-no-key to let anyone who reaches it use the models.")
+    return f"warning: serving {host} without an API key; anyone who can reach this address can use the models."
+
+
+def _stopped(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def serve(args) -> None:
@@ -45,20 +74,44 @@ def serve(args) -> None:
         import uvicorn
     except ImportError:
         raise ConfigError("nanonlp serve needs FastAPI and uvicorn: pip install 'nanonlp[serve]'.") from None
-    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue), ("--max-new-tokens", args.max_new_tokens)):
+    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue), ("--max-new-tokens", args.max_new_tokens),
+                        ("--max-request-tokens", args.max_request_tokens), ("--max-connections", args.max_connections)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}.")
-    if args.max_body_mb <= 0 or args.timeout <= 0 or args.max_wait_ms < 0:
-        raise ConfigError("--max-body-mb and --timeout must be positive, and --max-wait-ms not negative.")
-    models = {name: nanonlp.load(path, device=args.device) for name, path in mount_names(args.runs).items()}
+    if args.max_body_mb <= 0 or args.timeout <= 0 or args.max_wait_ms < 0 or args.graceful_timeout < 0:
+        raise ConfigError("--max-body-mb and --timeout must be positive, and --max-wait-ms and --graceful-timeout not negative.")
+    warning = check_exposure(args.host, args.api_key, args.allow_no_key)  # before minutes of loading
+    models, load_seconds = {}, {}
+    for name, path in mount_names(args.runs).items():
+        start = time.perf_counter()
+        models[name] = nanonlp.load(path, device=args.device)
+        load_seconds[name] = time.perf_counter() - start
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
-                             max_new_tokens=args.max_new_tokens, api_key=args.api_key or None,
+                             max_new_tokens=args.max_new_tokens, max_request_tokens=args.max_request_tokens,
+                             max_connections=args.max_connections, graceful_timeout_s=args.graceful_timeout,
+                             api_key=args.api_key or None,
                              # on loopback, answer only loopback names: a web page elsewhere cannot reach the
                              # server by pointing a domain of its own at 127.0.0.1 (DNS rebinding)
-                             allowed_hosts=("127.0.0.1", "localhost", "[::1]") if args.host in ("127.0.0.1", "localhost", "::1") else ())
-    app = create_app(models, settings)
+                             allowed_hosts=("127.0.0.1", "localhost", "[::1]") if args.host in LOOPBACK else ())
+    app = create_app(models, settings, load_seconds)
+    if args.access_log == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access = logging.getLogger("nanonlp.serve.access")
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
     where = f"http://{args.host}:{args.port}"
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"serving {', '.join(models)} at {where} (API docs at {where}/docs)"
-          + ("; API key required" if settings.api_key else ""), file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+          + ("; API key required" if settings.api_key else ""), file=sys.stderr, flush=True)
+    # SIGTERM and Ctrl-C: uvicorn stops accepting, lets in-flight requests finish for up to
+    # graceful_timeout_s, then closes the app (its batchers). It then raises the signal again for the
+    # handler that was there before it: for SIGTERM that is ours, so a stopped server exits 0, as
+    # process managers (systemd, Docker, Kubernetes) expect of a clean shutdown.
+    signal.signal(signal.SIGTERM, _stopped)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+                timeout_graceful_shutdown=settings.graceful_timeout_s)

@@ -22,7 +22,7 @@ class QueueFull(Exception):
 
 class Batcher:
     def __init__(self, run: Callable[[list], list], max_batch: int = 64, max_wait: float = 0.005, max_queue: int = 64,
-                 name: str = "model"):
+                 name: str = "model", on_batch: Callable[[int], None] | None = None):
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
             raise ValueError("max_batch and max_queue must be at least 1, and max_wait not negative.")
         self.run, self.max_batch, self.max_wait, self.max_queue = run, max_batch, max_wait, max_queue
@@ -30,6 +30,7 @@ class Batcher:
         self.ready = threading.Condition()
         self.closed = False
         self.batches = 0  # batches run so far (for tests and the load bench)
+        self.on_batch = on_batch  # told the number of items of each batch run (the server's metrics)
         self.worker = threading.Thread(target=self._work, name=f"nanonlp-batcher-{name}", daemon=True)
         self.worker.start()
 
@@ -47,6 +48,11 @@ class Batcher:
             self.waiting.append((list(items), future))
             self.ready.notify()
         return future
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting to run."""
+        return len(self.waiting)
 
     def close(self) -> None:
         with self.ready:
@@ -90,6 +96,8 @@ class Batcher:
                     future.set_exception(err)
                 continue
             self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(items))
             start = 0
             for request, future in taken:
                 future.set_result(results[start : start + len(request)])

@@ -268,6 +268,13 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, lo
     async def http_error(request: Request, err: StarletteHTTPException):
         return error(err.status_code, err.detail, rid_of(request), getattr(err, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def bug(request: Request, err: Exception):
+        # Starlette's outermost middleware answers with this, then raises the error on (RequestContext ends it)
+        rid = rid_of(request)
+        log.error("request %s %s %s failed", rid, request.method, request.url.path, exc_info=err)
+        return error(500, "internal error; the server log has it under this request id.", rid)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):
         detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in err.errors()]
@@ -466,9 +473,9 @@ class RequestContext:
                 await refuse(415, "send the body as JSON with the header 'Content-Type: application/json'.")
             else:
                 await self.app(scope, receive, send_with_id)
-        except Exception:  # a bug: the client gets the id, the log gets the traceback
-            log.exception("request %s %s %s failed", rid, scope["method"], scope["path"])
+        except Exception:  # a bug: the client gets the id, the log gets the traceback (once: the app's handler logged it)
             if not started:
+                log.exception("request %s %s %s failed", rid, scope["method"], scope["path"])
                 await refuse(500, "internal error; the server log has it under this request id.")
         finally:
             route = scope.get("route")

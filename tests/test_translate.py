@@ -376,7 +376,12 @@ def test_rnn_run_end_to_end(tmp_path):
     sequential = [translator.translate(s, beam_size=2) for s in sources]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lambda s: translator.translate(s, beam_size=2), sources)) == sequential
-    assert translator.languages == ("en", "de") and translator.max_input_length is None
+    # an RNN encoder has no position table, but a source is still capped: a request's memory and time are bounded
+    from nanonlp.predict.translate import RNN_SOURCE_TOKENS
+
+    assert translator.languages == ("en", "de") and translator.max_input_length == RNN_SOURCE_TOKENS
+    long_source = translator._source_ids([" ".join(p.source for p in pairs) * 200])[0]
+    assert len(long_source) == RNN_SOURCE_TOKENS and long_source[-1] == translator.vocab.eos_id
 
 
 def test_lines_split_only_at_newlines(tmp_path):

@@ -99,6 +99,10 @@ class Config:
     model: Any  # a model family's Config dataclass, chosen by `model.type`
     train: TrainConfig = field(default_factory=TrainConfig)
     sections: dict = field(default_factory=dict)  # the task's own sections by name
+    # "section.key" of every value the user gave (config file or command line), so a recipe that
+    # chooses settings can tell a given value, which it must keep, from a dataclass default; None
+    # where unknown (a config read back from a run directory, which spells out every key).
+    given: frozenset | None = field(default=None, compare=False)
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections") or {}
@@ -225,7 +229,11 @@ def from_dict(raw: dict, allow_derived: bool = False) -> Config:
     sections = {name: build(cls, raw.get(name), name, allow_derived) for name, cls in schema.sections.items()}
     train = build(TrainConfig, raw.get("train"), "train", allow_derived)
     data = sections.pop("data")
-    return Config(task=task, data=data, model=build_model_config(raw.get("model"), allow_derived, task), train=train, sections=sections)
+    # A config with derived values is one read back from a run directory: every key is spelled out there.
+    given = None if allow_derived else frozenset(f"{section}.{key}" for section, values in raw.items() if isinstance(values, dict)
+                                                 for key in values)
+    return Config(task=task, data=data, model=build_model_config(raw.get("model"), allow_derived, task), train=train, sections=sections,
+                  given=given)
 
 
 def to_dict(cfg: Config) -> dict:

@@ -681,7 +681,9 @@ def check_resume(task: tasks.Task, cfg: Config, saved: Config) -> None:
     if type(cfg.model) is not type(saved.model):
         raise ConfigError(f"cannot resume: the run in '{out_dir}' was trained with model.type={task.model_type(saved.model)!r} "
                           f"but the config now says {task.model_type(cfg.model)!r}; restore it or choose a new train.out_dir.")
-    for key in task.frozen_keys(saved):
+    # The new config's frozen keys too: a value it gives that the saved run left to a recipe (model.size auto).
+    frozen = task.frozen_keys(saved)
+    for key in frozen + [k for k in task.frozen_keys(cfg) if k not in frozen]:
         section, name = key.split(".")
         theirs, ours = getattr(getattr(saved, section), name), getattr(getattr(cfg, section), name)
         if ours != theirs:
@@ -692,7 +694,7 @@ def check_resume(task: tasks.Task, cfg: Config, saved: Config) -> None:
 def resumed_config(saved: Config, cfg: Config) -> Config:
     """A resumed run keeps its own data and model sections (with what preparation derived) and takes
     the train section and the task's sections from the new config."""
-    return dataclasses.replace(saved, train=cfg.train, sections=dict(cfg.sections))
+    return dataclasses.replace(saved, train=cfg.train, sections=dict(cfg.sections), given=cfg.given)
 
 
 def prepare_run(task: tasks.Task, cfg: Config, run_dir: Path, resume: bool, overwrite: bool, ctx: Context) -> None:

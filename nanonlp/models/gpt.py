@@ -46,9 +46,11 @@ class GPTConfig:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}.")
-        if self.n_embd % self.n_head != 0:
+        if self.size == "auto":  # the recipe fills in the shape around what was given, and checks it (nanonlp.recipe)
+            pass
+        elif self.n_embd % self.n_head != 0:
             raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}).")
-        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+        elif self.position == "rotary" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"rotary positions need an even head width; n_embd / n_head is {self.n_embd // self.n_head}.")
         if self.logit_softcap < 0 or self.rotary_base <= 1:
             raise ConfigError("model.logit_softcap must not be negative and model.rotary_base must be above 1.")

@@ -55,6 +55,9 @@ class TrainConfig:
     optimizer: str = field(default="adamw", metadata={"choices": ("adamw", "muon")})  # muon: Muon for hidden matrices, AdamW for the rest
     muon_learning_rate: float = 0.02  # optimizer muon: the hidden matrices' peak rate (the schedule scales it with learning_rate)
     muon_momentum: float = 0.95  # optimizer muon: Nesterov momentum of the hidden matrices
+    muon_split_qkv: bool = False  # optimizer muon: orthogonalise a fused q, k, v matrix as three (the speedrun's way), not whole
+    muon_precision: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16")})  # Newton-Schulz's dtype; auto: float32 on CPU, bf16 on GPUs
+    bf16_weights: bool = False  # dtype bfloat16: forward and backward on a bf16 copy of the weights (no autocast casts), fp32 master weights for the optimizer
 
     def validate(self) -> None:
         positive = ["max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval", "keep_checkpoints"]

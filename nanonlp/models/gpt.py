@@ -41,6 +41,10 @@ class GPTConfig:
     zero_init: bool = False  # output projections of every block (and an untied head) start at zero
     tie_embeddings: bool = True  # the output head shares the token embedding (GPT-2); false: its own matrix
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap) (Gemma 2); 0 off
+    # Training loss over the vocabulary loss_chunk tokens at a time, each chunk's logits recomputed in
+    # the backward pass, so (tokens x vocab) logits never exist at once (forward then returns no
+    # logits with the loss); 0: all at once. Pays off for large vocabularies, not for characters.
+    loss_chunk: int = 0
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -56,6 +60,8 @@ class GPTConfig:
             raise ConfigError("model.logit_softcap must not be negative and model.rotary_base must be above 1.")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+        if self.loss_chunk < 0:
+            raise ConfigError(f"model.loss_chunk must not be negative (0 turns chunking off), got {self.loss_chunk}.")
 
     @property
     def gpt2_layout(self) -> bool:
@@ -165,6 +171,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _summed_cross_entropy(logits_of, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits_of(x).float(), targets, ignore_index=-1, reduction="sum")
+
+
+def chunked_cross_entropy(x: torch.Tensor, targets: torch.Tensor, logits_of, chunk: int) -> torch.Tensor:
+    """The mean cross entropy of logits_of(x) (N, C) -> (N, vocab) against targets (N,) (-1: ignored),
+    `chunk` rows at a time. Each chunk is checkpointed: its logits are freed after its loss and
+    recomputed in the backward pass, so memory holds one chunk's logits instead of all of them."""
+    from torch.utils.checkpoint import checkpoint
+
+    total = x.new_zeros((), dtype=torch.float32)
+    for start in range(0, x.size(0), chunk):
+        total = total + checkpoint(_summed_cross_entropy, logits_of, x[start : start + chunk], targets[start : start + chunk],
+                                   use_reentrant=False)
+    return total / (targets != -1).sum().clamp(min=1)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -196,6 +219,10 @@ class GPT(nn.Module):
     def matrix_parameters(self):
         """The hidden layers' weight matrices (what Muon updates): not the embeddings or the head."""
         return [p for name, p in self.transformer.h.named_parameters() if p.dim() == 2]
+
+    def stacked_matrices(self) -> dict[int, int]:
+        """Matrices that stack several by rows, by id: each c_attn weight is q, k and v (Muon may orthogonalise them apart)."""
+        return {id(block.attn.c_attn.weight): 3 for block in self.transformer.h}
 
     def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
         x = self.transformer.wte(idx)
@@ -230,6 +257,8 @@ class GPT(nn.Module):
             x = block(x, cache, layer)
         if cache is not None:
             cache.length += T
+        if targets is not None and self.config.loss_chunk:
+            return None, chunked_cross_entropy(x.reshape(-1, x.size(-1)), targets.reshape(-1), self._logits, self.config.loss_chunk)
         logits = self._logits(x)  # (B, T, vocab)
         loss = None
         if targets is not None:

@@ -189,7 +189,7 @@ def measure_nanogpt(args, device, dtype, ids, vocab_size) -> dict:
     sampler = WindowSampler(ids, args.block_size, args.batch_size, device, 0, "training")
 
     def step() -> None:
-        x, y = sampler()
+        x, y = (t.contiguous() for t in sampler())  # its loss views the targets
         with ctx:
             _, loss = model(x, y)
         loss.backward()

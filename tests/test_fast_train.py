@@ -129,3 +129,30 @@ def test_muon_newton_schulz_in_bf16_stays_in_the_band_and_near_fp32():
     model = GPT(GPTConfig(block_size=8, n_layer=2, n_head=2, n_embd=16, vocab_size=11, dropout=0.0))
     optimizer = make_optimizer(model, TrainConfig(optimizer="muon", muon_precision="bfloat16"), torch.device("cpu"))
     assert isinstance(optimizer, MuonAdamW) and optimizer.ns_dtype == torch.bfloat16
+
+
+def test_attention_dropout_on_cpu_is_the_math_path_with_the_fast_mask():
+    from nanonlp.models.gpt import CausalSelfAttention
+
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16, vocab_size=11, dropout=0.5, bias=False)
+    attention = CausalSelfAttention(config)
+    q, k, v = (torch.randn(3, 2, 8, 8, requires_grad=True) for _ in range(3))
+    torch.manual_seed(7)
+    y = attention._attend_with_dropout(q, k, v)
+    # by hand: softmax of the causally masked scores, times the mask layers.Dropout draws with the same seed, over 1 - p
+    torch.manual_seed(7)
+    keep = torch.rand(3, 2, 8, 8) >= 0.5
+    scores = (q @ k.transpose(-2, -1)) / 8 ** 0.5
+    weights = scores.masked_fill(torch.ones(8, 8).tril() == 0, float("-inf")).softmax(-1)
+    assert torch.allclose(y, (weights * keep * 2.0) @ v, atol=1e-6)
+    y.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    # without dropout (evaluation) the same weights give scaled_dot_product_attention's answer
+    attention.eval()
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(attention._attend_with_dropout(q, k, v), plain, atol=1e-5)
+    # the model takes this path only when training with dropout on a CPU: the dropout-free step is unchanged
+    model = GPT(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16, vocab_size=11, dropout=0.0))
+    x = torch.randint(11, (2, 8))
+    assert torch.allclose(model(x)[0], model.eval()(x)[0])

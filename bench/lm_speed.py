@@ -5,6 +5,8 @@
     python bench/lm_speed.py --dtype fp32 --nanogpt /tmp/nanoGPT
     python bench/lm_speed.py --profile                 # plus the step's time by operator (markdown table)
     python bench/lm_speed.py --set train.compile=true --set train.bf16_weights=true --set model.loss_chunk=4096
+    python bench/lm_speed.py --variant train.bf16_weights=true --variant train.bf16_weights=true,train.compile=true
+                                                       # variants against the plain step, their steps interleaved
     python bench/lm_speed.py --speedrun --n-layer 4 --n-embd 256 --n-head 4 --block-size 128 --batch-size 32 --dropout 0
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/lm_speed.py --dtype fp32
                                                        # as on an AVX2-only CPU (the capability used is printed)
@@ -14,6 +16,10 @@ attention), and MFU against the matmul peak measured here for the dtype in use (
 bf16 run). The steps are nanonlp's: its loop's forward_backward, clipping and optimizer step (with
 the train.* and model.* switches given by --set), on batches from the memory-mapped corpus; the
 first --warmup steps (and any compilation, timed separately) are not counted.
+
+--variant: each a comma-separated list of settings on top of --set, timed against the plain step
+with the steps of all of them interleaved (one step of each in turn), so a machine shared with other
+work slows them alike; the median step of each is printed.
 
 --nanogpt DIR: a local checkout of karpathy/nanoGPT. Its model.py is imported from there (nothing is
 copied into this repository) and trained with its train.py's step on the same shape and batches:
@@ -76,6 +82,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile one more step: its time by operator")
     parser.add_argument("--nanogpt", help="a local checkout of karpathy/nanoGPT: its figure on the same shape")
     parser.add_argument("--skip-nanonlp", action="store_true", help="measure nanoGPT only")
+    parser.add_argument("--variant", action="append", default=[], metavar="K=V,K=V",
+                        help="settings to time against the plain step, steps interleaved (may be repeated)")
     args = parser.parse_args()
 
     if args.threads:
@@ -94,15 +102,7 @@ def main() -> None:
     if args.speedrun:
         model_raw.update(position="rotary", qk_norm=True, activation="relu2", zero_init=True, tie_embeddings=False, logit_softcap=30.0)
         train_raw["optimizer"] = "muon"
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, name = key.split(".")
-        {"model": model_raw, "train": train_raw}[section][name] = value
-    from nanonlp.config import CommandLineValue
-
-    typed = lambda raw: {k: CommandLineValue(v) if isinstance(v, str) else v for k, v in raw.items()}  # noqa: E731
-    config = build(GPTConfig, typed(model_raw), "model", allow_derived=True)
-    train_config = build(TrainConfig, typed(train_raw), "train")
+    config, train_config = configs(model_raw, train_raw, args.set)
     capability = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else torch.cuda.get_device_name()
     peak = matmul_peak_tflops(device, dtype)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -114,6 +114,9 @@ def main() -> None:
     print(f"measured {precision} matmul peak: {peak:.3f} TFLOP/s")
     print(f"{'who':>8} {'tokens/s':>9} {'ms/step':>8} {'TFLOP/s':>8} {'MFU':>6}  notes")
     flops_per_token = GPT(config).flops_per_token()
+    if args.variant:
+        compare(args, device, dtype, ids, model_raw, train_raw, flops_per_token, peak)
+        return
     ours = None
     if not args.skip_nanonlp:
         ours = measure_nanonlp(args, device, dtype, ids, config, train_config)
@@ -125,6 +128,55 @@ def main() -> None:
             print(f"nanonlp / nanoGPT: {theirs['seconds'] / ours['seconds']:.2f}x")
     else:
         print("nanoGPT: not measured (give --nanogpt DIR, a local checkout of karpathy/nanoGPT)")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+def configs(model_raw: dict, train_raw: dict, settings: list[str]):
+    """The model and train configs with `settings` (section.key=value) applied."""
+    from nanonlp.config import CommandLineValue
+
+    model_raw, train_raw = dict(model_raw), dict(train_raw)
+    for item in settings:
+        key, value = item.split("=", 1)
+        section, name = key.split(".")
+        {"model": model_raw, "train": train_raw}[section][name] = value
+    typed = lambda raw: {k: CommandLineValue(v) if isinstance(v, str) else v for k, v in raw.items()}  # noqa: E731
+    return build(GPTConfig, typed(model_raw), "model", allow_derived=True), build(TrainConfig, typed(train_raw), "train")
+
+
+def compare(args, device, dtype, ids, model_raw, train_raw, flops_per_token, peak) -> None:
+    import statistics
+    import tempfile
+
+    variants = [("plain", args.set)] + [(v, args.set + v.split(",")) for v in args.variant]
+    trainers, warmups = [], []
+    with tempfile.TemporaryDirectory() as run_dir:
+        for i, (name, settings) in enumerate(variants):
+            config, train_config = configs(model_raw, train_raw, settings)
+            torch.manual_seed(0)
+            model = GPT(config).to(device).train()
+            sampler = WindowSampler(ids, args.block_size, args.batch_size, device, 0, "training")
+            job = TrainingJob(model=model, train_batch=sampler, loss=lm_loss, evaluate=lambda m: {},
+                              batch_tokens=lambda b: b[0].numel(), data_state=lambda: {}, load_data_state=lambda s: None)
+            trainer = Trainer(job, train_config, Path(run_dir) / str(i), device, resume=False, quiet=True)
+            start = time.perf_counter()
+            for _ in range(args.warmup):
+                trainer.train_step()
+            warmups.append(time.perf_counter() - start)
+            trainers.append(trainer)
+        times = [[] for _ in variants]
+        for _ in range(args.steps):
+            for i, trainer in enumerate(trainers):
+                start = time.perf_counter()
+                trainer.train_step()
+                times[i].append(time.perf_counter() - start)
+    base = statistics.median(times[0])
+    for (name, _), spent, warm in zip(variants, times, warmups):
+        seconds = statistics.median(spent)
+        tokens_per_s = args.batch_size * args.block_size / seconds
+        tflops = flops_per_token * tokens_per_s / 1e12
+        print(f"{'':>8} {tokens_per_s:9,.0f} {1000 * seconds:8.0f} {tflops:8.3f} {100 * tflops / peak:5.1f}%  {name}: "
+              f"{base / seconds:.2f}x the plain step; warm-up {warm:.1f} s", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 

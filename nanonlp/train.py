@@ -58,11 +58,18 @@ def compiler_available(device: torch.device) -> tuple[bool, str]:
 
 def use_compile_cache() -> None:
     """Keep torch.compile's compiled kernels (Inductor's FX graph and code caches) in nanonlp's cache
-    directory, so a second run of the same model and shape loads them instead of compiling again.
-    A TORCHINDUCTOR_CACHE_DIR already set wins."""
+    directory, so a second run of the same model and shape loads them instead of compiling again
+    (Inductor's default is a folder under /tmp, which a reboot empties). A TORCHINDUCTOR_CACHE_DIR
+    the user set wins; importing torch._dynamo writes Inductor's default there, which is replaced."""
     from nanonlp.data.catalog import cache_dir
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is not None:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        if os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+            return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "torchinductor")
 
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048) -> float:
@@ -475,9 +482,9 @@ class Trainer:
             self.low = copy.deepcopy(self.model).to(torch.bfloat16)
         self.compiled = self.low if self.low is not None else self.model
         if cfg.compile:
+            use_compile_cache()  # before anything imports Inductor, which sets its own default
             ok, why = compiler_available(device)
             if ok:
-                use_compile_cache()
                 self.compiled = torch.compile(self.compiled)
             elif not self.quiet:
                 print(f"train.compile is on but {why}; training without torch.compile", file=sys.stderr)

@@ -156,3 +156,16 @@ def test_attention_dropout_on_cpu_is_the_math_path_with_the_fast_mask():
     model = GPT(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16, vocab_size=11, dropout=0.0))
     x = torch.randint(11, (2, 8))
     assert torch.allclose(model(x)[0], model.eval()(x)[0])
+
+
+def test_compiled_kernels_are_cached_in_nanonlps_cache_unless_the_user_chose_a_folder(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from nanonlp.train import use_compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing torch._dynamo leaves there
+    use_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "torchinductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    use_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

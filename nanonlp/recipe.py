@@ -35,6 +35,12 @@ The rule (no table of per-machine settings):
    around it (a given width fixes the rung; a given depth, head count or context applies to every
    rung; a given batch sets the tokens a step). What it cannot keep (heads that fit no width, a step
    schedule) is refused in one sentence. The shipped budget_char_gpt.yaml leaves those keys out.
+8. torch.compile is left as given (train.compile, off by default): it pays for itself only when the
+   seconds it saves, budget x (1 - compiled step / eager step), exceed the seconds it takes to
+   compile, which the compile cache (nanonlp's cache directory) cuts to a cache load on later runs
+   of the same shape. On 2 CPU cores compiling this GPT takes tens of seconds to minutes, so for
+   budgets of a few minutes it is worth turning on only once its kernels are cached (a second run of
+   the same shape), and for 15-minute budgets when its step is faster at all (docs/benchmarks.md).
 The choice is printed with its reasons and saved in the run directory (recipe.json) and its config,
 so a resumed run continues the same recipe (a train setting given at the resume wins there too).
 """

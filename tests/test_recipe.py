@@ -77,8 +77,11 @@ def test_a_given_setting_wins_and_the_recipe_chooses_the_rest(setting, source, t
         assert cfg.train.batch_size == recipes.BATCH_TOKENS // 64
         assert cfg.train.learning_rate == pytest.approx(recipes.ADAM_LR * 128 / 96)
         assert cfg.model.n_embd != free.n_embd
+    elif setting == "batch":  # the rung is picked for that batch: the recipe's own choice at batch 7, whatever it is
+        assert cfg.model.n_embd == recipes.choose(600, VOCAB, SPEED, 0.0, TRAIN_TOKENS, recipes.Given(batch_size=7)).n_embd
+        assert cfg.train.learning_rate == pytest.approx(recipes.ADAM_LR * 128 / cfg.model.n_embd)
     else:
-        assert cfg.model.n_embd == free.n_embd or setting == "batch"  # a smaller batch may afford another rung
+        assert cfg.model.n_embd == free.n_embd
     if setting == "learning rate":
         assert cfg.train.min_lr == pytest.approx(0.00021)  # a tenth of the given peak
         assert cfg.model.n_embd == free.n_embd and cfg.train.batch_size == free.batch_size

@@ -55,6 +55,9 @@ class TrainConfig:
     optimizer: str = field(default="adamw", metadata={"choices": ("adamw", "muon")})  # muon: Muon for hidden matrices, AdamW for the rest
     muon_learning_rate: float = 0.02  # optimizer muon: the hidden matrices' peak rate (the schedule scales it with learning_rate)
     muon_momentum: float = 0.95  # optimizer muon: Nesterov momentum of the hidden matrices
+    muon_split_qkv: bool = False  # optimizer muon: orthogonalise a fused q, k, v matrix as three (the speedrun's way), not whole
+    muon_precision: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16")})  # Newton-Schulz's dtype; auto: float32 on CPU, bf16 on GPUs
+    bf16_weights: bool = False  # dtype bfloat16: forward and backward on a bf16 copy of the weights (no autocast casts), fp32 master weights for the optimizer
 
     def validate(self) -> None:
         positive = ["max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval", "keep_checkpoints"]
@@ -99,6 +102,10 @@ class Config:
     model: Any  # a model family's Config dataclass, chosen by `model.type`
     train: TrainConfig = field(default_factory=TrainConfig)
     sections: dict = field(default_factory=dict)  # the task's own sections by name
+    # "section.key" of every value the user gave (config file or command line), so a recipe that
+    # chooses settings can tell a given value, which it must keep, from a dataclass default; None
+    # where unknown (a config read back from a run directory, which spells out every key).
+    given: frozenset | None = field(default=None, compare=False)
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections") or {}
@@ -225,7 +232,11 @@ def from_dict(raw: dict, allow_derived: bool = False) -> Config:
     sections = {name: build(cls, raw.get(name), name, allow_derived) for name, cls in schema.sections.items()}
     train = build(TrainConfig, raw.get("train"), "train", allow_derived)
     data = sections.pop("data")
-    return Config(task=task, data=data, model=build_model_config(raw.get("model"), allow_derived, task), train=train, sections=sections)
+    # A config with derived values is one read back from a run directory: every key is spelled out there.
+    given = None if allow_derived else frozenset(f"{section}.{key}" for section, values in raw.items() if isinstance(values, dict)
+                                                 for key in values)
+    return Config(task=task, data=data, model=build_model_config(raw.get("model"), allow_derived, task), train=train, sections=sections,
+                  given=given)
 
 
 def to_dict(cfg: Config) -> dict:

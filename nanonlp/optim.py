@@ -10,7 +10,11 @@ so that tall and wide matrices take steps of the same RMS size. Embeddings, the 
 biases are not hidden-layer matrices and stay with AdamW (Jordan et al.; the NanoGPT speedrun).
 
 A parameter group with `"muon": True` is updated by Muon; any other group by AdamW. The shared
-loop's schedule sets each group's "lr", so both follow the same warmup and decay.
+loop's schedule sets each group's "lr", so both follow the same warmup and decay. A Muon group with
+`"split": k` holds matrices that stack k matrices by rows (a fused q, k, v projection: k = 3); each
+block is orthogonalised on its own, as the speedrun treats q, k and v. `ns_dtype` sets the
+Newton-Schulz precision: None keeps float32 on CPU and bf16 on GPUs (the speedrun's choice);
+torch.bfloat16 uses a CPU's bf16 units.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 @torch.no_grad()
-def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """The Newton-Schulz approximation of U V^T for a matrix g = U S V^T (rows x cols)."""
+def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The Newton-Schulz approximation of U V^T for a matrix g = U S V^T (rows x cols), computed in
+    `dtype` (None: float32 on CPU, bf16 on GPUs)."""
     a, b, c = NS_COEFFICIENTS
-    x = g.float() if g.device.type == "cpu" else g.bfloat16()
+    x = g.to(dtype if dtype is not None else torch.float32 if g.device.type == "cpu" else torch.bfloat16)
     transposed = x.size(0) > x.size(1)
     if transposed:  # iterate on the wide form: X X^T is the smaller Gram matrix
         x = x.T
@@ -37,14 +42,25 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     return x.to(g.dtype)
 
 
+def muon_update(update: torch.Tensor, steps: int, split: int = 1, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Muon's step for one matrix: orthogonalised (each of `split` row blocks alone) and scaled by
+    sqrt(max(1, rows / cols)) of the matrix orthogonalised, so tall and wide ones take steps of one RMS size."""
+    blocks = update.chunk(split, dim=0) if split > 1 else (update,)
+    return torch.cat([orthogonalize(b, steps, dtype=dtype) * max(1.0, b.size(0) / b.size(1)) ** 0.5 for b in blocks], dim=0)
+
+
 class MuonAdamW(torch.optim.Optimizer):
     def __init__(self, groups, lr: float = 1e-3, betas=(0.9, 0.99), eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.95, ns_steps: int = 5):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps, muon=False)
+                 momentum: float = 0.95, ns_steps: int = 5, ns_dtype: torch.dtype | None = None):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps, muon=False,
+                        split=1)
+        self.ns_dtype = ns_dtype  # not a group option: a resume may change it
         super().__init__(groups, defaults)
         for group in self.param_groups:
             if group["muon"] and any(p.dim() != 2 for p in group["params"]):
                 raise ValueError("Muon updates matrices only; give other parameters to an AdamW group.")
+            if group["muon"] and any(p.size(0) % group["split"] for p in group["params"]):
+                raise ValueError(f"a Muon group split in {group['split']} needs matrices whose rows divide by {group['split']}.")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -70,7 +86,7 @@ class MuonAdamW(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.mul_(momentum).add_(p.grad)
             update = p.grad.add(buf, alpha=momentum)  # Nesterov
-            update = orthogonalize(update, group["ns_steps"]) * max(1.0, p.size(0) / p.size(1)) ** 0.5
+            update = muon_update(update, group["ns_steps"], group.get("split", 1), self.ns_dtype)  # no split in older checkpoints
             if decay:
                 p.mul_(1 - lr * decay)
             p.add_(update, alpha=-lr)

@@ -6,12 +6,15 @@ The rule (no table of per-machine settings):
    capped at 8, heads of 32 channels, context 64 up to width 128, 128 up to 256, then 256.
 2. The machine's speed: a few timed training steps (without dropout, which the recipe may add) of
    three shapes of the ladder (smallest, middle, largest) fit seconds per step = a + b * FLOPs per
-   step by least squares, which predicts every rung. The probe's seconds count against the budget;
-   its result is cached per machine, instruction set, thread count, torch version and precision, so
-   later runs skip it.
+   step by least squares, which predicts every rung. The probe builds the model the config
+   describes (model.* switches, vocabulary, tied head or not) and trains it with train.optimizer.
+   Its seconds count against the budget; its result is cached per machine, instruction set, thread
+   count, torch version, precision, vocabulary, model switches, optimizer and rungs, so later runs
+   skip it.
 3. The shape: the largest rung that still sees at least TOKENS_PER_PARAMETER training tokens per
-   parameter in the budget left (tokens = seconds left / predicted seconds per step * tokens per
-   step). Repeated tokens count for less: after the first pass over a small corpus, the tokens are
+   parameter of its blocks (the vocabulary's embedding and head left out, as Kaplan et al. 2020
+   count non-embedding parameters) in the budget left (tokens = seconds left / predicted seconds
+   per step * tokens per step). Repeated tokens count for less: after the first pass over a small corpus, the tokens are
    discounted as in Muennighoff et al. (2023, "Scaling data-constrained language models"): U unique
    tokens seen P times count as U * (1 + R * (1 - exp(-(P - 1) / R))), R = REPEAT_DECAY passes, so
    a corpus never counts for more than about R + 1 passes. A longer budget sees at least as many
@@ -26,8 +29,20 @@ The rule (no table of per-machine settings):
    then cosine decay that ends at the budget (`train.lr_schedule: time`). Peak rates: Muon's
    MUON_LR for the hidden matrices (where train.optimizer is muon); AdamW's ADAM_LR * 128 / width for
    the rest (wider models take smaller Adam steps, as in muP).
+7. What the user gives wins: any of model.n_layer, n_head, n_embd, block_size, dropout and
+   train.batch_size, learning_rate, min_lr, muon_learning_rate, warmup_share, eval_interval,
+   max_steps set in the config file or on the command line is kept, and the recipe chooses the rest
+   around it (a given width fixes the rung; a given depth, head count or context applies to every
+   rung; a given batch sets the tokens a step). What it cannot keep (heads that fit no width, a step
+   schedule) is refused in one sentence. The shipped budget_char_gpt.yaml leaves those keys out.
+8. torch.compile is left as given (train.compile, off by default): it pays for itself only when the
+   seconds it saves, budget x (1 - compiled step / eager step), exceed the seconds it takes to
+   compile, which the compile cache (nanonlp's cache directory) cuts to a cache load on later runs
+   of the same shape. On 2 CPU cores compiling this GPT takes tens of seconds to minutes, so for
+   budgets of a few minutes it is worth turning on only once its kernels are cached (a second run of
+   the same shape), and for 15-minute budgets when its step is faster at all (docs/benchmarks.md).
 The choice is printed with its reasons and saved in the run directory (recipe.json) and its config,
-so a resumed run continues the same recipe.
+so a resumed run continues the same recipe (a train setting given at the resume wins there too).
 """
 
 from __future__ import annotations
@@ -55,6 +70,10 @@ WARMUP_SHARE = 0.02
 MUON_LR = 0.02
 ADAM_LR = 4e-3
 RECIPE = "recipe.json"
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")  # model.* the recipe chooses unless given
+TRAIN_KEYS = ("batch_size", "learning_rate", "min_lr", "muon_learning_rate", "warmup_share", "eval_interval", "lr_schedule",
+              "max_steps")  # train.* the recipe chooses unless given
+SPEED_SWITCHES = ("compile",)  # train.* switches that change the step's speed (the probe's cache key)
 EVALUATIONS = 20  # validations in a run (the recipe sets train.eval_interval from the predicted steps)
 
 
@@ -71,13 +90,62 @@ class Shape:
         context = 64 if width <= 128 else 128 if width <= 256 else 256
         return cls(depth, max(1, width // HEAD_DIM), width, context)
 
-    def parameters(self, vocab_size: int) -> int:
-        """Weights of the speedrun GPT (untied head, no learned positions): embedding, head, blocks."""
-        return 2 * vocab_size * self.n_embd + self.n_layer * 12 * self.n_embd ** 2
+    def body_parameters(self) -> int:
+        """Weights of the blocks (attention 4 C^2, MLP 8 C^2 a layer): what tokens per parameter counts.
+        The vocabulary's matrices (embedding, head) are left out, as Kaplan et al. (2020) count
+        non-embedding parameters: a 50k BPE vocabulary would otherwise outweigh the blocks of every rung."""
+        return self.n_layer * 12 * self.n_embd ** 2
+
+    def parameters(self, vocab_size: int, tied: bool = False) -> int:
+        """All weights of the GPT (no learned positions): embedding, head unless tied to it, blocks."""
+        return (1 if tied else 2) * vocab_size * self.n_embd + self.body_parameters()
 
     def flops_per_step(self, vocab_size: int, batch_tokens: int) -> float:
-        n = self.parameters(vocab_size) - vocab_size * self.n_embd  # the embedding is a lookup
+        # The embedding is a lookup; the head is a matmul whether tied or not.
+        n = self.body_parameters() + vocab_size * self.n_embd
         return batch_tokens * (6 * n + 12 * self.n_layer * self.n_embd * self.block_size)
+
+
+@dataclass(frozen=True)
+class Given:
+    """The settings the user gave (config file or command line): the recipe keeps them and chooses the rest."""
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int | None = None
+    dropout: float | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    muon_learning_rate: float | None = None
+    grad_accum_steps: int = 1
+    rotary: bool = True  # rotary positions need an even head width
+
+    @classmethod
+    def of(cls, cfg) -> "Given":
+        given = cfg.given or frozenset()
+        pick = lambda section, key: getattr(getattr(cfg, section), key) if f"{section}.{key}" in given else None  # noqa: E731
+        return cls(**{key: pick("model", key) for key in MODEL_KEYS},
+                   **{key: pick("train", key) for key in ("batch_size", "learning_rate", "muon_learning_rate")},
+                   grad_accum_steps=cfg.train.grad_accum_steps, rotary=cfg.model.position == "rotary")
+
+    def shapes(self) -> list[Shape]:
+        """The rungs of the ladder with the given parts of the shape in place (one rung where the width is given)."""
+        out = []
+        for width in (self.n_embd,) if self.n_embd else LADDER:
+            shape = Shape.of_width(width)
+            shape = Shape(self.n_layer or shape.n_layer, self.n_head or shape.n_head, width, self.block_size or shape.block_size)
+            if width % shape.n_head or (self.rotary and (width // shape.n_head) % 2):
+                continue
+            if shape not in out:
+                out.append(shape)
+        if not out:
+            raise ConfigError(f"model.n_head={self.n_head} gives no even head width at any width the recipe chooses from "
+                              f"({', '.join(map(str, LADDER))}) or at the given model.n_embd; set model.n_embd to a multiple "
+                              f"of {2 * self.n_head}, or leave model.n_head to the recipe.")
+        return out
+
+    def batch(self, shape: Shape) -> int:
+        return self.batch_size or max(1, BATCH_TOKENS // shape.block_size)
 
 
 @dataclass
@@ -121,9 +189,9 @@ def dropout_for(passes: float) -> float:
 
 
 def choose(budget_seconds: float, vocab_size: int, speed: tuple[float, float], probe_seconds: float = 0.0,
-           train_tokens: int | None = None) -> Recipe:
-    """The recipe for a budget, given the fitted speed (seconds per step = a + b * FLOPs per step) and
-    the size of the training split (None: unlimited data)."""
+           train_tokens: int | None = None, given: Given = Given()) -> Recipe:
+    """The recipe for a budget, given the fitted speed (seconds per step = a + b * FLOPs per step), the
+    size of the training split (None: unlimited data) and the settings the user gave, which it keeps."""
     if budget_seconds <= 0:
         raise ConfigError("model.size auto needs a time budget: set train.max_seconds.")
     if train_tokens is not None and train_tokens <= 0:
@@ -131,13 +199,13 @@ def choose(budget_seconds: float, vocab_size: int, speed: tuple[float, float], p
     a, b = speed
     left = max(1.0, budget_seconds - probe_seconds)
     chosen, reason = None, ""
-    for width in LADDER:
-        shape = Shape.of_width(width)
-        batch = max(1, BATCH_TOKENS // shape.block_size)
-        step = a + b * shape.flops_per_step(vocab_size, batch * shape.block_size)
-        tokens = left / step * batch * shape.block_size
+    for shape in given.shapes():
+        batch = given.batch(shape)
+        step_tokens = batch * shape.block_size * given.grad_accum_steps
+        step = a + b * shape.flops_per_step(vocab_size, step_tokens)
+        tokens = left / step * step_tokens
         counted = counted_tokens(tokens, train_tokens)
-        ratio = counted / shape.parameters(vocab_size)
+        ratio = counted / shape.body_parameters()
         if chosen is None or ratio >= TOKENS_PER_PARAMETER:
             passes = tokens / train_tokens if train_tokens is not None else 0.0
             chosen = (shape, batch, step, dropout_for(passes))
@@ -149,11 +217,16 @@ def choose(budget_seconds: float, vocab_size: int, speed: tuple[float, float], p
         else:
             break
     shape, batch, step, dropout = chosen
-    return Recipe(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, batch, ADAM_LR * 128 / shape.n_embd, MUON_LR,
-                  WARMUP_SHARE, step, probe_seconds, reason, dropout)
+    kept = [f"{key}={getattr(given, key)}" for key in (*MODEL_KEYS, "batch_size", "learning_rate", "muon_learning_rate")
+            if getattr(given, key) is not None]
+    if kept:
+        reason += "; kept as given: " + ", ".join(kept)
+    return Recipe(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, batch,
+                  given.learning_rate or ADAM_LR * 128 / shape.n_embd, given.muon_learning_rate or MUON_LR,
+                  WARMUP_SHARE, step, probe_seconds, reason, dropout if given.dropout is None else given.dropout)
 
 
-def _probe_cache_key(device: torch.device, dtype: torch.dtype) -> str:
+def _probe_cache_key(device: torch.device, dtype: torch.dtype, what: str) -> str:
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -166,100 +239,138 @@ def _probe_cache_key(device: torch.device, dtype: torch.dtype) -> str:
         pass
     # The kernels' instruction set too: ATEN_CPU_CAPABILITY=avx2 makes an AVX-512 machine run as an AVX2 one.
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}|{torch.backends.cpu.get_cpu_capability()}"
-    return f"{name}|{torch.get_num_threads()} threads|torch {torch.__version__}|{dtype}"
+    return f"{name}|{torch.get_num_threads()} threads|torch {torch.__version__}|{dtype}|{what}"
 
 
-def measure_speed(vocab_size: int, device: torch.device, dtype: torch.dtype, steps: int = 3) -> tuple[tuple[float, float], float]:
-    """Time `steps` training steps (after one warm-up step) of three rungs; fit and return the speed
-    and the seconds spent. Cached per machine, instruction set, thread count, torch and precision."""
+def probe_shapes(shapes: list[Shape]) -> list[Shape]:
+    """The rungs the probe times: the smallest, the middle and the largest (fewer where fewer are allowed)."""
+    picked = [shapes[0], shapes[len(shapes) // 2], shapes[-1]]
+    return [shape for i, shape in enumerate(picked) if shape not in picked[:i]]
+
+
+def measure_speed(model_cfg, train_cfg, device: torch.device, dtype: torch.dtype, given: Given = Given(),
+                  steps: int = 3) -> tuple[tuple[float, float], float]:
+    """Time `steps` training steps (after one warm-up step) of up to three rungs of the model that
+    `model_cfg` (its switches and vocabulary; dropout off) and `train_cfg` (its optimizer and precision
+    switches) describe; fit and return the speed and the seconds spent. Cached per machine,
+    instruction set, thread count, torch, precision, vocabulary, model switches, optimizer and rungs."""
     from nanonlp.data.catalog import cache_dir
     from nanonlp.device import autocast
-    from nanonlp.models.gpt import GPT, GPTConfig
-    from nanonlp.optim import MuonAdamW
+    from nanonlp.io import atomic_write_text
+    from nanonlp.models.gpt import GPT
+    from nanonlp.train import make_optimizer, optimizer_step
 
-    key = _probe_cache_key(device, dtype)
+    vocab_size = model_cfg.vocab_size
+    shapes = probe_shapes(given.shapes())
+    switches = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in (*MODEL_KEYS, "size")}
+    rungs = [(dataclasses.astuple(shape), given.batch(shape), given.grad_accum_steps) for shape in shapes]
+    what = json.dumps({"model": switches, "optimizer": train_cfg.optimizer, "grad_clip": train_cfg.grad_clip > 0,
+                       **{k: getattr(train_cfg, k) for k in SPEED_SWITCHES}, "rungs": rungs}, sort_keys=True)
+    key = _probe_cache_key(device, dtype, what)
     cache = cache_dir() / "speed_probe.json"
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     if key in known:
         return tuple(known[key]), 0.0
     started = time.perf_counter()
     samples = []
-    for width in (LADDER[0], LADDER[len(LADDER) // 2], LADDER[-1]):
-        shape = Shape.of_width(width)
-        batch = max(1, BATCH_TOKENS // shape.block_size)
-        model = GPT(GPTConfig(block_size=shape.block_size, n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
-                              dropout=0.0, bias=False, vocab_size=vocab_size, position="rotary", qk_norm=True,
-                              activation="relu2", tie_embeddings=False)).to(device)
-        optimizer = MuonAdamW([{"params": model.matrix_parameters(), "muon": True},
-                               {"params": [p for p in model.parameters() if p.dim() != 2 or
-                                           all(p is not q for q in model.matrix_parameters())]}], lr=1e-4)
+    for shape in shapes:
+        batch = given.batch(shape)
+        config = dataclasses.replace(model_cfg, n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
+                                     block_size=shape.block_size, dropout=0.0, size="manual")
+        model = GPT(config).to(device)
+        optimizer = make_optimizer(model, train_cfg, device)
         x = torch.randint(vocab_size, (batch, shape.block_size), device=device)
         for i in range(steps + 1):
             if i == 1:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-            with autocast(device, dtype):
-                _, loss = model(x, x)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            for _ in range(given.grad_accum_steps):
+                with autocast(device, dtype):
+                    _, loss = model(x, x)
+                loss.backward()
+            optimizer_step(model, optimizer, train_cfg.grad_clip)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        samples.append((shape.flops_per_step(vocab_size, batch * shape.block_size), (time.perf_counter() - t0) / steps))
+        step_tokens = batch * shape.block_size * given.grad_accum_steps
+        samples.append((shape.flops_per_step(vocab_size, step_tokens), (time.perf_counter() - t0) / steps))
     speed = fit_speed(samples)
     known[key] = list(speed)
-    from nanonlp.io import atomic_write_text
-
     atomic_write_text(cache, json.dumps(known, indent=1))
     return speed, time.perf_counter() - started
 
 
+def refuse_conflicts(cfg) -> None:
+    """Given settings the recipe cannot keep: one sentence each."""
+    given = cfg.given or frozenset()
+    if "train.lr_schedule" in given and cfg.train.lr_schedule != "time":
+        raise ConfigError("model.size auto fits warmup and decay to the clock (train.lr_schedule time) and runs until "
+                          "train.max_seconds; remove train.lr_schedule steps, or set model.size manual and choose the schedule yourself.")
+
+
 def apply(cfg, recipe: Recipe) -> None:
-    """Set the model shape and the train settings of `cfg` to the recipe's."""
-    cfg.model = dataclasses.replace(cfg.model, n_layer=recipe.n_layer, n_head=recipe.n_head, n_embd=recipe.n_embd,
-                                    block_size=recipe.block_size, dropout=recipe.dropout)
+    """Set the model shape and the train settings of `cfg` to the recipe's, except those the user gave."""
+    given = cfg.given or frozenset()
+    chosen = {key: getattr(recipe, key) for key in MODEL_KEYS if f"model.{key}" not in given}
+    cfg.model = dataclasses.replace(cfg.model, **chosen)
+    dataclasses.replace(cfg.model, size="manual").validate()  # the whole shape now, with what was given in it
     apply_train(cfg, recipe)
 
 
 def apply_train(cfg, recipe: Recipe) -> None:
-    tc = cfg.train
-    tc.batch_size, tc.grad_accum_steps = recipe.batch_size, 1
-    tc.learning_rate, tc.min_lr = recipe.learning_rate, recipe.learning_rate / 10
-    tc.muon_learning_rate = recipe.muon_learning_rate  # used where train.optimizer is muon
-    tc.lr_schedule, tc.warmup_share = "time", recipe.warmup_share
-    tc.max_steps = max(tc.max_steps, 10 ** 9)  # the clock ends the run
-    steps = max(1.0, (tc.max_seconds - recipe.probe_seconds) / recipe.seconds_per_step)
-    tc.eval_interval = max(10, int(steps / EVALUATIONS))
+    """Set the train settings of `cfg` to the recipe's, except those the user gave."""
+    tc, given = cfg.train, cfg.given or frozenset()
+    chosen = dict(batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+                  muon_learning_rate=recipe.muon_learning_rate,  # used where train.optimizer is muon
+                  lr_schedule="time", warmup_share=recipe.warmup_share,
+                  max_steps=max(tc.max_steps, 10 ** 9))  # the clock ends the run
+    for key, value in chosen.items():
+        if f"train.{key}" not in given:
+            setattr(tc, key, value)
+    if "train.min_lr" not in given:
+        tc.min_lr = tc.learning_rate / 10
+    elif tc.min_lr > tc.learning_rate:
+        raise ConfigError(f"train.min_lr ({tc.min_lr:g}) is above the peak rate the recipe chose ({tc.learning_rate:g}); "
+                          "lower train.min_lr or give train.learning_rate too.")
+    if "train.eval_interval" not in given:
+        steps = min(tc.max_steps, max(1.0, (tc.max_seconds - recipe.probe_seconds) / recipe.seconds_per_step))
+        tc.eval_interval = max(10, int(steps / EVALUATIONS))
 
 
 def choose_for_run(cfg, run_dir: Path, vocab_size: int, train_tokens: int, device: torch.device, quiet: bool) -> Recipe:
-    """A fresh run: probe (or read the cached probe), choose, apply, print and save the recipe."""
+    """A fresh run: probe (or read the cached probe), choose around the given settings, apply, print and save the recipe."""
     from nanonlp.device import resolve_dtype
+
     from nanonlp.io import atomic_write_text
 
-    speed, probe_seconds = measure_speed(vocab_size, device, resolve_dtype(cfg.train.dtype, device))
+    refuse_conflicts(cfg)
+    given = Given.of(cfg)
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab_size)
+    speed, probe_seconds = measure_speed(model_cfg, cfg.train, device, resolve_dtype(cfg.train.dtype, device), given)
     if probe_seconds >= 0.5 * cfg.train.max_seconds:
         raise ConfigError(f"the speed probe took {probe_seconds:.0f} s, at least half of train.max_seconds "
                           f"({cfg.train.max_seconds:g} s); it is cached now, so the same command again trains for the "
                           "whole budget (or raise train.max_seconds).")
-    recipe = choose(cfg.train.max_seconds, vocab_size, speed, probe_seconds, train_tokens)
+    recipe = choose(cfg.train.max_seconds, vocab_size, speed, probe_seconds, train_tokens, given)
     apply(cfg, recipe)
     atomic_write_text(run_dir / RECIPE, json.dumps(dataclasses.asdict(recipe), indent=1))
     if not quiet:
-        rates = f"Muon {recipe.muon_learning_rate:g} and AdamW" if cfg.train.optimizer == "muon" else "AdamW"
-        print(f"recipe for {cfg.train.max_seconds:g} s: {recipe.n_layer} layers x {recipe.n_embd} wide, {recipe.n_head} heads, "
-              f"context {recipe.block_size}, batch {recipe.batch_size}, dropout {recipe.dropout:g}; {rates} "
-              f"{recipe.learning_rate:.2g}, warmup {100 * recipe.warmup_share:g}% then cosine decay to the budget's end; "
+        tc = cfg.train
+        rates = f"Muon {tc.muon_learning_rate:g} and AdamW" if tc.optimizer == "muon" else "AdamW"
+        print(f"recipe for {tc.max_seconds:g} s: {recipe.n_layer} layers x {recipe.n_embd} wide, {recipe.n_head} heads, "
+              f"context {recipe.block_size}, batch {tc.batch_size}, dropout {cfg.model.dropout:g}; {rates} "
+              f"{tc.learning_rate:.2g}, warmup {100 * tc.warmup_share:g}% then cosine decay to the budget's end; "
               f"{recipe.reason} (speed probe {probe_seconds:.1f} s{', cached' if probe_seconds == 0 else ''})", file=sys.stderr)
     return recipe
 
 
 def load_for_run(cfg, run_dir: Path) -> Recipe | None:
-    """A run's saved recipe, its train settings applied to cfg (a resumed run continues it); None without one."""
+    """A run's saved recipe, its train settings applied to cfg except those the user gives now (a
+    resumed run continues it); None without one."""
     path = run_dir / RECIPE
     if not path.is_file():
         return None
+    refuse_conflicts(cfg)
     recipe = Recipe(**json.loads(path.read_text(encoding="utf-8")))
     apply_train(cfg, recipe)
     return recipe

@@ -56,6 +56,22 @@ def compiler_available(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
+def use_compile_cache() -> None:
+    """Keep torch.compile's compiled kernels (Inductor's FX graph and code caches) in nanonlp's cache
+    directory, so a second run of the same model and shape loads them instead of compiling again
+    (Inductor's default is a folder under /tmp, which a reboot empties). A TORCHINDUCTOR_CACHE_DIR
+    the user set wins; importing torch._dynamo writes Inductor's default there, which is replaced."""
+    from nanonlp.data.catalog import cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is not None:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        if os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+            return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "torchinductor")
+
+
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048) -> float:
     """Measured throughput of a large square matmul in TFLOP/s: the practical peak that MFU is quoted against."""
     # Its own generator: measuring must not shift the global RNG that seeds dropout.
@@ -221,21 +237,32 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
             raise ConfigError(f"train.optimizer muon needs a model that names its hidden matrices; {type(model).__name__} "
                               "does not: use train.optimizer adamw.")
         muon = {id(p) for p in model.matrix_parameters() if p.requires_grad}
+    # Matrices that stack several by rows (a fused q, k, v projection), orthogonalised block by block.
+    stacked = {}
+    if muon and cfg.muon_split_qkv:
+        if not hasattr(model, "stacked_matrices"):
+            raise ConfigError(f"train.muon_split_qkv needs a model that names its fused q, k, v matrices; {type(model).__name__} "
+                              "does not: set train.muon_split_qkv false.")
+        stacked = model.stacked_matrices()
     groups = []
     for scale, part in scales.items():
         rest = [p for p in part if id(p) not in muon]
-        groups += [{"params": [p for p in part if id(p) in muon], "weight_decay": 0.0, "muon": True,
-                    "lr_scale": scale * cfg.muon_learning_rate / cfg.learning_rate},
-                   {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+        muon_scale = scale * cfg.muon_learning_rate / cfg.learning_rate
+        for split in sorted({stacked.get(id(p), 1) for p in part if id(p) in muon}):
+            groups.append({"params": [p for p in part if id(p) in muon and stacked.get(id(p), 1) == split], "weight_decay": 0.0,
+                           "muon": True, "split": split, "lr_scale": muon_scale})
+        groups += [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
                    {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
     groups = [g for g in groups if g["params"]]
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
     if muon:
         from nanonlp.optim import MuonAdamW
 
-        return MuonAdamW(groups, momentum=cfg.muon_momentum, **kwargs)
+        precision = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.muon_precision]
+        return MuonAdamW(groups, momentum=cfg.muon_momentum, ns_dtype=precision, **kwargs)
     for group in groups:
         group.pop("muon", None)
+        group.pop("split", None)
     # The fused kernel updates all parameters in one pass; CUDA and recent CPU builds have it.
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
@@ -440,11 +467,25 @@ class Trainer:
                 raise ConfigError("train.fsdp with train.dtype float16 is not supported (the gradient scaler would see one shard); use bfloat16.")
             shard_model(self.model)
             self.sharded = True
-        self.compiled = self.model
+        # train.bf16_weights: forward and backward run on a bf16 copy of the weights, so no autocast
+        # casts them on every step and activations stay bf16 end to end; the optimizer updates the
+        # fp32 master weights (self.model, also what is evaluated and saved), copied back after each step.
+        self.low = None
+        if cfg.bf16_weights:
+            if self.dtype != torch.bfloat16:
+                raise ConfigError(f"train.bf16_weights keeps a bf16 copy of the weights but train.dtype resolves to {self.dtype}; "
+                                  "set train.dtype bfloat16 or turn train.bf16_weights off.")
+            if self.dist.enabled:
+                raise ConfigError("train.bf16_weights trains in one process; under torchrun turn it off (autocast does the same work).")
+            import copy
+
+            self.low = copy.deepcopy(self.model).to(torch.bfloat16)
+        self.compiled = self.low if self.low is not None else self.model
         if cfg.compile:
+            use_compile_cache()  # before anything imports Inductor, which sets its own default
             ok, why = compiler_available(device)
             if ok:
-                self.compiled = torch.compile(self.model)
+                self.compiled = torch.compile(self.compiled)
             elif not self.quiet:
                 print(f"train.compile is on but {why}; training without torch.compile", file=sys.stderr)
         self.wrapped = self.compiled
@@ -504,8 +545,17 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         batches = [self.job.train_batch() for _ in range(self.cfg.grad_accum_steps)]
-        parts = forward_backward(self.job, self.wrapped, batches, self.device, self.dtype, self.scaler, self.step)
-        optimizer_step(self.model, self.optimizer, self.cfg.grad_clip, self.scaler)
+        if self.low is None:
+            parts = forward_backward(self.job, self.wrapped, batches, self.device, self.dtype, self.scaler, self.step)
+            optimizer_step(self.model, self.optimizer, self.cfg.grad_clip, self.scaler)
+        else:  # already bf16: no autocast; the fp32 masters take the gradients, step, and are copied back
+            parts = forward_backward(self.job, self.wrapped, batches, self.device, torch.float32, None, self.step)
+            for master, low in zip(self.model.parameters(), self.low.parameters()):
+                master.grad, low.grad = (None if low.grad is None else low.grad.float()), None
+            optimizer_step(self.model, self.optimizer, self.cfg.grad_clip)
+            with torch.no_grad():
+                for master, low in zip(self.model.parameters(), self.low.parameters()):
+                    low.copy_(master)
         self.step += 1
         return parts, lr, sum(self.job.batch_tokens(b) for b in batches) * self.dist.world_size
 
@@ -557,7 +607,8 @@ class Trainer:
         if self.dist.is_main or self.sharded:
             self.model.eval()
             with torch.no_grad(), autocast(self.device, self.dtype):
-                metrics = {k: float(v) for k, v in self.job.evaluate(self.compiled).items()}
+                # the fp32 masters where train.bf16_weights keeps a bf16 copy: what is saved is what is scored
+                metrics = {k: float(v) for k, v in self.job.evaluate(self.compiled if self.low is None else self.model).items()}
             self.model.train()
         weights, optimizer_state = self._full_state()
         improved = False
@@ -681,7 +732,9 @@ def check_resume(task: tasks.Task, cfg: Config, saved: Config) -> None:
     if type(cfg.model) is not type(saved.model):
         raise ConfigError(f"cannot resume: the run in '{out_dir}' was trained with model.type={task.model_type(saved.model)!r} "
                           f"but the config now says {task.model_type(cfg.model)!r}; restore it or choose a new train.out_dir.")
-    for key in task.frozen_keys(saved):
+    # The new config's frozen keys too: a value it gives that the saved run left to a recipe (model.size auto).
+    frozen = task.frozen_keys(saved)
+    for key in frozen + [k for k in task.frozen_keys(cfg) if k not in frozen]:
         section, name = key.split(".")
         theirs, ours = getattr(getattr(saved, section), name), getattr(getattr(cfg, section), name)
         if ours != theirs:
@@ -692,7 +745,7 @@ def check_resume(task: tasks.Task, cfg: Config, saved: Config) -> None:
 def resumed_config(saved: Config, cfg: Config) -> Config:
     """A resumed run keeps its own data and model sections (with what preparation derived) and takes
     the train section and the task's sections from the new config."""
-    return dataclasses.replace(saved, train=cfg.train, sections=dict(cfg.sections))
+    return dataclasses.replace(saved, train=cfg.train, sections=dict(cfg.sections), given=cfg.given)
 
 
 def prepare_run(task: tasks.Task, cfg: Config, run_dir: Path, resume: bool, overwrite: bool, ctx: Context) -> None:

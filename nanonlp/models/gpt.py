@@ -41,19 +41,27 @@ class GPTConfig:
     zero_init: bool = False  # output projections of every block (and an untied head) start at zero
     tie_embeddings: bool = True  # the output head shares the token embedding (GPT-2); false: its own matrix
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap) (Gemma 2); 0 off
+    # Training loss over the vocabulary loss_chunk tokens at a time, each chunk's logits recomputed in
+    # the backward pass, so (tokens x vocab) logits never exist at once (forward then returns no
+    # logits with the loss); 0: all at once. Pays off for large vocabularies, not for characters.
+    loss_chunk: int = 0
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}.")
-        if self.n_embd % self.n_head != 0:
+        if self.size == "auto":  # the recipe fills in the shape around what was given, and checks it (nanonlp.recipe)
+            pass
+        elif self.n_embd % self.n_head != 0:
             raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}).")
-        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+        elif self.position == "rotary" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"rotary positions need an even head width; n_embd / n_head is {self.n_embd // self.n_head}.")
         if self.logit_softcap < 0 or self.rotary_base <= 1:
             raise ConfigError("model.logit_softcap must not be negative and model.rotary_base must be above 1.")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+        if self.loss_chunk < 0:
+            raise ConfigError(f"model.loss_chunk must not be negative (0 turns chunking off), got {self.loss_chunk}.")
 
     @property
     def gpt2_layout(self) -> bool:
@@ -105,6 +113,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        self.attn_dropout = Dropout(config.dropout)  # on the attention weights, where training on a CPU (see _attend_with_dropout)
         self.resid_dropout = Dropout(config.dropout)
         self.qk_norm = config.qk_norm
         head_dim = config.n_embd // config.n_head
@@ -123,7 +132,9 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
+        if past == 0 and dropout and x.device.type == "cpu":
+            y = self._attend_with_dropout(q, k, v)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         elif T == 1:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # one new token sees everything
@@ -133,6 +144,18 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+    def _attend_with_dropout(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention with dropout on its weights, (B, nh, T, hd) -> (B, nh, T, hd). On a CPU,
+        scaled_dot_product_attention has no fused kernel with dropout: it takes the same matmul and
+        softmax path as here, but draws the mask with bernoulli_, which profiled at 9% of a bf16 step of
+        nanoGPT's Shakespeare shape; layers.Dropout draws the same Bernoulli mask about three times faster."""
+        T = q.size(2)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        weights = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        return self.attn_dropout(weights) @ v
 
 
 class MLP(nn.Module):
@@ -161,6 +184,23 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
+
+
+def _summed_cross_entropy(logits_of, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits_of(x).float(), targets, ignore_index=-1, reduction="sum")
+
+
+def chunked_cross_entropy(x: torch.Tensor, targets: torch.Tensor, logits_of, chunk: int) -> torch.Tensor:
+    """The mean cross entropy of logits_of(x) (N, C) -> (N, vocab) against targets (N,) (-1: ignored),
+    `chunk` rows at a time. Each chunk is checkpointed: its logits are freed after its loss and
+    recomputed in the backward pass, so memory holds one chunk's logits instead of all of them."""
+    from torch.utils.checkpoint import checkpoint
+
+    total = x.new_zeros((), dtype=torch.float32)
+    for start in range(0, x.size(0), chunk):
+        total = total + checkpoint(_summed_cross_entropy, logits_of, x[start : start + chunk], targets[start : start + chunk],
+                                   use_reentrant=False)
+    return total / (targets != -1).sum().clamp(min=1)
 
 
 class GPT(nn.Module):
@@ -195,6 +235,10 @@ class GPT(nn.Module):
         """The hidden layers' weight matrices (what Muon updates): not the embeddings or the head."""
         return [p for name, p in self.transformer.h.named_parameters() if p.dim() == 2]
 
+    def stacked_matrices(self) -> dict[int, int]:
+        """Matrices that stack several by rows, by id: each c_attn weight is q, k and v (Muon may orthogonalise them apart)."""
+        return {id(block.attn.c_attn.weight): 3 for block in self.transformer.h}
+
     def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
         x = self.transformer.wte(idx)
         if "wpe" in self.transformer:
@@ -228,6 +272,8 @@ class GPT(nn.Module):
             x = block(x, cache, layer)
         if cache is not None:
             cache.length += T
+        if targets is not None and self.config.loss_chunk:
+            return None, chunked_cross_entropy(x.reshape(-1, x.size(-1)), targets.reshape(-1), self._logits, self.config.loss_chunk)
         logits = self._logits(x)  # (B, T, vocab)
         loss = None
         if targets is not None:

@@ -113,7 +113,7 @@ class Task:
             if value is None:
                 continue
             keys += [f"{section}.{f.name}" for f in dataclasses.fields(value) if not f.metadata.get("derived")]
-        return keys + list(self.frozen) + ["train.optimizer"]  # an optimizer's saved state fits only itself
+        return keys + list(self.frozen) + ["train.optimizer", "train.muon_split_qkv"]  # an optimizer's saved state fits only itself
 
     def check(self, cfg, run_dir: Path) -> None:
         """Checks that need no data, made before the run directory is touched (on rank 0)."""

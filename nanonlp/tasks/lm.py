@@ -205,8 +205,11 @@ class LMTask(Task):
 
     def frozen_keys(self, cfg) -> list[str]:
         keys = super().frozen_keys(cfg)
-        if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":  # the recipe chose the shape
-            keys = [k for k in keys if k not in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.dropout")]
+        if isinstance(cfg.model, GPTConfig) and cfg.model.size == "auto":  # the recipe chose the shape, except what the user gave
+            from nanonlp.recipe import MODEL_KEYS
+
+            given = cfg.given or frozenset()
+            keys = [k for k in keys if not (k.startswith("model.") and k[len("model."):] in MODEL_KEYS) or k in given]
         if cfg.train.init_from:  # a fine-tuned GPT-2's shape comes from its folder, not from the config
             keys = [k for k in keys if not k.startswith("model.") or k == "model.dropout"]
         if cfg.data.tokenizer == "char":  # the vocabulary size of a char tokenizer is the corpus's, not a setting

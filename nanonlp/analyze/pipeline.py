@@ -287,3 +287,20 @@ def end_delivery(history: Store, config: AnalyzeConfig, started) -> dict | None:
     delivered, failed = hook.close(wait=min(budget, 120.0))
     history.mark_notified(delivered)
     return {"url": a.webhook, "delivered": delivered, "failed": failed, "already_sent": already}
+
+
+def analyze_batch(documents: list[Document], annotator: Annotator, history: Store, config: AnalyzeConfig) -> tuple[list[dict], list[dict]]:
+    """A batch of documents (an API request): their records, stored (a document id seen before is
+    replaced; other documents of the same days stay), and the alerts of their periods against the
+    whole history."""
+    dedup = Deduplicator(config.duplicates.threshold, config.duplicates.window)
+    records = []
+    for batch in batches(documents, config.batch_size):
+        annotations = annotator.annotate([d.text for d in batch], [d.entities for d in batch])
+        records += [record(d, a, dedup(d.id, a["signature"], a["entities"])) for d, a in zip(batch, annotations)]
+    history.stage(records)
+    committed = history.commit(replace_days=False)
+    alerts, _ = alerts_of(history, config)
+    touched = {e for r in records for e in r["entities"]}
+    fresh = [a for a in new_alerts(alerts, committed, config) if a["entity"] in touched]
+    return records, fresh

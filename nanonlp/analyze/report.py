@@ -172,7 +172,10 @@ def write_report(path, summary: dict, rows: list[dict], whole: list[dict], event
         name = t["all"] if entity == ALL else entity
         flag = f' <span class=low title="{_e(t["low"])}">⚠</span>' if low else ""
         trend = sparkline([r["negative_share"] for r in own]) if period != "all" else ""
-XX
+        events_text = ", ".join(f"{_e(k)} ({v})" for k, v in list(row["top_events"].items())[:3])
+        parts.append(f"<tr{' class=low' if low else ''}><td>{_e(name)}{flag}</td><td class=num>{row['count']:,}</td>"
+                     f"<td class=num>{_interval(row['mean_sentiment'], row['mean_low'], row['mean_high'], False)}</td>"
+                     f"<td class=num>{_interval(row['negative_share'], row['negative_low'], row['negative_high'], True)}</td>"
                      f"<td>{trend}</td><td>{events_text}</td></tr>")
     parts.append("</tbody></table></section>")
 

@@ -23,7 +23,7 @@ def mount_names(specs: list[str]) -> dict[str, Path]:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories to serve, each RUN or NAME=RUN")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run directories to serve, each RUN or NAME=RUN")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 serves the network, a deliberate choice)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -35,6 +35,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting per model before 503")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="generation budget cap per request")
+    p.add_argument("--analyze-config", help="serve POST /v1/analyze with this analysis YAML (docs/analyze.md)")
+    p.add_argument("--analyze-store", default="history.duckdb", help="the DuckDB history /v1/analyze stores to and alerts against")
 
 
 def serve(args) -> None:
@@ -50,6 +52,8 @@ def serve(args) -> None:
             raise ConfigError(f"{flag} must be at least 1, got {value}.")
     if args.max_body_mb <= 0 or args.timeout <= 0 or args.max_wait_ms < 0:
         raise ConfigError("--max-body-mb and --timeout must be positive, and --max-wait-ms not negative.")
+    if not args.runs and not args.analyze_config:
+        raise ConfigError("give at least one run directory to serve, or --analyze-config for POST /v1/analyze.")
     models = {name: nanonlp.load(path, device=args.device) for name, path in mount_names(args.runs).items()}
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
@@ -57,7 +61,13 @@ def serve(args) -> None:
                              # on loopback, answer only loopback names: a web page elsewhere cannot reach the
                              # server by pointing a domain of its own at 127.0.0.1 (DNS rebinding)
                              allowed_hosts=("127.0.0.1", "localhost", "[::1]") if args.host in ("127.0.0.1", "localhost", "::1") else ())
-    app = create_app(models, settings)
+    analysis = None
+    if args.analyze_config:
+        from nanonlp.analyze import load_analyze_config
+        from nanonlp.serve.analyze import AnalysisService
+
+        analysis = AnalysisService(load_analyze_config(args.analyze_config), args.analyze_store, args.device)
+    app = create_app(models, settings, analysis)
     where = f"http://{args.host}:{args.port}"
     print(f"serving {', '.join(models)} at {where} (API docs at {where}/docs)"
           + ("; API key required" if settings.api_key else ""), file=sys.stderr)

@@ -84,8 +84,9 @@ def _describe(m: Mounted) -> dict:
     return info
 
 
-def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
-    """The FastAPI app serving `models` (name -> predictor from `nanonlp.load`)."""
+def create_app(models: dict[str, Any], settings: ServeSettings | None = None, analysis=None):
+    """The FastAPI app serving `models` (name -> predictor from `nanonlp.load`), and POST /v1/analyze
+    when `analysis` (serve/analyze.py's AnalysisService) is given."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from pydantic import BaseModel, ConfigDict, Field
@@ -269,6 +270,11 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
             raise HTTPException(422, f"give 1 to {settings.max_texts} prompts.")
         texts = await in_thread(m, lambda: m.predictor.generate(prompts, **options))
         return {"model": m.name, "results": [{"text": t, "completion": t[len(p):]} for p, t in zip(prompts, texts)]}
+
+    if analysis is not None:  # opinion and risk monitoring (serve/analyze.py)
+        from nanonlp.serve.analyze import router as analyze_router
+
+        app.include_router(analyze_router(analysis, check_key, settings.max_texts))
 
     if settings.allowed_hosts:
         from starlette.middleware.trustedhost import TrustedHostMiddleware

@@ -50,7 +50,7 @@ def run(args) -> None:
     overrides = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items() if getattr(args, dest) is not None}
     config = load_analyze_config(args.config, overrides)
     if config.fields.time is None and config.alerts.period != "all":
-        if "period" in overrides:
+        if "alerts.period" in overrides:
             raise ConfigError(f"--period {config.alerts.period} needs times: name the time field with --time-field, or use --period all.")
         config.alerts.period = "all"  # no time field: the whole set is one period (the default for undated documents)
     if args.actors is not None and args.engine != "ray":

@@ -109,8 +109,9 @@ _URL = re.compile(r"https?://\S+|www\.\S+")
 _NOT_WORD = re.compile(r"[\W_]+")
 PERMUTATIONS, BANDS = 64, 16  # 16 bands of 4 rows: pairs at Jaccard 0.8 meet in a band with probability > 0.999
 _rng = np.random.default_rng(20240601)
-_MULTIPLY = (_rng.integers(1, 2**63, PERMUTATIONS, dtype=np.uint64) | np.uint64(1))
-_ADD = _rng.integers(0, 2**63, PERMUTATIONS, dtype=np.uint64)
+# Each "permutation" is x -> a*x + b modulo 2**32 with a odd: a bijection of 32-bit shingle hashes.
+_MULTIPLY = (_rng.integers(1, 2**32, PERMUTATIONS, dtype=np.uint64) | np.uint64(1)).astype(np.uint32)
+_ADD = _rng.integers(0, 2**32, PERMUTATIONS, dtype=np.uint64).astype(np.uint32)
 
 
 def normalize(text: str) -> str:
@@ -120,29 +121,32 @@ def normalize(text: str) -> str:
 
 
 def signatures(texts: list[str], shingle: int) -> np.ndarray:
-    """(N, PERMUTATIONS) uint32 MinHash signatures of the texts' `shingle`-character shingles, all texts
-    at once in NumPy; a text with nothing left after normalizing has a row of zeros (never a duplicate)."""
-    codes, owners = [], []
-    for row, text in enumerate(texts):
-        chars = np.frombuffer(normalize(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        if len(chars) == 0:
-            continue
-        if len(chars) < shingle:
-            chars = np.concatenate([chars, np.zeros(shingle - len(chars), dtype=np.uint64)])
-        # polynomial hash of every window of `shingle` characters (wrapping uint64 arithmetic)
-        hashes = np.zeros(len(chars) - shingle + 1, dtype=np.uint64)
-        for offset in range(shingle):
-            hashes = hashes * np.uint64(1_000_003) + chars[offset: len(chars) - shingle + 1 + offset]
-        codes.append(hashes)
-        owners.append(np.full(len(hashes), row))
+    """(N, PERMUTATIONS) uint32 MinHash signatures of the texts' `shingle`-character shingles, the
+    whole batch at once in NumPy; a text with nothing left after normalizing has a row of zeros
+    (never a duplicate). A text shorter than a shingle is one shingle."""
+    normalized = [normalize(t) for t in texts]
+    lengths = np.array([max(len(t), shingle) if t else 0 for t in normalized], dtype=np.int64)
     out = np.zeros((len(texts), PERMUTATIONS), dtype=np.uint32)
-    if not codes:
+    if not lengths.any():
         return out
-    hashes, owner = np.concatenate(codes), np.concatenate(owners)
+    padded = "".join(t.ljust(n, "\0") for t, n in zip(normalized, lengths))
+    chars = np.frombuffer(padded.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    # a polynomial hash of every window of `shingle` characters of the concatenation (wrapping uint64)
+    windows = len(chars) - shingle + 1
+    hashes = np.zeros(windows, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        permuted = ((hashes[:, None] * _MULTIPLY[None, :] + _ADD[None, :]) >> np.uint64(32)).astype(np.uint32)  # (S, P)
-    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-    out[owner[starts]] = np.minimum.reduceat(permuted, starts, axis=0)
+        for offset in range(shingle):
+            hashes = hashes * np.uint64(1_000_003) + chars[offset: offset + windows]
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    rows = np.flatnonzero(lengths)
+    counts = lengths[rows] - shingle + 1  # windows inside each text (those across two texts are dropped)
+    positions = np.concatenate([np.arange(s, s + c) for s, c in zip(starts[rows], counts)])
+    folded = (hashes[positions] ^ (hashes[positions] >> np.uint64(29))).astype(np.uint32)  # (S,)
+    with np.errstate(over="ignore"):
+        permuted = folded[:, None] * _MULTIPLY[None, :] + _ADD[None, :]  # (S, P), modulo 2**32
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out[rows] = np.minimum.reduceat(permuted, offsets, axis=0)
     return out
 
 
@@ -161,12 +165,12 @@ class Deduplicator:
         if not signature.any():
             return None
         scope = hash(tuple(sorted(entities)))  # the same tweet about two companies is one post about each
-        rows = PERMUTATIONS // BANDS
-        keys = [hash((scope, band, signature[band * rows:(band + 1) * rows].tobytes())) for band in range(BANDS)]
+        keys = [hash((scope, band, row.tobytes())) for band, row in enumerate(signature.reshape(BANDS, -1))]
         original = None
+        needed = self.threshold * PERMUTATIONS
         for serial in dict.fromkeys(self.buckets[k] for k in keys if k in self.buckets):
             other_id, other, _ = self.recent[serial]
-            if np.mean(other == signature) >= self.threshold:
+            if np.count_nonzero(other == signature) >= needed:
                 original = other_id
                 break
         self.serial += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -76,23 +75,37 @@ def parse_time(value) -> datetime | None:
     return moment.astimezone(timezone.utc)
 
 
+class _Lines:
+    """The file's lines decoded one at a time, counting physical lines; a line that is not UTF-8 is
+    decoded with replacement characters and its number remembered, so the record holding it is
+    reported (and skipped) by number rather than the whole file failing at a buffer boundary."""
+
+    def __init__(self, raw):
+        self.raw, self.number, self.bad = raw, 0, {}
+
+    def __iter__(self):
+        for line in self.raw:
+            self.number += 1
+            if self.number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a UTF-8 byte-order mark
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                self.bad[self.number] = err.reason
+                yield line.decode("utf-8", errors="replace")
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, row mapping or None, problem or None) for each record of the file."""
     kind = FORMATS[path.suffix.lower()]
-    raw = open(path, "rb")
-    text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
-    try:
+    with open(path, "rb") as raw:
+        lines = _Lines(raw)
         if kind == "jsonl":
-            number = 0
-            while True:
-                number += 1
-                try:
-                    line = text.readline()
-                except UnicodeDecodeError as err:
-                    yield number, None, f"bytes that are not UTF-8 ({err.reason})"
-                    return  # the decoder cannot resynchronise; everything after is unread
-                if not line:
-                    return
+            for line in lines:
+                number = lines.number
+                if number in lines.bad:
+                    yield number, None, f"bytes that are not UTF-8 ({lines.bad[number]})"
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -101,37 +114,37 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
                     yield number, None, f"not JSON ({err.msg} at column {err.colno})"
                     continue
                 yield (number, row, None) if isinstance(row, dict) else (number, None, "a JSON value that is not an object")
-        else:
-            reader = csv.reader(text, delimiter="," if kind == "csv" else "\t")
+            return
+        reader = csv.reader(lines, delimiter="," if kind == "csv" else "\t")
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            yield 1, None, f"an unreadable header ({err})"
+            return
+        if 1 in lines.bad:
+            yield 1, None, f"a header with bytes that are not UTF-8 ({lines.bad[1]})"
+            return
+        while True:
+            first = lines.number + 1
             try:
-                header = next(reader)
+                values = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError as err:
-                yield 1, None, f"bytes that are not UTF-8 ({err.reason})"
-                return
             except csv.Error as err:
-                yield 1, None, f"an unreadable header ({err})"
-                return
-            while True:
-                try:
-                    values = next(reader)
-                except StopIteration:
-                    return
-                except UnicodeDecodeError as err:
-                    yield reader.line_num + 1, None, f"bytes that are not UTF-8 ({err.reason})"
-                    return
-                except csv.Error as err:
-                    yield reader.line_num, None, f"unreadable CSV ({err})"
-                    continue
-                if not values:
-                    continue
-                if len(values) != len(header):
-                    yield reader.line_num, None, f"{len(values)} fields where the header has {len(header)}"
-                    continue
-                yield reader.line_num, dict(zip(header, values)), None
-    finally:
-        text.close()
+                yield lines.number, None, f"unreadable CSV ({err})"
+                continue
+            bad = [n for n in range(first, lines.number + 1) if n in lines.bad]
+            if bad:
+                yield bad[0], None, f"bytes that are not UTF-8 ({lines.bad[bad[0]]})"
+                continue
+            if not values:
+                continue
+            if len(values) != len(header):
+                yield first, None, f"{len(values)} fields where the header has {len(header)}"
+                continue
+            yield first, dict(zip(header, values)), None
 
 
 def read_documents(patterns: list[str], fields, on_error: str = "stop", errors: list | None = None) -> Iterator[Document]:

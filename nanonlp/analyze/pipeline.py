@@ -85,19 +85,20 @@ def alerts_of(store: Store, config: AnalyzeConfig, periods: set | None = None) -
             continue
         series.sort(key=lambda c: c.period or date.min)
         for cell, check, first in debounce(judge(series, settings, settings.period, severe), settings.consecutive):
-            alerts.append(_alert(store, config, cell, check, first))
+            alerts.append(_alert(config, cell, check, first))
+    requests = [(a["entity"], a.pop("_period"), a["kind"].split(":", 1)[1] if a["kind"].startswith("event:") else None) for a in alerts]
+    for alert, documents in zip(alerts, store.evidence(requests, settings.period, settings.evidence)):
+        alert["documents"] = documents
     alerts.sort(key=lambda a: (-a["severity"], a["period"], a["entity"], a["kind"]), reverse=False)
     for rank, alert in enumerate(alerts, 1):
         alert["rank"] = rank
     return alerts, cells
 
 
-def _alert(store: Store, config: AnalyzeConfig, cell, check, first) -> dict:
+def _alert(config: AnalyzeConfig, cell, check, first) -> dict:
     settings = config.alerts
     period = cell.period.isoformat() if cell.period else "all"
     event = check.kind.split(":", 1)[1] if check.kind.startswith("event:") else None
-    evidence = store.evidence(cell.entity, cell.period, settings.period, "score ASC" if not event else "score ASC",
-                              settings.evidence, event)
     numbers = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in check.numbers.items()}
     if event:
         reason = f"severe event {event}: {check.numbers['documents']} document(s)"
@@ -114,7 +115,7 @@ def _alert(store: Store, config: AnalyzeConfig, cell, check, first) -> dict:
     key = f"{cell.entity}|{check.kind}|{(first or cell.period or 'all')}"
     return {"key": key, "entity": cell.entity, "kind": check.kind, "period": period,
             "since": first.isoformat() if first else period, "severity": round(check.severity, 4), "reason": reason,
-            "numbers": numbers, "documents": evidence}
+            "numbers": numbers, "documents": [], "_period": cell.period}
 
 
 class JsonlWriter:

@@ -7,7 +7,8 @@ tests check it against hand computation.
 - Mean sentiment: Student-t interval (95%) from the documents' sample standard deviation.
 - A period with fewer than `min_count` documents is flagged `low_confidence` and is never judged.
 - z-scores compare a period with the entity's previous `baseline` periods that had at least
-  `min_count` documents: (value - baseline mean) / max(baseline standard deviation, the period's own
+  `min_count` documents and where the same condition did not hold (a sustained turn is measured
+  against the entity's normal, not against itself): (value - baseline mean) / max(baseline standard deviation, the period's own
   sampling error), so a flat baseline does not turn every wobble into an alert.
 - Volume: (count - baseline mean count) / max(sd, sqrt(mean), 1) over the previous `baseline`
   calendar periods (zeros included), Poisson-like noise as the floor.
@@ -118,16 +119,21 @@ def judge(series: list[Cell], settings, period_kind: str, severe: set[str]) -> l
             filled.append(by_period.get(day) or Cell(series[0].entity, day, 0))
             day = step(day, period_kind)
     out = []
+    held: dict[str, set[int]] = {"negative_share": set(), "mean_sentiment": set(), "volume": set()}
     for i, cell in enumerate(filled):
-        window = filled[max(0, i - settings.baseline): i]
-        judged = [c for c in window if c.count >= settings.min_count]
-        warm = len(judged) >= settings.warmup and len(judged) > 0
-        warm_volume = len(window) >= max(settings.warmup, 1)
+        first = max(0, i - settings.baseline)
         checks = []
         enough = cell.count >= settings.min_count
+
+        def baseline(kind: str, judged_only: bool = True) -> list[Cell]:
+            # the previous periods, less those where this condition held: a turn is measured
+            # against the entity's normal, not against the turn itself
+            return [filled[j] for j in range(first, i) if j not in held[kind]
+                    and (not judged_only or (filled[j].count >= settings.min_count and filled[j].scored))]
+
         share = cell.negative_share
-        scored = [c for c in judged if c.scored]
-        if share is not None and enough and warm and len(scored) >= max(settings.warmup, 1):
+        scored = baseline("negative_share")
+        if share is not None and enough and len(scored) >= max(settings.warmup, 1):
             shares = [c.negative_share for c in scored]
             base, sd = _mean_sd(shares)
             pooled = (sum(c.negative for c in scored) + 1) / (sum(c.scored for c in scored) + 2)
@@ -136,7 +142,8 @@ def judge(series: list[Cell], settings, period_kind: str, severe: set[str]) -> l
             checks.append(Check("negative_share", z >= settings.z_threshold, z, z / settings.z_threshold,
                                 {"negative_share": share, "baseline_share": base, "baseline_sd": sd, "z": z, "count": cell.count,
                                  "baseline_periods": len(scored)}))
-        if cell.mean is not None and enough and warm and len(scored) >= max(settings.warmup, 1):
+        scored = baseline("mean_sentiment")
+        if cell.mean is not None and enough and len(scored) >= max(settings.warmup, 1):
             means = [c.mean for c in scored]
             base, sd = _mean_sd(means)
             spread = max(sd, (cell.sd or 0.0) / math.sqrt(cell.scored), 1e-6)
@@ -144,13 +151,17 @@ def judge(series: list[Cell], settings, period_kind: str, severe: set[str]) -> l
             checks.append(Check("mean_sentiment", z >= settings.z_threshold, z, z / settings.z_threshold,
                                 {"mean_sentiment": cell.mean, "baseline_mean": base, "baseline_sd": sd, "z": z, "count": cell.count,
                                  "baseline_periods": len(scored)}))
-        if enough and warm_volume and period_kind != "all":
+        window = baseline("volume", judged_only=False)
+        if enough and len(window) >= max(settings.warmup, 1) and period_kind != "all":
             counts = [c.count for c in window]
             base, sd = _mean_sd(counts)
             spread = max(sd, math.sqrt(base), 1.0)
             z = (cell.count - base) / spread
             checks.append(Check("volume", z >= settings.burst_z, z, z / settings.burst_z,
                                 {"count": cell.count, "baseline_count": base, "baseline_sd": sd, "z": z, "baseline_periods": len(window)}))
+        for check in checks:
+            if check.holds:
+                held[check.kind].add(i)
         for name in sorted(severe):
             if cell.events.get(name):
                 checks.append(Check(f"event:{name}", True, None, 1.5 + 0.1 * min(cell.events[name], 10),

@@ -133,23 +133,34 @@ class Store:
             cells[(e, p)].events[event] = n
         return list(cells.values())
 
-    def evidence(self, entity: str, period: date | None, kind: str, order: str, limit: int, event: str | None = None) -> list[dict]:
-        """The documents behind an alert: the entity's documents of the period, most negative first
-        (or those with `event`)."""
-        conditions, params = ["duplicate_of IS NULL"], []
-        if entity != ALL:
-            conditions.append("list_contains(entities, ?)")
-            params.append(entity)
-        if period is not None:
-            conditions.append(f"{self._period(kind)} = ?")
-            params.append(period)
-        if event is not None:
-            conditions.append("list_contains(events, ?)")
-            params.append(event)
-        sql = ("SELECT id, strftime(time, '%Y-%m-%dT%H:%M:%SZ'), source, text, label, score, events, evidence FROM documents "
-               f"WHERE {' AND '.join(conditions)} ORDER BY {order} NULLS LAST, id LIMIT {int(limit)}")
-        return [{"id": i, "time": t, "source": s, "text": x, "label": label, "score": score, "events": list(ev or []),
-                 "evidence": json.loads(evd or "{}")} for i, t, s, x, label, score, ev, evd in self.con.execute(sql, params).fetchall()]
+    def evidence(self, requests: list[tuple[str, date | None, str | None]], kind: str, limit: int) -> list[list[dict]]:
+        """The documents behind each alert, one query for all: per (entity, period, event) the
+        entity's documents of the period (with the event, when one is named), most negative first."""
+        if not requests:
+            return []
+        wanted = {"idx": np.arange(len(requests)), "entity": np.array([r[0] for r in requests], dtype=object),
+                  "period": np.array([r[1].isoformat() if r[1] else None for r in requests], dtype=object),
+                  "event": np.array([r[2] for r in requests], dtype=object)}
+        period = self._period(kind)
+        self.con.register("wanted", wanted)
+        try:
+            rows = self.con.execute(
+                f"WITH m AS (SELECT unnest(entities) AS entity, {period} AS period, * EXCLUDE (entities) FROM documents "
+                f"WHERE duplicate_of IS NULL UNION ALL SELECT '{ALL}' AS entity, {period} AS period, * EXCLUDE (entities) "
+                "FROM documents WHERE duplicate_of IS NULL), "
+                "w AS (SELECT idx, entity, CAST(period AS DATE) AS period, event FROM wanted) "
+                "SELECT w.idx, m.id, strftime(m.time, '%Y-%m-%dT%H:%M:%SZ'), m.source, m.text, m.label, m.score, m.events, m.evidence "
+                "FROM w JOIN m ON m.entity = w.entity AND m.period IS NOT DISTINCT FROM w.period "
+                "WHERE w.event IS NULL OR list_contains(m.events, w.event) "
+                f"QUALIFY row_number() OVER (PARTITION BY w.idx ORDER BY m.score ASC NULLS LAST, m.id) <= {int(limit)} "
+                "ORDER BY w.idx, m.score ASC NULLS LAST, m.id").fetchall()
+        finally:
+            self.con.unregister("wanted")
+        out: list[list[dict]] = [[] for _ in requests]
+        for idx, i, t, source, text, label, score, events, evidence in rows:
+            out[idx].append({"id": i, "time": t, "source": source, "text": text, "label": label, "score": score,
+                             "events": list(events or []), "evidence": json.loads(evidence or "{}")})
+        return out
 
     def count(self) -> int:
         return self.con.execute("SELECT count(*) FROM documents").fetchone()[0]

@@ -49,10 +49,11 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def mean_interval(mean: float, sd: float | None, n: int) -> tuple[float, float]:
+    """Student-t 95% interval of a mean sentiment, clipped to the scale's [-1, 1]."""
     if n < 2 or sd is None or math.isnan(sd):
         return (float("nan"), float("nan"))
     half = t_quantile(n - 1) * sd / math.sqrt(n)
-    return (mean - half, mean + half)
+    return (max(-1.0, mean - half), min(1.0, mean + half))  # sentiment lies in [-1, 1]
 
 
 @dataclass

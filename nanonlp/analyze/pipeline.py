@@ -23,7 +23,16 @@ from nanonlp.analyze.store import Store
 from nanonlp.errors import NanoNLPError
 from nanonlp.io import atomic_write_text, fsync_dir, save_json
 
-KIND_NAMES = {"negative_share": "negative share", "mean_sentiment": "mean sentiment", "volume": "volume burst"}
+REASONS = {  # an alert's reason, in the report's language
+    "en": {"negative_share": "negative share {negative_share:.0%} against a baseline of {baseline_share:.0%} (z {z:.1f})",
+           "mean_sentiment": "mean sentiment {mean_sentiment:+.2f} against a baseline of {baseline_mean:+.2f} (z {z:.1f})",
+           "volume": "{count} documents against a baseline of {baseline_count:.1f} (z {z:.1f})",
+           "event": "severe event {event}: {documents} document(s)", "since": ", {n} periods in a row since {first}"},
+    "zh": {"negative_share": "负面占比 {negative_share:.0%}，基线 {baseline_share:.0%}（z = {z:.1f}）",
+           "mean_sentiment": "平均情感 {mean_sentiment:+.2f}，基线 {baseline_mean:+.2f}（z = {z:.1f}）",
+           "volume": "文档 {count} 篇，基线 {baseline_count:.1f} 篇（z = {z:.1f}）",
+           "event": "严重事件 {event}：{documents} 篇文档", "since": "，自 {first} 起连续 {n} 个时段"},
+}
 
 
 def record(document: Document, annotation: dict, duplicate_of: str | None) -> dict:
@@ -100,18 +109,10 @@ def _alert(config: AnalyzeConfig, cell, check, first) -> dict:
     period = cell.period.isoformat() if cell.period else "all"
     event = check.kind.split(":", 1)[1] if check.kind.startswith("event:") else None
     numbers = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in check.numbers.items()}
-    if event:
-        reason = f"severe event {event}: {check.numbers['documents']} document(s)"
-    elif check.kind == "volume":
-        reason = f"volume {cell.count} against a baseline of {check.numbers['baseline_count']:.1f} (z {check.z:.1f})"
-    elif check.kind == "negative_share":
-        reason = (f"negative share {check.numbers['negative_share']:.0%} against a baseline of "
-                  f"{check.numbers['baseline_share']:.0%} (z {check.z:.1f})")
-    else:
-        reason = (f"mean sentiment {check.numbers['mean_sentiment']:+.2f} against a baseline of "
-                  f"{check.numbers['baseline_mean']:+.2f} (z {check.z:.1f})")
+    reason = REASONS[config.language][check.kind.split(":")[0]].format(
+        **{**check.numbers, "event": event, "z": check.z or 0.0, "count": cell.count})
     if settings.consecutive > 1 and first is not None:
-        reason += f", {settings.consecutive} periods in a row since {first.isoformat()}"
+        reason += REASONS[config.language]["since"].format(n=settings.consecutive, first=first.isoformat())
     key = f"{cell.entity}|{check.kind}|{(first or cell.period or 'all')}"
     return {"key": key, "entity": cell.entity, "kind": check.kind, "period": period,
             "since": first.isoformat() if first else period, "severity": round(check.severity, 4), "reason": reason,

@@ -412,3 +412,39 @@ def test_the_api_answers_per_document_and_alerts_against_stored_history(tmp_path
     assert client.post("/v1/analyze", json={"documents": [{"text": "x", "time": "soon"}]}).status_code == 400
     assert client.post("/v1/analyze", json={"documents": []}).status_code == 422
     service.close()
+
+
+# -- entities from a tagging run, events from a multi-label run ------------------------------------
+
+
+def test_entities_from_a_tagger_and_events_from_a_multi_label_run(tmp_path):
+    from test_tag import chinese_file, tag_config
+
+    from nanonlp.config import load_config
+    from nanonlp.train import fit
+
+    fit(tag_config(tmp_path, chinese_file(tmp_path / "zh.txt"), out="ner", data__separator="\t"), quiet=True)
+    data = tmp_path / "events.jsonl"
+    examples = [("公司宣布裁员", ["layoffs"]), ("公司被起诉", ["lawsuit"]), ("公司宣布裁员并被起诉", ["layoffs", "lawsuit"]),
+                ("天气很好", [])] * 6
+    data.write_text("".join(json.dumps({"text": t, "label": labels}, ensure_ascii=False) + "\n" for t, labels in examples), encoding="utf-8")
+    fit(load_config(None, ["--task=classify", f"--data.path={data}", f"--data.dev_path={data}", "--data.multi_label=true",
+                           "--model.type=bag_of_ngrams", f"--train.out_dir={tmp_path / 'events'}",
+                           "--train.max_steps=150", "--train.eval_interval=50", "--train.learning_rate=3e-2", "--train.warmup_steps=0",
+                           "--train.dtype=float32", "--train.device=cpu", "--train.peak_tflops=1.0"]), quiet=True)
+    texts = ["张三在北京工作。公司宣布裁员", "李四在上海工作。公司被起诉", "王五在广州工作。天气很好"]
+    path = write_jsonl(tmp_path / "posts.jsonl", [{"text": t, "company": "环球"} for t in texts])
+    cfg = from_mapping({"fields": {"entity": "company"}, "entities": {"run": str(tmp_path / "ner"), "types": ["PER"]},
+                        "events": {"run": str(tmp_path / "events"), "severe": ["lawsuit"]}, "alerts": {"period": "all"}})
+    summary = analyze([path], cfg, tmp_path / "out")
+    documents = [json.loads(line) for line in (tmp_path / "out" / "documents.jsonl").read_text(encoding="utf-8").splitlines()]
+    tagged = nanonlp.load(tmp_path / "ner").tag(texts)
+    people = [[e["text"] for e in t["entities"] if e["type"] == "PER"] for t in tagged]
+    assert [d["entities"] for d in documents] == [["环球"] + p for p in people]
+    assert people[0] == ["张三"]  # the tagger learnt its toy set; LOC entities are filtered out by types
+    predicted = nanonlp.load(tmp_path / "events").predict(texts)
+    assert [d["events"] for d in documents] == [p["labels"] for p in predicted]
+    assert documents[0]["events"] == ["layoffs"] and documents[1]["events"] == ["lawsuit"] and documents[2]["events"] == []
+    assert documents[1]["event_scores"]["lawsuit"] > 0.5
+    severe = [a for a in summary["alerts"] if a["kind"] == "event:lawsuit"]
+    assert {a["entity"] for a in severe} == {"环球", "李四"}

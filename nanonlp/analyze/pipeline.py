@@ -235,7 +235,7 @@ def finish(history: Store, config: AnalyzeConfig, out_dir: Path, committed: dict
     write_csv(out_dir / "aggregates.csv", rows, columns)
     write_csv(out_dir / "alerts.csv", [{**a, "numbers": a["numbers"], "documents": [d["id"] for d in a["documents"]]} for a in alerts],
               ["rank", "severity", "entity", "kind", "period", "since", "reason", "numbers", "documents", "key"])
-    event_rows = event_table(rows)
+    event_rows = event_table(cells)
     write_csv(out_dir / "events.csv", event_rows, ["event", "documents", "entities", "top_entities"])
     if report:
         from nanonlp.analyze.report import write_report
@@ -246,21 +246,19 @@ def finish(history: Store, config: AnalyzeConfig, out_dir: Path, committed: dict
     return summary
 
 
-def event_table(rows: list[dict]) -> list[dict]:
+def event_table(cells) -> list[dict]:
+    """Per event type: documents (reposts left out), entities concerned, the five most concerned."""
     totals: dict[str, dict] = {}
-    for row in rows:
-        if row["entity"] == ALL:
-            for event, n in row["top_events"].items():
-                totals.setdefault(event, {"event": event, "documents": 0, "per_entity": {}})["documents"] += n
-    for row in rows:
-        if row["entity"] != ALL:
-            for event, n in row["top_events"].items():
-                if event in totals:
-                    per = totals[event]["per_entity"]
-                    per[row["entity"]] = per.get(row["entity"], 0) + n
+    for cell in cells:
+        for event, n in cell.events.items():
+            item = totals.setdefault(event, {"event": event, "documents": 0, "per_entity": {}})
+            if cell.entity == ALL:
+                item["documents"] += n
+            else:
+                item["per_entity"][cell.entity] = item["per_entity"].get(cell.entity, 0) + n
     out = []
-    for item in sorted(totals.values(), key=lambda t: -t["documents"]):
-        top = sorted(item["per_entity"].items(), key=lambda kv: -kv[1])[:5]
+    for item in sorted(totals.values(), key=lambda t: (-t["documents"], t["event"])):
+        top = sorted(item["per_entity"].items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         out.append({"event": item["event"], "documents": item["documents"], "entities": len(item["per_entity"]), "top_entities": dict(top)})
     return out
 

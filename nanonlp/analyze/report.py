@@ -23,7 +23,7 @@ TEXT = {
            "rank": "#", "severity": "severity", "kind": "kind", "period": "period", "reason": "reason", "evidence": "documents behind it",
            "no_alerts": "No alerts.", "no_events": "No events found.", "all": "all documents", "score": "score",
            "kinds": {"negative_share": "negative share", "mean_sentiment": "mean sentiment", "volume": "volume burst", "event": "severe event"},
-           "new": "new"},
+           "new": "new", "more": "the {shown} entities with the most documents of {total}; aggregates.csv has them all"},
     "zh": {"title": "舆情与风险监测", "generated": "生成时间", "overview": "概览", "documents": "本次文档数", "stored": "历史文档数",
            "entities": "实体数", "alerts": "预警数", "new_alerts": "本次新增", "duplicates": "转发重复（不计入）", "skipped": "跳过的格式错误行",
            "days": "覆盖天数", "over_time": "情感走势", "over_time_note": "文档最多的实体每{period}的平均情感；红点为预警",
@@ -33,8 +33,9 @@ TEXT = {
            "rank": "#", "severity": "严重度", "kind": "类型", "period": "时段", "reason": "原因", "evidence": "相关文档",
            "no_alerts": "无预警。", "no_events": "未发现事件。", "all": "全部文档", "score": "得分",
            "kinds": {"negative_share": "负面占比", "mean_sentiment": "平均情感", "volume": "声量突增", "event": "严重事件"},
-           "new": "新"},
+           "new": "新", "more": "仅列出文档最多的 {shown} 个实体（共 {total} 个）；aggregates.csv 含全部实体"},
 }
+TABLE_ROWS = 60  # entities in the report's table, most documents first; aggregates.csv has them all
 PERIOD_WORD = {"en": {"day": "day", "week": "week", "all": "period"}, "zh": {"day": "日", "week": "周", "all": "时段"}}
 
 STYLE = """
@@ -165,7 +166,7 @@ def write_report(path, summary: dict, rows: list[dict], whole: list[dict], event
     parts.append(f"<section id=entities><h2>{_e(t['entity_table'])}</h2><table id=entity-table><thead><tr>"
                  f"<th>{_e(t['entity'])}</th><th>{_e(t['count'])}</th><th>{_e(t['mean'])}</th><th>{_e(t['negative'])}</th>"
                  f"<th>{_e(t['trend'])}</th><th>{_e(t['top_events'])}</th></tr></thead><tbody>")
-    for entity in [ALL] + ranked:
+    for entity in [ALL] + ranked[:TABLE_ROWS]:
         own = sorted((r for r in rows if r["entity"] == entity), key=lambda r: r["period"])
         row = entire[entity]
         low = row["low_confidence"]
@@ -177,7 +178,10 @@ def write_report(path, summary: dict, rows: list[dict], whole: list[dict], event
                      f"<td class=num>{_interval(row['mean_sentiment'], row['mean_low'], row['mean_high'], False)}</td>"
                      f"<td class=num>{_interval(row['negative_share'], row['negative_low'], row['negative_high'], True)}</td>"
                      f"<td>{trend}</td><td>{events_text}</td></tr>")
-    parts.append("</tbody></table></section>")
+    parts.append("</tbody></table>")
+    if len(ranked) > TABLE_ROWS:
+        parts.append(f"<p class=meta>{_e(t['more'].format(shown=TABLE_ROWS, total=len(ranked)))}</p>")
+    parts.append("</section>")
 
     parts.append(f"<section id=events><h2>{_e(t['event_table'])}</h2>")
     if events:

@@ -35,9 +35,10 @@ EXAMPLES = """examples:
   nanonlp configs                                   # the shipped configs
   nanonlp configs chnsenticorp_cnn > my.yaml        # print one to edit
   nanonlp train chnsenticorp_cnn                    # or train a shipped config by name
+  nanonlp analyze posts.jsonl --time-field time --entity-field ticker --sentiment runs/fin_sentiment --out analysis
 """
 
-GENERIC = ("train", "eval", "average", "data", "configs", "serve")
+GENERIC = ("train", "eval", "average", "data", "configs", "serve", "analyze")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -95,6 +96,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     from nanonlp import serve
 
     serve.add_arguments(commands.add_parser("serve", help="serve trained runs over HTTP (FastAPI; pip install 'nanonlp[serve]')"))
+    from nanonlp.analyze import command as analyze_command
+
+    analyze_command.add_arguments(commands.add_parser("analyze", help="opinion and risk monitoring: sentiment, entities, events, alerts, report"))
     return parser, owners
 
 
@@ -250,6 +254,10 @@ def _main(argv: list[str]) -> None:
             from nanonlp import serve
 
             serve.serve(args)
+        elif args.command == "analyze":
+            from nanonlp.analyze import command as analyze_command
+
+            analyze_command.run(args)
         else:
             cmd_task_command(args, args.command)
     except NanoNLPError as err:

@@ -26,7 +26,7 @@ def mount_names(specs: list[str]) -> dict[str, Path]:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories to serve, each RUN or NAME=RUN")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run directories to serve, each RUN or NAME=RUN")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 serves the network, a deliberate "
                    "choice that needs --api-key or --allow-no-key)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -47,6 +47,8 @@ def add_arguments(p) -> None:
                    help="on SIGTERM or Ctrl-C, seconds in-flight requests get to finish before the server exits")
     p.add_argument("--access-log", choices=("json", "off"), default="json",
                    help="one JSON line per request on stderr, with its request id (default), or none")
+    p.add_argument("--analyze-config", help="serve POST /v1/analyze with this analysis YAML (docs/analyze.md)")
+    p.add_argument("--analyze-store", default="history.duckdb", help="the DuckDB history /v1/analyze stores to and alerts against")
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -80,6 +82,8 @@ def serve(args) -> None:
             raise ConfigError(f"{flag} must be at least 1, got {value}.")
     if args.max_body_mb <= 0 or args.timeout <= 0 or args.max_wait_ms < 0 or args.graceful_timeout < 0:
         raise ConfigError("--max-body-mb and --timeout must be positive, and --max-wait-ms and --graceful-timeout not negative.")
+    if not args.runs and not args.analyze_config:
+        raise ConfigError("give at least one run directory to serve, or --analyze-config for POST /v1/analyze.")
     warning = check_exposure(args.host, args.api_key, args.allow_no_key)  # before minutes of loading
     models, load_seconds = {}, {}
     for name, path in mount_names(args.runs).items():
@@ -94,7 +98,13 @@ def serve(args) -> None:
                              # on loopback, answer only loopback names: a web page elsewhere cannot reach the
                              # server by pointing a domain of its own at 127.0.0.1 (DNS rebinding)
                              allowed_hosts=("127.0.0.1", "localhost", "[::1]") if args.host in LOOPBACK else ())
-    app = create_app(models, settings, load_seconds)
+    analysis = None
+    if args.analyze_config:
+        from nanonlp.analyze import load_analyze_config
+        from nanonlp.serve.analyze import AnalysisService
+
+        analysis = AnalysisService(load_analyze_config(args.analyze_config), args.analyze_store, args.device)
+    app = create_app(models, settings, analysis, load_seconds)
     if args.access_log == "json":
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -103,9 +103,11 @@ def _describe(m: Mounted) -> dict:
     return info
 
 
-def create_app(models: dict[str, Any], settings: ServeSettings | None = None, load_seconds: dict[str, float] | None = None):
-    """The FastAPI app serving `models` (name -> predictor from `nanonlp.load`); `load_seconds`, how
-    long each took to load, for /metrics."""
+def create_app(models: dict[str, Any], settings: ServeSettings | None = None, analysis=None,
+               load_seconds: dict[str, float] | None = None):
+    """The FastAPI app serving `models` (name -> predictor from `nanonlp.load`), and POST /v1/analyze
+    when `analysis` (serve/analyze.py's AnalysisService) is given; `load_seconds`, how long each model
+    took to load, for /metrics."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -364,6 +366,11 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, lo
                                                           [m.predictor.truncated(p) for p in prompts]))
         return {"model": m.name, "results": [{"text": t, "completion": t[len(p):], "truncated": f}
                                              for p, t, f in zip(prompts, texts, flags)]}
+
+    if analysis is not None:  # opinion and risk monitoring (serve/analyze.py)
+        from nanonlp.serve.analyze import router as analyze_router
+
+        app.include_router(analyze_router(analysis, check_key, settings.max_texts))
 
     return BodyLimit(RequestContext(app, settings.allowed_hosts, metrics), settings.max_body_bytes, settings.read_timeout_s)
 

@@ -112,9 +112,10 @@ def _huggingface(run, model: nn.Module):
         return _token_classifier(model, tokenizer, "bert")
     if _is_mpnet(model, "tagger"):
         return _token_classifier(model, tokenizer, "mpnet")
+    onnx = run.config.task == "classify" or _kind(model) == "tagger"
     raise NanoNLPError(f"a {type(model).__name__} ({run.config.task} task) has no transformers counterpart; --format hf "
-                       "exports GPTs in GPT-2's layout and classifiers and taggers on a pretrained BERT or MPNet body. "
-                       + ("--format onnx exports it." if _kind(model) in ("classifier", "tagger") else ""))
+                       "exports GPTs in GPT-2's layout and classifiers and taggers on a pretrained BERT or MPNet body"
+                       + ("; --format onnx exports it." if onnx else "."))
 
 
 def _gpt2(model, tokenizer):
@@ -323,10 +324,6 @@ class {name}({base}):
 '''
 
 
-class _Head(nn.Module):
-    pass
-
-
 _MODELING = {
     "bert": _MODELING_COMMON.replace("{model}", "BertModel").replace("{body}", "bert")
     .replace("{head}", "self.classifier = nn.Linear(config.hidden_size, config.num_labels)")
@@ -368,10 +365,18 @@ def _onnx(run, model: nn.Module):
         hf_tokenizer = None  # a word vocabulary: the run's own tokenizer.json is copied instead
 
     def write(folder: Path) -> None:
-        with torch.no_grad():
+        import warnings
+
+        import onnx
+
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer's notes on Python-side checks (a length limit) and its own deprecation notices
+            warnings.simplefilter("ignore")
             torch.onnx.export(wrapper.eval(), inputs, str(folder / "model.onnx"), input_names=names[0], output_names=names[1],
                               dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-        _write_json(folder / "nanonlp.json", {**meta, "inputs": names[0], "outputs": names[1], "task": run.config.task,
+        # an input the graph never reads (a tagger's word_mask without a BiLSTM) is dropped by the exporter
+        kept = [i.name for i in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.input]
+        _write_json(folder / "nanonlp.json", {**meta, "inputs": kept, "outputs": names[1], "task": run.config.task,
                                               "model_type": type(model).__name__})
         if hf_tokenizer is not None:
             hf_tokenizer(folder, meta.get("max_length"))
@@ -454,7 +459,7 @@ class _GPTStep(nn.Module):
             # (B, T, C) -> (B, heads, T, head_dim)
             q, k, v = (t.view(B, T, c.n_head, c.n_embd // c.n_head).transpose(1, 2) for t in (q, k, v))
             if attn.qk_norm:
-                q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+                q, k = _rms_norm(q), _rms_norm(k)
             if attn.rotary is not None:
                 q, k = _rotate(attn.rotary, q, P), _rotate(attn.rotary, k, P)
             k, v = torch.cat([past[2 * i], k], dim=2), torch.cat([past[2 * i + 1], v], dim=2)
@@ -463,6 +468,11 @@ class _GPTStep(nn.Module):
             x = x + attn.c_proj(y.transpose(1, 2).reshape(B, T, c.n_embd))
             x = x + block.mlp(block.ln_2(x))
         return (gpt._logits(x), *presents)
+
+
+def _rms_norm(x):
+    """F.rms_norm without a weight (its eps: the dtype's), spelled in operators opset 17 has."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
 
 
 def _rotate(rotary, x, start):

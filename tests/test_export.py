@@ -28,8 +28,7 @@ def _model(run_dir):
     return load_model(open_run(run_dir), torch.device("cpu"))
 
 
-@pytest.fixture
-def toy(tmp_path):
+def write_toy(tmp_path):
     train = tmp_path / "train.txt"
     train.write_text("".join(f"pos {t}\n" for t in POSITIVE) + "".join(f"neg {t}\n" for t in NEGATIVE))
     dev = tmp_path / "dev.txt"
@@ -37,7 +36,20 @@ def toy(tmp_path):
     return train, dev
 
 
-def bert_classifier_run(tmp_path, toy, pooling="mean"):
+@pytest.fixture
+def toy(tmp_path):
+    return write_toy(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def mean_run(tmp_path_factory):
+    """A classifier fine-tuned on a tiny random BERT, mean-pooled: trained once for the tests that only read it."""
+    tmp_path = tmp_path_factory.mktemp("bert_classifier")
+    torch.manual_seed(0)
+    return bert_classifier_run(tmp_path, write_toy(tmp_path))
+
+
+def bert_classifier_run(tmp_path, toy, pooling="mean", steps=20):
     folder = tmp_path / "bert"
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for t in POSITIVE + NEGATIVE for w in t.split()} | {"stuff", "so"})
     config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -45,7 +57,7 @@ def bert_classifier_run(tmp_path, toy, pooling="mean"):
     transformers.BertModel(config).save_pretrained(folder)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     fit(toy_config(tmp_path, toy, "bert", out=f"run_{pooling}", data__tokenizer="pretrained", classify__init_from=folder,
-                   data__max_length=64, train__learning_rate=1e-3, train__max_steps=20, train__eval_interval=20,
+                   data__max_length=64, train__learning_rate=1e-3, train__max_steps=steps, train__eval_interval=steps,
                    model__pooling=pooling), quiet=True)
     return tmp_path / f"run_{pooling}"
 
@@ -85,8 +97,8 @@ def test_a_speedrun_gpt_is_refused_naming_what_gpt2_lacks(tmp_path, corpus):
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_a_bert_classifier_loads_as_sequence_classification_with_its_labels(tmp_path, toy, pooling):
-    run = bert_classifier_run(tmp_path, toy, pooling)
+def test_a_bert_classifier_loads_as_sequence_classification_with_its_labels(tmp_path, toy, mean_run, pooling):
+    run = mean_run if pooling == "mean" else bert_classifier_run(tmp_path, toy, pooling, steps=4)
     out = export(run, "hf", tmp_path / "hf")
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
     assert isinstance(hf, transformers.BertForSequenceClassification)
@@ -159,8 +171,8 @@ def _session(folder):
     return ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
 
 
-def test_a_classifier_in_onnx_runtime_equals_pytorch(tmp_path, toy, capsys):
-    run = bert_classifier_run(tmp_path, toy)
+def test_a_classifier_in_onnx_runtime_equals_pytorch(tmp_path, mean_run, capsys):
+    run = mean_run
     main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "onnx")])
     assert "exported" in capsys.readouterr().err
     meta = json.loads((tmp_path / "onnx" / "nanonlp.json").read_text())
@@ -235,8 +247,8 @@ def test_a_gpt_in_onnx_carries_its_kv_cache(tmp_path, corpus, extra):
         start += step
 
 
-def test_a_failed_export_leaves_nothing(tmp_path, toy, monkeypatch):
-    run = bert_classifier_run(tmp_path, toy)
+def test_a_failed_export_leaves_nothing(tmp_path, corpus, monkeypatch):
+    run = gpt_run(tmp_path, corpus, "lm")
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -191,7 +191,7 @@ def test_a_classifier_in_onnx_runtime_equals_pytorch(tmp_path, mean_run, capsys)
 
 
 def test_a_word_level_classifier_exports_to_onnx(tmp_path, toy):
-    fit(toy_config(tmp_path, toy, "text_cnn", out="cnn"), quiet=True)
+    fit(toy_config(tmp_path, toy, "text_cnn", out="cnn", train__max_steps=4, train__eval_interval=4), quiet=True)
     export(tmp_path / "cnn", "onnx", tmp_path / "onnx")
     classifier = nanonlp.load(tmp_path / "cnn", device="cpu")
     ids, mask = classifier.encoder.batch(classifier.encoder.ids_of(["a good film", "bad , very bad , so bad"]), "cpu")

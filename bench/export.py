@@ -50,12 +50,13 @@ def sentences(data: Path, split: str, limit: int) -> list[tuple[str, str]]:
     return rows
 
 
-def train_run(folder: Path, data: Path) -> Path:
+def train_run(folder: Path, data: Path, init_from: str) -> Path:
     train = folder / "train.txt"
     train.write_text("".join(f"{label} {text}\n" for label, text in sentences(data, "train", 1000)), encoding="utf-8")
     config = load_config(ROOT / "configs" / "sst2_minilm.yaml", [
         f"--data.path={train}", "--data.dev_path=", "--data.dev_fraction=0.1", "--train.max_steps=30", "--train.eval_interval=30",
-        f"--train.out_dir={folder / 'run'}", "--train.device=cpu", "--train.dtype=float32", "--classify.calibrate=false"])
+        f"--train.out_dir={folder / 'run'}", "--train.device=cpu", "--train.dtype=float32", "--classify.calibrate=false",
+        f"--classify.init_from={init_from}"])
     fit(config, quiet=True)
     return folder / "run"
 
@@ -63,6 +64,7 @@ def train_run(folder: Path, data: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="a trained classifier run (default: fine-tune one on all-MiniLM-L6-v2 for 30 steps)")
+    parser.add_argument("--init-from", default="all-MiniLM-L6-v2", help="the encoder of the classifier trained without --run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=50, help="distinct batches timed per batch size and engine")
     args = parser.parse_args()
@@ -72,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run = Path(args.run) if args.run else train_run(tmp, data)
+        run = Path(args.run) if args.run else train_run(tmp, data, args.init_from)
         export(run, "onnx", tmp / "onnx")
         classifier = load(run, device="cpu")
         model = load_model(open_run(run), torch.device("cpu"))

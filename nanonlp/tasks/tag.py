@@ -65,7 +65,7 @@ class TagDataConfig:
 
 @dataclass
 class TagConfig:
-    init_from: str = ""  # the pretrained body of model.type bert (a BERT-format folder, or all-MiniLM-L6-v2) or gpt (a nanonlp GPT run)
+    init_from: str = ""  # the pretrained body of model.type bert (a BERT-format folder, all-MiniLM-L6-v2, m3e-small), mpnet (an MPNet folder, all-mpnet-base-v2) or gpt (a nanonlp GPT run)
 
     def validate(self) -> None:
         pass
@@ -287,7 +287,8 @@ class TagTask(Task):
         kind = self.model_type(cfg.model)
         if isinstance(cfg.model, PretrainedTaggerConfig) and not cfg.tag.init_from:
             raise ConfigError(f"model.type {kind} tags with a pretrained body: set tag.init_from to "
-                              + ("a BERT-format folder or all-MiniLM-L6-v2." if kind == "bert" else "a nanonlp language-model run of a GPT."))
+                              + ("a BERT-format folder or all-MiniLM-L6-v2." if kind == "bert" else "an MPNet folder or all-mpnet-base-v2." if kind == "mpnet"
+                                 else "a nanonlp language-model run of a GPT."))
         if not isinstance(cfg.model, PretrainedTaggerConfig) and cfg.tag.init_from:
             raise ConfigError(f"tag.init_from is the pretrained body of model.type bert or gpt; model.type {kind} trains from scratch, "
                               "so leave it empty.")

@@ -29,6 +29,7 @@ EXAMPLES = """examples:
   nanonlp translate runs/multi30k_en_de_transformer "A man is riding a bike." --plot-attention attn.png
   nanonlp eval runs/multi30k_en_de_transformer --src test.en --ref test.de
   nanonlp average runs/multi30k_en_de_transformer --last 5
+  nanonlp export runs/sst2_minilm --format onnx --out exported/sst2_minilm   # or --format hf (transformers)
   nanonlp train tatoeba_en_vae                      # a sentence VAE
   nanonlp sample runs/tatoeba_en_vae --num-samples 10 --nearest 1
   nanonlp interpolate runs/tatoeba_en_vae "i am tired ." "she is a doctor ." --steps 6
@@ -38,7 +39,7 @@ EXAMPLES = """examples:
   nanonlp analyze posts.jsonl --time-field time --entity-field ticker --sentiment runs/fin_sentiment --out analysis
 """
 
-GENERIC = ("train", "eval", "average", "data", "configs", "serve", "analyze")
+GENERIC = ("train", "eval", "average", "data", "configs", "serve", "analyze", "export")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -89,6 +90,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
             owners.setdefault(dest, set()).add(task.name)
 
     owners = {dest: (names, p.get_default(dest)) for dest, names in owners.items()}
+
+    p = commands.add_parser("export", help="export a trained run to a Hugging Face folder (transformers) or ONNX",
+                            description="Write RUN's model to the new folder --out: --format hf for transformers' Auto classes, "
+                                        "--format onnx for ONNX Runtime (see docs/export.md).")
+    p.add_argument("run_dir", help="run directory written by `nanonlp train`")
+    p.add_argument("--format", required=True, choices=("hf", "onnx"), help="hf: a transformers folder; onnx: model.onnx")
+    p.add_argument("--out", required=True, help="the folder to create (it must not exist)")
 
     commands.add_parser("data", help="list the named data sets and where each resolves")
     p = commands.add_parser("configs", help="list the shipped configs, or print one (nanonlp configs NAME > my.yaml)")
@@ -246,6 +254,10 @@ def _main(argv: list[str]) -> None:
             cmd_eval(args, owners)
         elif args.command == "average":
             cmd_average(args)
+        elif args.command == "export":
+            from nanonlp.export import export
+
+            print(f"exported {args.run_dir} to {export(args.run_dir, args.format, args.out)} ({args.format})", file=sys.stderr)
         elif args.command == "data":
             cmd_data()
         elif args.command == "configs":

@@ -372,6 +372,8 @@ def load_tokenizer(folder: str | Path):
     if data.get("type") == "wordpiece":
         vocab = WordPieceTokenizer.read_vocab(folder)  # vocab.txt beside tokenizer.json
         return WordPieceTokenizer(vocab, data["lowercase"], data["strip_accents"], data["chinese_chars"])
+    if isinstance(data.get("model"), dict) and data["model"].get("type") == "WordPiece":
+        return WordPieceTokenizer.from_tokenizer_json(folder)  # a pretrained folder's own tokenizer.json, kept as it was
     from tokenizers import Tokenizer
 
     return BPETokenizer(Tokenizer.from_str(path.read_text(encoding="utf-8")))
@@ -458,8 +460,11 @@ class WordPieceTokenizer:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "WordPieceTokenizer":
-        """A BERT tokenizer from vocab.txt, lowercasing per tokenizer_config.json's do_lower_case (default true)."""
+        """A pretrained folder's tokenizer: its tokenizer.json (Hugging Face `tokenizers` format) where it has
+        one, else vocab.txt, lowercasing per tokenizer_config.json's do_lower_case (default true)."""
         folder = Path(folder)
+        if (folder / TOKENIZER_FILE).is_file():
+            return cls.from_tokenizer_json(folder)
         vocab = cls.read_vocab(folder)
         options = {}
         config_path = folder / "tokenizer_config.json"
@@ -469,6 +474,82 @@ class WordPieceTokenizer:
         chinese_chars = options.get("tokenize_chinese_chars", options.get("chinese_chars", True))
         return cls(vocab, lowercase=bool(lowercase), strip_accents=options.get("strip_accents"),
                    chinese_chars=bool(chinese_chars))
+
+    @classmethod
+    def from_tokenizer_json(cls, folder: str | Path) -> "WordPieceTokenizer":
+        """The WordPiece tokenizer a folder's tokenizer.json describes, read by Hugging Face `tokenizers` as
+        `transformers` reads it (normalizer, pre-tokenizer, vocabulary and special tokens as written there), so
+        folders without vocab.txt load (m3e-small) and MPNet's <s> ... </s> wrapping comes with it. The special
+        tokens' names come from tokenizer_config.json or special_tokens_map.json where the folder has them."""
+        from tokenizers import Tokenizer, processors
+
+        folder = Path(folder)
+        path = folder / TOKENIZER_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text)
+            backend = Tokenizer.from_str(text)
+        except (OSError, UnicodeDecodeError, ValueError, Exception) as error:
+            raise NanoNLPError(f"cannot read '{path}' as a Hugging Face tokenizer ({error}); restore the file.") from None
+        if not isinstance(data.get("model"), dict) or data["model"].get("type") != "WordPiece":
+            kind = data.get("model", {}).get("type") if isinstance(data.get("model"), dict) else None
+            raise NanoNLPError(f"'{path}' holds a {kind or 'non-WordPiece'} tokenizer; a BERT-style encoder needs WordPiece.")
+        # the padding and truncation saved with a sentence-transformers model are batching choices, made here by encode_batch
+        backend.no_padding()
+        backend.no_truncation()
+        options = {}
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins, as in transformers
+            if (folder / name).is_file():
+                with contextlib.suppress(ValueError, OSError):
+                    loaded = json.loads((folder / name).read_text(encoding="utf-8"))
+                    options.update(loaded if isinstance(loaded, dict) else {})
+        # a special token may be written as {"content": "<mask>", "lstrip": true, ...}
+        options = {k: (v.get("content") if isinstance(v, dict) and k.endswith("_token") else v) for k, v in options.items()}
+        self = cls.__new__(cls)
+        self.tokenizer, self.from_vocab_txt = backend, False
+        index = backend.get_vocab(with_added_tokens=True)
+        self.vocab = [""] * (max(index.values()) + 1)
+        for token, i in index.items():
+            self.vocab[i] = token
+        normalizer = data.get("normalizer") or {}
+        bert_normalizer = normalizer.get("type") == "BertNormalizer"
+        self.lowercase = bool(normalizer.get("lowercase")) if bert_normalizer else options.get("do_lower_case")
+        self.strip_accents = normalizer.get("strip_accents") if bert_normalizer else None
+        self.chinese_chars = normalizer.get("handle_chinese_chars") if bert_normalizer else None
+        self.huggingface_class = options.get("tokenizer_class") or "BertTokenizer"
+        self.options = {k: v for k, v in options.items() if k.endswith("_token") or k == "tokenizer_class"}
+
+        def special(role: str, default: str) -> int:
+            token = options.get(f"{role}_token", default)
+            found = backend.token_to_id(token) if isinstance(token, str) else None
+            if found is None:
+                raise NanoNLPError(f"the tokenizer in '{folder}' has no {role} token '{token}'; name it as {role}_token in "
+                                   "tokenizer_config.json.")
+            return found
+
+        unk = data["model"].get("unk_token") or "[UNK]"
+        self.pad_id, self.unk_id = special("pad", "[PAD]"), special("unk", unk)
+        self.cls_id, self.sep_id = special("cls", "[CLS]"), special("sep", "[SEP]")
+        if backend.post_processor is None:  # no wrapping written: BERT's
+            cls_token, sep_token = self.vocab[self.cls_id], self.vocab[self.sep_id]
+            backend.post_processor = processors.TemplateProcessing(
+                single=f"{cls_token} $A {sep_token}", pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
+                special_tokens=[(cls_token, self.cls_id), (sep_token, self.sep_id)])
+        return self
+
+    from_vocab_txt = True  # built from vocab.txt and BERT's rules; false: read from a pretrained tokenizer.json
+    huggingface_class = "BertTokenizer"  # what transformers' AutoTokenizer builds from an exported folder
+    options: dict = {}  # the special tokens' names as a pretrained folder's tokenizer_config.json gives them
+
+    def special_tokens(self) -> dict:
+        """The special tokens by role, as tokenizer_config.json names them."""
+        tokens = {f"{role}_token": self.vocab[i] for role, i in
+                  (("unk", self.unk_id), ("cls", self.cls_id), ("sep", self.sep_id), ("pad", self.pad_id))}
+        mask = self.tokenizer.token_to_id("[MASK]")
+        if mask is not None:
+            tokens["mask_token"] = "[MASK]"
+        tokens.update({k: v for k, v in self.options.items() if k.endswith("_token")})
+        return tokens
 
     @classmethod
     def read_vocab(cls, folder: str | Path) -> list[str]:
@@ -532,8 +613,15 @@ class WordPieceTokenizer:
         return self.vocab[i]
 
     def save(self, folder: str | Path) -> None:
-        """Write vocab.txt and a tokenizer.json saying how to read it, for load_tokenizer."""
+        """Write vocab.txt and a tokenizer.json saying how to read it, for load_tokenizer; a tokenizer read
+        from a pretrained tokenizer.json writes that file back (with tokenizer_config.json naming its special tokens)."""
         from nanonlp.io import atomic_write_text
+
+        if not self.from_vocab_txt:
+            atomic_write_text(Path(folder) / TOKENIZER_FILE, self.tokenizer.to_str(pretty=True))
+            config = {"tokenizer_class": self.huggingface_class, **self.special_tokens()}
+            atomic_write_text(Path(folder) / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+            return
 
         description = {"type": "wordpiece", "lowercase": self.lowercase,
                        "strip_accents": self.strip_accents, "chinese_chars": self.chinese_chars}

@@ -224,7 +224,7 @@ class BertEncoder(nn.Module):
         hf = json.loads(config_path.read_text(encoding="utf-8"))
         if hf.get("model_type") != "bert":
             raise NanoNLPError(f"'{folder}' holds a '{hf.get('model_type')}' model (config.json model_type); "
-                               "only model_type 'bert' loads into BertEncoder.")
+                               "only model_type 'bert' loads into BertEncoder (for model_type mpnet, use model.type mpnet).")
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise NanoNLPError(f"'{folder}' uses position_embedding_type '{hf['position_embedding_type']}'; "
                                "BertEncoder implements absolute positions only.")

@@ -29,6 +29,7 @@ from nanonlp.io import atomic_write_text, save_json
 from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature, multilabel_report
 from nanonlp.models.bag_of_ngrams import BagOfNgrams, BagOfNgramsConfig
 from nanonlp.models.bert import BertClassifier, BertClassifierConfig
+from nanonlp.models.mpnet import MPNetClassifier, MPNetClassifierConfig
 from nanonlp.models.bilstm import BiLSTMClassifier, BiLSTMConfig
 from nanonlp.models.gpt import GPTClassifier, GPTClassifierConfig
 from nanonlp.models.text_cnn import TextCNN, TextCNNConfig
@@ -36,10 +37,10 @@ from nanonlp.models.transformer_classifier import TransformerClassifier, Transfo
 from nanonlp.predict import classify as predict_classify
 from nanonlp.predict.classify import (Encoder, TextClassifier, abstaining_predictions, make_targets, predict_logits, read_labels,
                                       text_encoder)
-from nanonlp.pretrained import bert_classifier, pretrained_folder, warn_on_coverage
+from nanonlp.pretrained import bert_classifier, mpnet_classifier, pretrained_folder, warn_on_coverage
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
-PRETRAINED = (BertClassifierConfig, GPTClassifierConfig)
+PRETRAINED = (BertClassifierConfig, GPTClassifierConfig)  # MPNetClassifierConfig is a BertClassifierConfig
 SPLITS = ("train", "dev", "test")
 
 
@@ -105,7 +106,7 @@ class ClassifyConfig:
     calibrate: bool = True  # fit a softmax temperature on the dev set after training (temperature scaling)
     calibration_min_dev: int = 50  # with fewer labelled dev examples no temperature is fitted (it would fit noise), with a warning
     freeze_encoder: bool = False  # pretrained encoders: train the new head only
-    init_from: str = ""  # pretrained body: a BERT-format folder (model.type bert) or a nanonlp GPT run (model.type gpt)
+    init_from: str = ""  # pretrained body: a BERT-format folder (model.type bert), an MPNet folder (model.type mpnet) or a nanonlp GPT run (model.type gpt)
     teacher: str = ""  # knowledge distillation: a trained classification run whose probabilities this model learns
     distill_weight: float = 1.0  # share of the loss on the teacher's probabilities; the rest is on the gold labels
     distill_temperature: float = 1.0  # softens teacher and student distributions alike (Hinton et al. 2015)
@@ -259,6 +260,8 @@ def _pretrained(cfg):
     if not source:
         raise ConfigError(f"model.type {ClassifyTask().model_type(cfg.model)} fine-tunes a pretrained model: set classify.init_from "
                           "to a BERT-format folder (bert) or a nanonlp language-model run (gpt_classifier).")
+    if type(cfg.model) is MPNetClassifierConfig:
+        return mpnet_classifier(source, cfg.model)
     if isinstance(cfg.model, BertClassifierConfig):
         return bert_classifier(source, cfg.model)
     from nanonlp.predict.lm import load as load_lm
@@ -485,6 +488,7 @@ class ClassifyTask(Task):
         "bilstm": (BiLSTMConfig, BiLSTMClassifier),
         "transformer": (TransformerClassifierConfig, TransformerClassifier),
         "bert": (BertClassifierConfig, BertClassifier),
+        "mpnet": (MPNetClassifierConfig, MPNetClassifier),
         "gpt_classifier": (GPTClassifierConfig, GPTClassifier),
     }
     # The teacher's labels are written when the run is prepared; the pretrained body and a frozen
@@ -516,6 +520,8 @@ class ClassifyTask(Task):
                 warn_on_coverage(tokenizer, (e.text for e in train_examples), cfg.classify.init_from)
             cfg.model = model.config  # now also holds the pretrained body's shape
             limit = cfg.model.gpt["block_size"] if isinstance(cfg.model, GPTClassifierConfig) else cfg.model.encoder["max_position_embeddings"]
+            if type(cfg.model) is MPNetClassifierConfig:
+                limit -= cfg.model.encoder["pad_token_id"] + 1  # MPNet's positions begin after the padding position
             if cfg.data.max_length > limit:
                 raise ConfigError(f"data.max_length {cfg.data.max_length} is longer than the pretrained model reads "
                                   f"({limit} positions, classify.init_from '{cfg.classify.init_from}'); set data.max_length to {limit} or less.")

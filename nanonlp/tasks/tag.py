@@ -25,6 +25,7 @@ from nanonlp.io import atomic_write_text
 from nanonlp.metrics import entity_report
 from nanonlp.models.bilstm_crf import BiLSTMCRF, BiLSTMCRFConfig
 from nanonlp.models.pretrained_tagger import BertTagger, BertTaggerConfig, GPTTagger, GPTTaggerConfig, PretrainedTaggerConfig
+from nanonlp.models.mpnet import MPNetEncoder, MPNetTagger, MPNetTaggerConfig
 from nanonlp.predict import tag as predict_tag
 from nanonlp.predict.tag import Tagger, TagVocabulary, character_tokenized, decode, join_tokens, reader_for, tokenize
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
@@ -64,7 +65,7 @@ class TagDataConfig:
 
 @dataclass
 class TagConfig:
-    init_from: str = ""  # the pretrained body of model.type bert (a BERT-format folder, or all-MiniLM-L6-v2) or gpt (a nanonlp GPT run)
+    init_from: str = ""  # the pretrained body of model.type bert (a BERT-format folder, all-MiniLM-L6-v2, m3e-small), mpnet (an MPNet folder, all-mpnet-base-v2) or gpt (a nanonlp GPT run)
 
     def validate(self) -> None:
         pass
@@ -169,6 +170,12 @@ def pretrained_body(cfg, weights: bool):
     from nanonlp.pretrained import pretrained_folder
 
     source = pretrained_folder(cfg.tag.init_from, "tag.init_from")
+    if isinstance(cfg.model, MPNetTaggerConfig):
+        from nanonlp.data.tokenizers import WordPieceTokenizer
+
+        encoder = MPNetEncoder.from_huggingface(source)
+        encoder.pooler = None
+        return WordPieceTokenizer.from_folder(source), dataclasses.asdict(encoder.config), encoder.train() if weights else None
     if isinstance(cfg.model, BertTaggerConfig):
         from nanonlp.data.tokenizers import WordPieceTokenizer
         from nanonlp.models.bert import BertEncoder
@@ -270,7 +277,8 @@ def _tag(args) -> None:
 class TagTask(Task):
     name = "tag"
     sections = {"data": TagDataConfig, "tag": TagConfig}
-    models = {"bilstm_crf": (BiLSTMCRFConfig, BiLSTMCRF), "bert": (BertTaggerConfig, BertTagger), "gpt": (GPTTaggerConfig, GPTTagger)}
+    models = {"bilstm_crf": (BiLSTMCRFConfig, BiLSTMCRF), "bert": (BertTaggerConfig, BertTagger), "mpnet": (MPNetTaggerConfig, MPNetTagger),
+              "gpt": (GPTTaggerConfig, GPTTagger)}
     frozen = ("tag.init_from",)
     commands = (Command("tag", "find named entities in text with a trained tagger", _add_tag_arguments, _tag),)
     eval_help = "a tagger's entity-level precision, recall and F1 per type"
@@ -279,7 +287,8 @@ class TagTask(Task):
         kind = self.model_type(cfg.model)
         if isinstance(cfg.model, PretrainedTaggerConfig) and not cfg.tag.init_from:
             raise ConfigError(f"model.type {kind} tags with a pretrained body: set tag.init_from to "
-                              + ("a BERT-format folder or all-MiniLM-L6-v2." if kind == "bert" else "a nanonlp language-model run of a GPT."))
+                              + ("a BERT-format folder or all-MiniLM-L6-v2." if kind == "bert" else "an MPNet folder or all-mpnet-base-v2." if kind == "mpnet"
+                                 else "a nanonlp language-model run of a GPT."))
         if not isinstance(cfg.model, PretrainedTaggerConfig) and cfg.tag.init_from:
             raise ConfigError(f"tag.init_from is the pretrained body of model.type bert or gpt; model.type {kind} trains from scratch, "
                               "so leave it empty.")
@@ -298,13 +307,13 @@ class TagTask(Task):
         allowed = [start, transitions, end]
         if isinstance(cfg.model, PretrainedTaggerConfig):
             tokenizer, body, _ = pretrained_body(cfg, weights=False)
-            if isinstance(cfg.model, BertTaggerConfig):
+            if isinstance(cfg.model, (BertTaggerConfig, MPNetTaggerConfig)):
                 from nanonlp.pretrained import warn_on_coverage
 
                 warn_on_coverage(tokenizer, (" ".join(s.tokens) for s in splits["train"]), cfg.tag.init_from)
             tokenizer.save(ctx.run_dir)
             size = f"{tokenizer.vocab_size:,} pieces of the pretrained tokenizer"
-            cfg.model = dataclasses.replace(cfg.model, tags=tags, allowed=allowed, **{"encoder" if isinstance(cfg.model, BertTaggerConfig) else "gpt": body},
+            cfg.model = dataclasses.replace(cfg.model, tags=tags, allowed=allowed, **{"encoder" if isinstance(cfg.model, (BertTaggerConfig, MPNetTaggerConfig)) else "gpt": body},
                                             character_tokens=character_tokenized([s.tokens for s in splits["train"]]))
         else:
             vocab = TagVocabulary.build([s.tokens for s in splits["train"]], tags, cfg.data.lowercase, cfg.data.vocab_size,

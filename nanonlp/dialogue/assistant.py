@@ -148,8 +148,8 @@ class Assistant:
             return self.fill(rng.choice(self.spec.responses[action]), state), "template", []
         suggestions = self.suggestions()
         message = self.spec.settings["fallback"]["message"]
-        joiner = "; " if self.language == "en" else "；"
-        return message + " " + joiner.join(suggestions), "fallback", suggestions
+        joiner, space = ("; ", " ") if self.language == "en" else ("；", "")
+        return message + space + joiner.join(suggestions), "fallback", suggestions
 
     def fill(self, template: str, state: DialogueState) -> str:
         return PLACEHOLDER.sub(lambda m: str(state.slots.get(m.group(1), "?")), template)

@@ -51,13 +51,16 @@ class FAQIndex:
         frequency = Counter(gram for document in self.documents for gram in document)
         n = len(self.documents)
         self.idf = {gram: math.log(1 + (n - df + 0.5) / (df + 0.5)) for gram, df in frequency.items()}
+        # a gram no question has weighs most: in the query's score against itself it lowers the
+        # similarity of a query that says much the FAQ does not know
+        self.unseen_idf = math.log(1 + (n + 0.5) / 0.5)
 
     def _score(self, query: Counter, document: Counter, length: int) -> float:
         score = 0.0
         for gram, count in query.items():
             tf = document.get(gram, 0)
             if tf:
-                score += count * self.idf.get(gram, 0.0) * tf * (K1 + 1) / (tf + K1 * (1 - B + B * length / self.mean_length))
+                score += count * self.idf.get(gram, self.unseen_idf) * tf * (K1 + 1) / (tf + K1 * (1 - B + B * length / self.mean_length))
         return score
 
     def search(self, query: str, k: int = 1) -> list[tuple[int, float]]:

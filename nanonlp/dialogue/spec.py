@@ -84,7 +84,7 @@ def read_yaml_located(path: Path) -> Located:
     lines: dict = {}
 
     def build(node, keys: tuple):
-        lines[keys] = node.start_mark.line + 1
+        lines.setdefault(keys, node.start_mark.line + 1)  # a mapping value keeps its key's line
         if isinstance(node, yaml.MappingNode):
             out = {}
             for key_node, value_node in node.value:
@@ -178,7 +178,7 @@ class AssistantSpec:
 
 
 DEFAULTS = {
-    "fallback": {"intent_threshold": "auto", "faq_threshold": 0.5, "suggestions": 3,
+    "fallback": {"intent_threshold": "auto", "faq_threshold": 0.4, "suggestions": 3,
                  "message": {"en": "Sorry, I did not understand. Here is what I can do:", "zh": "抱歉，我没有听懂。我可以帮您："}},
     "handoff": {"negative_turns": 2, "negative_threshold": 0.6, "intents": [],
                 "message": {"en": "Let me connect you with a colleague; they will see our conversation.",
@@ -234,6 +234,9 @@ def read_assistant(folder: str | Path) -> AssistantSpec:
         if error is not None:
             keys = tuple(error.absolute_path)
             at = ".".join(str(k) for k in keys) or "the file"
+            if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+                extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+                keys += tuple(extra[:1])  # the line of the unknown key itself
             raise doc.error(keys, f"{at}: {_schema_message(error)}")
         for section, value in doc.data.items():
             if section in SETTING_SECTIONS:

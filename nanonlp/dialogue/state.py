@@ -95,8 +95,10 @@ def fill_slots(state: DialogueState, spec: AssistantSpec, entities: list[dict], 
     requested = spec.slots.get(state.requested_slot) if state.requested_slot else None
     for entity in entities:
         kind, value = entity["type"], spec.normalize(entity["type"], entity.get("value") or entity["text"])
-        targets = [requested] if requested is not None and requested.entity == kind and requested.name not in filled else [
-            slot for slot in spec.slots.values() if slot.entity == kind and slot.name not in state.slots and slot.name not in filled]
+        of_kind = [slot for slot in spec.slots.values() if slot.entity == kind and slot.name not in filled]
+        # the requested slot first; else an empty slot of the type; else the first one (a correction: "no, the amex")
+        targets = [requested] if requested is not None and requested in of_kind else (
+            [slot for slot in of_kind if slot.name not in state.slots] or of_kind)
         for slot in targets[:1]:
             if valid_value(slot, value):
                 filled[slot.name] = canonical_value(slot, value)
@@ -115,25 +117,34 @@ def fill_slots(state: DialogueState, spec: AssistantSpec, entities: list[dict], 
 
 def update(state: DialogueState, spec: AssistantSpec, understood: dict, text: str) -> dict:
     """Apply one understood user turn: slots, the active form (started by its intent; left when the
-    user confidently asks for something else and gives nothing the form asked for), the sentiment
+    user asks for something else and gives nothing the form asked for), the sentiment
     trend and the turn count. Returns the slots filled this turn."""
     settings = spec.settings["session"]
     intent = understood["intent"]
-    filled = fill_slots(state, spec, understood.get("entities", []), text)
     form = spec.form_of_intent(intent)
-    if form is not None and state.active_form != form.name:
+    starts = form is not None and state.active_form != form.name
+    if starts:
+        # a form starting afresh forgets an earlier run's answers; this very turn may give new ones
         state.active_form = form.name
-        # a form starting afresh forgets an earlier run's answers, except those given in this very turn
         for slot in form.slots:
-            if slot not in filled:
-                state.slots.pop(slot, None)
-    elif state.active_form is not None and not filled and not state.rejected and intent != OUT_OF_SCOPE \
-            and spec.forms[state.active_form].intent != intent:
+            state.slots.pop(slot, None)
+    filled = fill_slots(state, spec, understood.get("entities", []), text)
+    if not starts and state.active_form is not None and not filled and not state.rejected \
+            and intent not in answering_intents(spec, state.active_form):
         state.active_form = None  # the user changed the subject
     state.requested_slot = None
     state.sentiments = (state.sentiments + [round(float(understood.get("sentiment", {}).get("negative", 0.0)), 4)])[-settings["max_history"]:]
     state.turns += 1
     return filled
+
+
+def answering_intents(spec: AssistantSpec, form_name: str) -> set[str]:
+    """The intents that keep a form going when they fill nothing (a malformed answer is asked again):
+    out_of_scope, the form's own intent, and every intent whose examples carry an entity the form asks for."""
+    form = spec.forms[form_name]
+    kinds = {spec.slots[slot].entity for slot in form.slots}
+    carrying = {intent for intent, examples in spec.intents.items() if any(e[2] in kinds for ex in examples for e in ex.entities)}
+    return {OUT_OF_SCOPE, form.intent} | carrying
 
 
 def missing_slots(state: DialogueState, spec: AssistantSpec) -> list[str]:

@@ -104,13 +104,16 @@ def fill_slots(state: DialogueState, spec: AssistantSpec, entities: list[dict], 
                 filled[slot.name] = canonical_value(slot, value)
             else:
                 state.rejected[slot.name] = value
-    if requested is not None and requested.name not in filled and requested.name not in state.rejected:
+    if requested is not None and requested.name not in filled:
+        # the tagger found nothing for the requested slot, or something invalid (part of "master card"):
+        # read a listed value, synonym or pattern match straight from the text
         value = lookup_value(spec, requested, text)
         if value is not None:
             if valid_value(requested, value):
                 filled[requested.name] = canonical_value(requested, value)
+                state.rejected.pop(requested.name, None)
             else:
-                state.rejected[requested.name] = value
+                state.rejected.setdefault(requested.name, value)
     state.slots.update(filled)
     return filled
 

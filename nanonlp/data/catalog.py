@@ -388,7 +388,8 @@ CATALOG: dict[str, Entry] = {
                 f"{description} ({split} split, BBT-FinCUGE)",
                 url=f"{_FINCUGE}/{stem}/{split}_list.json",
                 sha256=_FINCUGE_SHA256[f"{stem}_{split}"],
-                splits=(("dev", f"{stem}_eval"),) if split == "train" else (),
+                # BBT-FinCUGE publishes train and eval; eval is the test split, dev is held out of train
+                splits=(("test", f"{stem}_eval"),) if split == "train" else (),
                 format=stem,
                 label_names=names,
                 licence="research use",

@@ -8,8 +8,8 @@ English:
                    scores on the held-out 20% (target >= 0.75); semeval_ngrams is the n-gram baseline
   fpb_minilm       Financial PhraseBank, all-agree sentences, seeded 80/20: test accuracy (target >= 0.95);
                    fpb_ngrams the baseline. FPB is non-commercial: a benchmark only, no model shipped.
-  sentifm_minilm   SentiFM holdout: micro F1 over the 10 event types, against sentifm_rules, hand-written
-                   keyword rules (one regular expression per type); sentifm_ngrams the bag of word n-grams
+  sentifm_ngrams   SentiFM holdout: micro F1 over the 10 event types (bag of words and word bigrams), against
+                   sentifm_rules, hand-written keyword rules (one regular expression per type)
 Chinese (each against the character n-gram baseline, *_ngrams: configs/chnsenticorp_ngrams.yaml on that data):
   finfe_cnn        FinFE eval accuracy (3 classes)
   finese_cnn       FinESE eval event-type accuracy (21 types)
@@ -56,7 +56,6 @@ EXPERIMENTS = {
     "fpb_ngrams": ("configs/chnsenticorp_ngrams.yaml", NGRAMS + ["--data.path=fpb_allagree", "--data.ngrams=2", "--data.char_ngrams=4",
                                                                  "--train.max_steps=600"]),
     "sentifm_rules": (None, []),
-    "sentifm_minilm": ("configs/sentifm_minilm.yaml", []),
     "sentifm_ngrams": ("configs/sentifm_ngrams.yaml", []),
     "finfe_ngrams": ("configs/finfe_ngrams.yaml", []),  # = chnsenticorp_ngrams.yaml + NGRAMS + --data.path=finfe
     "finfe_cnn": ("configs/finfe_cnn.yaml", []),

@@ -1,4 +1,5 @@
-"""Metrics: classifiers (accuracy, precision/recall/F1, confusion matrices, calibration), translation
+"""Metrics: classifiers (accuracy, precision/recall/F1, confusion matrices, calibration), scores
+(mean squared error, cosine, Pearson), translation
 (BLEU, chrF through sacreBLEU) and entity tagging (entity-level F1 through seqeval)."""
 
 from __future__ import annotations
@@ -60,6 +61,27 @@ def multilabel_report(gold: torch.Tensor, predicted: torch.Tensor, labels: list[
         "macro_f1": sum(x[2] for x in per) / len(per),
         "per_class": {label: {"precision": p, "recall": r, "f1": f, "support": int(gold[:, i].sum())}
                       for i, (label, (p, r, f)) in enumerate(zip(labels, per))},
+    }
+
+
+def regression_report(gold: torch.Tensor, predicted: torch.Tensor) -> dict:
+    """Scores against gold scores: mean squared and absolute error, the cosine of the two score vectors
+    (SemEval-2017 Task 5's measure: uncentred) and Pearson's correlation (centred). A vector of zeros
+    has cosine 0, and a constant one Pearson 0, rather than NaN."""
+    gold, predicted = gold.double().flatten(), predicted.double().flatten()
+    if gold.numel() == 0 or gold.shape != predicted.shape:
+        raise ValueError(f"regression_report needs two score vectors of one non-zero length, got {gold.numel()} and {predicted.numel()}.")
+
+    def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+        norm = a.norm() * b.norm()
+        return (a @ b / norm).item() if norm > 0 else 0.0
+
+    return {
+        "mse": ((predicted - gold) ** 2).mean().item(),
+        "mae": (predicted - gold).abs().mean().item(),
+        "cosine": cosine(predicted, gold),
+        "pearson": cosine(predicted - predicted.mean(), gold - gold.mean()),
+        "count": gold.numel(),
     }
 
 

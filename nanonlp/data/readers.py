@@ -214,7 +214,9 @@ def read_examples(path: str | Path, format: str = "auto", split: str = "train", 
         return read_sms(path, encoding)
     if format == "clinc":
         return read_clinc(path, split, encoding)
-    raise NanoNLPError(f"unknown data format '{format}'; use label_text, csv, tsv, jsonl, clinc or sms.")
+    if format in FIN_FORMATS:
+        return fin_examples(path, format, split, encoding)
+    raise NanoNLPError(f"unknown data format '{format}'; use label_text, csv, tsv, jsonl, clinc, sms or one of {', '.join(FIN_FORMATS)}.")
 
 
 def _labels(field: str, multi_label: bool, separator: str) -> tuple[str, ...]:
@@ -284,3 +286,217 @@ def read_texts_to_label(path: str | Path, text_column: str = "text", encoding: s
     if name.endswith((".jsonl", ".ndjson")):
         return [e.text for e in read_jsonl(path, text_column, None, encoding)], None
     return [t for t in read_text(path, encoding).splitlines() if t.strip()], None
+
+
+# ---------------------------------------------------------------------------------------------------
+# financial sentiment and event data (the monitoring application): each file's own layout, read into
+# records (text, label or score, and the entity/time fields the data has), then into Examples.
+
+FIN_FORMATS = ("semeval_headlines", "fiqa", "fpb", "sentifm", "finfe", "finese", "finnsp", "stocknet")
+
+
+def _load_json(path: Path, encoding: str):
+    import json
+
+    try:
+        return json.loads(read_text(path, encoding))
+    except json.JSONDecodeError as err:
+        raise NanoNLPError(f"{path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
+
+
+def _score(value, where: str) -> str:
+    """A sentiment score as the label string of a regression example: a number, written back as read."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise NanoNLPError(f"{where}: the sentiment score {value!r} is not a number.") from None
+    if number != number:  # NaN
+        raise NanoNLPError(f"{where}: the sentiment score is NaN.")
+    return repr(number)
+
+
+def read_semeval_headlines(path: str | Path, encoding: str = "utf-8") -> list[dict]:
+    """SemEval-2017 Task 5 subtask 2: a JSON list of `{id, company, title, sentiment}`, sentiment in [-1, 1]."""
+    path = Path(path)
+    data = _load_json(path, encoding)
+    if not isinstance(data, list):
+        raise NanoNLPError(f"{path}: expected a JSON list of headlines ({{id, company, title, sentiment}}), found a {type(data).__name__}.")
+    records = []
+    for number, item in enumerate(data):
+        if not isinstance(item, dict) or "title" not in item or "sentiment" not in item:
+            raise NanoNLPError(f"{path}: item {number} is not an object with 'title' and 'sentiment' (SemEval-2017 Task 5 headlines).")
+        records.append({"id": str(item.get("id", number)), "text": str(item["title"]), "entity": str(item.get("company", "")),
+                        "label": _score(item["sentiment"], f"{path} item {number}")})
+    return records
+
+
+def read_fiqa_posts(path: str | Path, encoding: str = "utf-8") -> list[dict]:
+    """FiQA 2018 task 1 posts: a JSON object `id -> {sentence, info: [{sentiment_score, target, ...}]}`; one
+    record per (post, target), the score given as a string."""
+    path = Path(path)
+    data = _load_json(path, encoding)
+    if not isinstance(data, dict):
+        raise NanoNLPError(f"{path}: expected a JSON object of FiQA posts (id -> {{sentence, info}}), found a {type(data).__name__}.")
+    records = []
+    for key, item in data.items():
+        if not isinstance(item, dict) or "sentence" not in item or not isinstance(item.get("info"), list) or not item["info"]:
+            raise NanoNLPError(f"{path}: post '{key}' lacks 'sentence' or a non-empty 'info' list (FiQA task 1 layout).")
+        for target in item["info"]:
+            if not isinstance(target, dict) or "sentiment_score" not in target:
+                raise NanoNLPError(f"{path}: post '{key}' has an 'info' entry without 'sentiment_score'.")
+            records.append({"id": str(key), "text": str(item["sentence"]), "entity": str(target.get("target", "")),
+                            "label": _score(target["sentiment_score"], f"{path} post '{key}'")})
+    return records
+
+
+FPB_LABELS = ("negative", "neutral", "positive")
+
+
+def read_phrasebank(path: str | Path, encoding: str = "utf-8") -> list[dict]:
+    """Financial PhraseBank: `SENTENCE@label` per line, label negative, neutral or positive (the last '@'
+    splits: a sentence may hold one). The 50Agree file is latin-1, AllAgree UTF-8."""
+    path = Path(path)
+    records = []
+    for number, line in enumerate(_lines(path, encoding), start=1):
+        if not line.strip():
+            continue
+        text, at, label = line.rpartition("@")
+        label = label.strip()
+        if not at or label not in FPB_LABELS or not text.strip():
+            raise NanoNLPError(f"{path} line {number}: expected 'SENTENCE@negative|neutral|positive', found '{line.strip()[:60]}'.")
+        records.append({"id": str(number), "text": text.strip(), "label": label})
+    return records
+
+
+SENTIFM_SPLITS = {"train": "holdin", "test": "holdout"}
+
+
+def read_sentifm(path: str | Path, split: str = "train", encoding: str = "utf-8") -> list[dict]:
+    """SentiFM economic events (Jacobs et al. 2018): `holdin_instances`/`holdin_labels` (train) and
+    `holdout_*` (test); a label is -1 (no event) or a list of event types. Records carry `labels`."""
+    path = Path(path)
+    if split not in SENTIFM_SPLITS:
+        raise NanoNLPError(f"SentiFM has a train (holdin) and a test (holdout) split, not '{split}'; hold dev out of train.")
+    data = _load_json(path, encoding)
+    part = SENTIFM_SPLITS[split]
+    if not isinstance(data, dict) or f"{part}_instances" not in data or f"{part}_labels" not in data:
+        raise NanoNLPError(f"{path} has no '{part}_instances' and '{part}_labels'; is it SentiFM's experiment_data.json?")
+    texts, labels = data[f"{part}_instances"], data[f"{part}_labels"]
+    if len(texts) != len(labels):
+        raise NanoNLPError(f"{path}: {len(texts)} {part} instances but {len(labels)} {part} labels; they must pair one to one.")
+    records = []
+    for number, (text, label) in enumerate(zip(texts, labels)):
+        if label == -1:
+            events = ()
+        elif isinstance(label, list) and all(isinstance(x, str) for x in label):
+            events = tuple(label)
+        else:
+            raise NanoNLPError(f"{path}: {part} label {number} is {label!r}; expected -1 (no event) or a list of event types.")
+        records.append({"id": f"{part}-{number}", "text": str(text), "labels": events})
+    return records
+
+
+def _json_rows(path: Path, encoding: str, width: int, layout: str) -> list[tuple[int, list]]:
+    """(item number, row) for a JSON list of rows of `width` fields. A row that repeats the header (as
+    FinNSP's train file does once, mid-file, where two CSVs were joined) is skipped: its first field
+    is 'id' (after a byte-order mark)."""
+    data = _load_json(path, encoding)
+    if not isinstance(data, list):
+        raise NanoNLPError(f"{path}: expected a JSON list of {layout} rows, found a {type(data).__name__}.")
+    rows = []
+    for number, row in enumerate(data):
+        if not isinstance(row, list) or len(row) != width:
+            raise NanoNLPError(f"{path}: item {number} is not a list of {width} fields ({layout}).")
+        if isinstance(row[0], str) and row[0].lstrip("\ufeff") == "id" and width > 2:
+            continue
+        rows.append((number, row))
+    return rows
+
+
+FINFE_LABELS = ("0", "1", "2")  # negative, neutral, positive
+
+
+def read_finfe(path: str | Path, encoding: str = "utf-8") -> list[dict]:
+    """FinFE (BBT-FinCUGE): a JSON list of `[text, label]`, 0 negative, 1 neutral, 2 positive."""
+    path = Path(path)
+    records = []
+    for number, (text, label) in _json_rows(path, encoding, 2, "[text, label]"):
+        if str(label) not in FINFE_LABELS:
+            raise NanoNLPError(f"{path}: item {number} has label {label!r}; FinFE labels are 0, 1 and 2.")
+        records.append({"id": str(number), "text": str(text), "label": str(label)})
+    return records
+
+
+def read_finese(path: str | Path, encoding: str = "utf-8") -> list[dict]:
+    """FinESE (CCKS 2019 via BBT-FinCUGE): a JSON list of `[id, text, event_type, subject]`; the subject
+    company is the record's entity ('NaN' where there is none)."""
+    path = Path(path)
+    records = []
+    for number, (key, text, event, subject) in _json_rows(path, encoding, 4, "[id, text, event_type, subject]"):
+        if not str(event).strip():
+            raise NanoNLPError(f"{path}: item {number} has an empty event type.")
+        subject = "" if subject in (None, "NaN") else str(subject)
+        records.append({"id": str(key), "text": str(text).strip(), "label": str(event).strip(), "entity": subject})
+    return records
+
+
+def read_finnsp(path: str | Path, encoding: str = "utf-8") -> list[dict]:
+    """FinNSP (BBT-FinCUGE): a JSON list of `[id, title, text, entities, is_negative, negative_entities]`,
+    entities `;`-separated. The text is the title and the body (the title alone where they are the same)."""
+    path = Path(path)
+    records = []
+    for number, (key, title, body, entities, negative, negative_entities) in _json_rows(
+            path, encoding, 6, "[id, title, text, entities, is_negative, negative_entities]"):
+        if str(negative) not in ("0", "1"):
+            raise NanoNLPError(f"{path}: item {number} has is_negative {negative!r}; expected 0 or 1.")
+        title, body = str(title or "").strip(), str(body or "").strip()
+        text = body if not title or title == body or body.startswith(title) else f"{title}\n{body}"
+        if not text:
+            raise NanoNLPError(f"{path}: item {number} has neither a title nor a text.")
+        split = lambda field: [e.strip() for e in str(field or "").split(";") if e.strip()]  # noqa: E731
+        records.append({"id": str(key), "text": text, "label": str(negative), "entities": split(entities),
+                        "negative_entities": split(negative_entities)})
+    return records
+
+
+def read_stocknet(path: str | Path, encoding: str = "utf-8") -> list[dict]:
+    """stocknet tweets: JSON lines `{"id", "time", "ticker", "text"}` (no labels); the ticker is the entity."""
+    import json
+
+    path = Path(path)
+    records = []
+    for number, line in enumerate(_lines(path, encoding), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise NanoNLPError(f"{path} line {number}: not valid JSON ({err.msg}).") from None
+        if not isinstance(record, dict) or not all(k in record for k in ("id", "time", "ticker", "text")):
+            raise NanoNLPError(f"{path} line {number}: expected an object with keys id, time, ticker and text (stocknet tweets).")
+        records.append({"id": str(record["id"]), "time": str(record["time"]), "entity": str(record["ticker"]), "text": str(record["text"])})
+    return records
+
+
+def read_fin_records(path: str | Path, format: str, split: str = "train", encoding: str = "utf-8") -> list[dict]:
+    """The records of a financial data set in one of FIN_FORMATS: dicts with `text`, `label` (a class,
+    or a score for regression data) or `labels` (multi-label), and `entity`/`entities`/`time` where
+    the data has them."""
+    readers = {"semeval_headlines": read_semeval_headlines, "fiqa": read_fiqa_posts, "fpb": read_phrasebank,
+               "finfe": read_finfe, "finese": read_finese, "finnsp": read_finnsp, "stocknet": read_stocknet}
+    if format == "sentifm":
+        records = read_sentifm(path, split, encoding)
+    elif format in readers:
+        records = readers[format](path, encoding)
+    else:
+        raise NanoNLPError(f"unknown financial data format '{format}'; use one of {', '.join(FIN_FORMATS)}.")
+    if not records:
+        raise NanoNLPError(f"{path} holds no examples.")
+    return records
+
+
+def fin_examples(path: str | Path, format: str, split: str = "train", encoding: str = "utf-8") -> list[Example]:
+    records = read_fin_records(path, format, split, encoding)
+    if format == "stocknet":
+        return [Example(r["text"], ()) for r in records]
+    return [Example(r["text"], tuple(r["labels"]) if "labels" in r else (r["label"],)) for r in records]

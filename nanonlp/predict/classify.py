@@ -1,5 +1,7 @@
 """A trained text classifier: labels with calibrated probabilities, multi-label sets, or
-`out_of_scope` below the abstain threshold; and its evaluation figures."""
+`out_of_scope` below the abstain threshold; or, for a regression run, a score in [-1, 1]; and its
+evaluation figures. Labels are answered by name where the data names them (catalog entries, or
+data.label_names), in English or Chinese."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 from nanonlp.data.readers import OUT_OF_SCOPE, Example, join_ptb_tokens
 from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer, one_unknown_warning
 from nanonlp.errors import NanoNLPError
-from nanonlp.metrics import classification_report, expected_calibration_error, multilabel_report
+from nanonlp.metrics import classification_report, expected_calibration_error, multilabel_report, regression_report
 from nanonlp.predict import as_batch, load_model, open_for_inference
 
 
@@ -71,6 +73,26 @@ def text_encoder(data_cfg, tokenizer) -> Encoder:
     return Encoder(tokenizer, data_cfg.max_length)
 
 
+REGRESSION_LABELS = ("score",)  # labels.json of a regression run: its one output
+LANGUAGES = ("en", "zh")
+
+
+def scores_of(examples: list[Example], what: str = "the data") -> torch.Tensor:
+    """The gold scores of regression examples as a float tensor; each must be a number in [-1, 1]."""
+    scores = []
+    for number, example in enumerate(examples, start=1):
+        try:
+            score = float(example.label) if len(example.labels) == 1 else float("nan")
+        except ValueError:
+            score = float("nan")
+        if not -1.0 <= score <= 1.0:  # NaN fails too
+            raise NanoNLPError(f"{what}, example {number}: the label {'|'.join(example.labels)!r} is not a score in [-1, 1]; "
+                               "data.target regression needs one number per text in that range (rescale the scores, "
+                               "or set data.target: classification).")
+        scores.append(score)
+    return torch.tensor(scores, dtype=torch.float32)
+
+
 def make_targets(examples: list[Example], labels: list[str], multi_label: bool) -> torch.Tensor:
     index = {label: i for i, label in enumerate(labels)}
     if multi_label:
@@ -125,9 +147,24 @@ class TextClassifier:
 
     task = "classify"
 
-    def __init__(self, model, encoder: Encoder, labels: list[str], config, calibration: dict, device, run_dir: Path):
+    def __init__(self, model, encoder: Encoder, labels: list[str], config, calibration: dict, device, run_dir: Path,
+                 names: dict[str, dict[str, str]] | None = None, language: str = "en"):
         self.model, self.encoder, self.labels, self.config = model.eval(), encoder, labels, config
         self.calibration, self.device, self.run_dir = calibration, device, run_dir
+        self.names = names or {}  # label -> {"en": name, "zh": name}; a label without one is its own name
+        self.language = _check_language(language)  # the default language of the names predict answers with
+
+    @property
+    def regression(self) -> bool:
+        return getattr(self.config.data, "target", "classification") == "regression"
+
+    def label_name(self, label: str, language: str | None = None) -> str:
+        """The name of a label (as the training file writes it) in `language` (default: the classifier's)."""
+        return self.names.get(label, {}).get(_check_language(language or self.language), label)
+
+    def label_names(self, language: str | None = None) -> list[str]:
+        """Every label's name, in the model's output order."""
+        return [self.label_name(label, language) for label in self.labels]
 
     @property
     def multi_label(self) -> bool:
@@ -148,23 +185,37 @@ class TextClassifier:
             return torch.sigmoid(logits)
         return torch.softmax(logits / self.calibration.get("temperature", 1.0), dim=1)
 
-    def predict(self, texts: str | list[str]) -> dict | list[dict]:
-        """Per text a dict: `label` (or `labels`), its `probability`, and `probabilities` per label.
-        One text gives one dict; a list gives a list."""
+    @torch.inference_mode()
+    def scores_of_ids(self, id_lists: list[list[int]]) -> torch.Tensor:
+        """A regression run's scores: tanh of its one output, in [-1, 1]."""
+        return torch.tanh(predict_logits(self.model, self.encoder, id_lists, self.device)[:, 0])
+
+    def predict(self, texts: str | list[str], language: str | None = None) -> dict | list[dict]:
+        """Per text a dict: `label` (or `labels`), its `probability`, and `probabilities` per label,
+        labels by name in `language` (en or zh; default the classifier's) where the data names them;
+        a regression run answers `{"score": s}`, s in [-1, 1]. One text gives one dict; a list gives a list."""
         texts, single = as_batch(texts)
-        out = self._answers(self.probabilities(texts)) if texts else []
+        language = _check_language(language or self.language)
+        if not texts:
+            out = []
+        elif self.regression:
+            out = [{"score": float(s)} for s in self.scores_of_ids(self.encoder.ids_of(texts))]
+        else:
+            out = self._answers(self.probabilities(texts), language)
         return out[0] if single else out
 
-    def _answers(self, probs: torch.Tensor) -> list[dict]:
+    def _answers(self, probs: torch.Tensor, language: str | None = None) -> list[dict]:
+        """Answers by name in `language`; None keeps the labels as the training file writes them."""
+        name = (lambda label: label) if language is None else (lambda label: self.label_name(label, language))  # noqa: E731
         out = []
         for row in probs:
-            scores = {label: float(p) for label, p in zip(self.labels, row)}
+            scores = {name(label): float(p) for label, p in zip(self.labels, row)}
             if self.multi_label:
                 chosen = [label for label, p in scores.items() if p >= self.calibration.get("threshold", 0.5)]
                 out.append({"labels": chosen, "probabilities": scores})
                 continue
             p, i = row.max(0)
-            label = self.labels[int(i)]
+            label = name(self.labels[int(i)])
             if float(p) < self.calibration.get("abstain_threshold", 0.0):
                 label = OUT_OF_SCOPE
             out.append({"label": label, "probability": float(p), "probabilities": scores})
@@ -175,10 +226,12 @@ class TextClassifier:
         figures. `id_lists`, when given, are the examples' token ids (a run's cached split)."""
         if id_lists is None:
             id_lists = self.encoder.ids_of(e.text for e in examples)
+        if self.regression:
+            return regression_report(scores_of(examples, "the evaluation data"), self.scores_of_ids(id_lists))
         probs = self.probabilities_of_ids(id_lists)
         if self.multi_label:
             gold = make_targets(examples, self.labels, True)
-            return multilabel_report(gold, (probs >= self.calibration.get("threshold", 0.5)).long(), self.labels)
+            return multilabel_report(gold, (probs >= self.calibration.get("threshold", 0.5)).long(), self.label_names())
         predicted = [p["label"] for p in self._answers(probs)]
         # out_of_scope is a row of its own only where a text is, or is answered, out of scope.
         scoped = OUT_OF_SCOPE not in self.labels and (OUT_OF_SCOPE in predicted or any(e.label == OUT_OF_SCOPE for e in examples))
@@ -187,8 +240,9 @@ class TextClassifier:
         unknown = sorted({e.label for e in examples if e.label not in index})
         if unknown:
             raise NanoNLPError(f"the evaluation data has labels the model does not know: {', '.join(unknown[:5])}.")
-        report = classification_report([index[e.label] for e in examples], [index[p] for p in predicted], names)
-        report["labels"] = names
+        report = classification_report([index[e.label] for e in examples], [index[p] for p in predicted],
+                                       [self.label_name(label) for label in names])
+        report["labels"] = [self.label_name(label) for label in names]
         known = [i for i, e in enumerate(examples) if e.label in self.labels]
         if known:
             gold = torch.tensor([self.labels.index(examples[i].label) for i in known])
@@ -209,13 +263,37 @@ def read_labels(run_dir: Path) -> list[str]:
     return labels
 
 
+def _check_language(language: str) -> str:
+    if language not in LANGUAGES:
+        raise NanoNLPError(f"label names come in {' and '.join(LANGUAGES)}; got language '{language}'.")
+    return language
+
+
+def read_label_names(run_dir: Path, data_cfg, labels: list[str]) -> dict[str, dict[str, str]]:
+    """label -> {"en", "zh"} names: the run's label_names.json, else (a run trained before names were
+    saved) its data's names from the configuration (the catalog's), for the labels it has."""
+    path = Path(run_dir) / "label_names.json"
+    if path.is_file():
+        try:
+            names = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(names, dict) or not all(isinstance(v, dict) for v in names.values()):
+                raise ValueError("not an object of label -> {en, zh}")
+        except (OSError, ValueError) as error:
+            raise NanoNLPError(f"'{path}' is unreadable ({error}); delete it to answer with the raw labels, or train the run again.") from None
+        return names
+    names = data_cfg.names() if hasattr(data_cfg, "names") else {}
+    return {label: name for label, name in names.items() if label in labels}
+
+
 def read_calibration(run_dir: Path) -> dict:
     path = Path(run_dir) / "calibration.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def load(run_dir: str | Path, device: str = "auto") -> TextClassifier:
+def load(run_dir: str | Path, device: str = "auto", language: str = "en") -> TextClassifier:
+    """The run's classifier; `language` (en or zh) is the default language of its label names."""
     run, torch_device = open_for_inference(run_dir, device)
     encoder = text_encoder(run.config.data, load_tokenizer(run.dir))
-    return TextClassifier(load_model(run, torch_device), encoder, read_labels(run.dir), run.config, read_calibration(run.dir),
-                          torch_device, run.dir)
+    labels = read_labels(run.dir)
+    return TextClassifier(load_model(run, torch_device), encoder, labels, run.config, read_calibration(run.dir),
+                          torch_device, run.dir, read_label_names(run.dir, run.config.data, labels), language)

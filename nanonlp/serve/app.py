@@ -96,6 +96,8 @@ def _describe(m: Mounted) -> dict:
     info = {"name": m.name, "task": m.task, "max_input_length": getattr(p, "max_input_length", None)}
     if m.task in ("classify", "tag"):
         info["labels"] = list(p.labels)
+    if m.task == "classify" and hasattr(p, "label_names"):
+        info["label_names"] = {language: p.label_names(language) for language in ("en", "zh")}  # labels by name, as answered
     if m.task == "translate":
         info["languages"] = list(p.languages)
     if m.task == "lm":

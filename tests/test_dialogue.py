@@ -396,3 +396,21 @@ def test_open_store_by_setting(tmp_path):
     assert (tmp_path / "sessions.sqlite").is_file()
     store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
     assert isinstance(store, SQLiteSessionStore) and store.path == tmp_path / "x.db"
+
+
+def test_free_text_slot_takes_the_whole_answer(en_spec):
+    from dataclasses import replace
+
+    from nanonlp.dialogue.spec import Slot
+
+    spec = replace(en_spec, slots={**en_spec.slots, "card_type": Slot("card_type", "card_type", "Which card?")})  # no values, no pattern
+    state = DialogueState.new("s")
+    update(state, spec, _understood("block_card"), "block my card")
+    state.requested_slot = "card_type"
+    update(state, spec, _understood("out_of_scope"), "  the green one ")
+    assert state.slots == {"card_type": "the green one"}
+    state = DialogueState.new("s")
+    update(state, spec, _understood("block_card"), "block my card")
+    state.requested_slot = "card_type"
+    update(state, spec, _understood("greet"), "hello")  # another subject: not an answer
+    assert state.slots == {} and state.active_form is None

@@ -162,11 +162,11 @@ class Assistant:
         return PLACEHOLDER.sub(lambda m: str(state.slots.get(m.group(1), "?")), template)
 
     def suggestions(self) -> list[str]:
-        """What the assistant can do: the first intents' descriptions (or names), as the fallback offers them."""
-        count = self.spec.settings["fallback"]["suggestions"]
-        described = [(name, d) for name, d in self.spec.descriptions.items() if d]
-        names = described or [(name, name.replace("_", " ")) for name in self.spec.intents]
-        return [text for _, text in names[:count]]
+        """What the assistant can do, as the fallback offers it: the descriptions of `fallback.suggest`'s
+        intents, else of the first intents that have one."""
+        settings = self.spec.settings["fallback"]
+        chosen = settings["suggest"] or [name for name, text in self.spec.descriptions.items() if text] or list(self.spec.intents)
+        return [self.spec.descriptions.get(name) or name.replace("_", " ") for name in chosen][: settings["suggestions"]]
 
     # -- sessions ------------------------------------------------------------------------------------
 

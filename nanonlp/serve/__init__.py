@@ -49,6 +49,8 @@ def add_arguments(p) -> None:
                    help="one JSON line per request on stderr, with its request id (default), or none")
     p.add_argument("--analyze-config", help="serve POST /v1/analyze with this analysis YAML (docs/analyze.md)")
     p.add_argument("--analyze-store", default="history.duckdb", help="the DuckDB history /v1/analyze stores to and alerts against")
+    p.add_argument("--sessions", help="an assistant run's session store: a SQLite path or a SQLAlchemy URL "
+                                      "(postgresql+psycopg://...); default RUN/sessions.sqlite")
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -68,8 +70,23 @@ def _stopped(signum, frame) -> None:
     raise SystemExit(0)
 
 
-def serve(args) -> None:
+def load_runs(runs: dict[str, Path], device: str = "auto", sessions: str | None = None) -> dict:
+    """{name: run directory} -> {name: predictor}; an assistant run keeps its conversations in `sessions`
+    (None: RUN/sessions.sqlite), which one store can do for one assistant only."""
     import nanonlp
+    from nanonlp import tasks
+
+    assistants = [name for name, path in runs.items() if tasks.task_of(path).name == "assistant"]
+    if sessions and not assistants:
+        raise ConfigError("--sessions says where assistant conversations live, and none of the mounted runs is an assistant; leave it out.")
+    if sessions and len(assistants) > 1:
+        raise ConfigError(f"--sessions names one session store, and {len(assistants)} assistants are mounted ({', '.join(assistants)}); "
+                          "serve each from its own server, or leave --sessions out (each then keeps RUN/sessions.sqlite).")
+    return {name: tasks.task_of(path).load(path, device, sessions=sessions) if sessions and name in assistants
+            else nanonlp.load(path, device=device) for name, path in runs.items()}
+
+
+def serve(args) -> None:
     from nanonlp.serve.app import ServeSettings, create_app
 
     try:
@@ -88,7 +105,7 @@ def serve(args) -> None:
     models, load_seconds = {}, {}
     for name, path in mount_names(args.runs).items():
         start = time.perf_counter()
-        models[name] = nanonlp.load(path, device=args.device)
+        models.update(load_runs({name: path}, args.device, args.sessions))
         load_seconds[name] = time.perf_counter() - start
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,

@@ -4,6 +4,7 @@
     POST /v1/classify   classifiers: per text the label (or the abstention) and the probabilities
     POST /v1/translate  translators: per text the translation, or the n best with their scores
     POST /v1/tag        taggers: per text the entities with character offsets and confidences
+    POST /v1/chat       assistants: one turn of a conversation (serve/chat.py)
     GET  /v1/models     what is mounted: task, labels or languages, limits
     GET  /health        liveness
     GET  /metrics       Prometheus metrics (serve/metrics.py)
@@ -45,6 +46,7 @@ from typing import Any
 
 from nanonlp.decode import Cancelled
 from nanonlp.errors import NanoNLPError
+from nanonlp.serve import chat
 from nanonlp.serve.batching import Batcher, QueueFull
 
 log = logging.getLogger("nanonlp.serve")
@@ -102,6 +104,8 @@ def _describe(m: Mounted) -> dict:
         info["languages"] = list(p.languages)
     if m.task == "lm":
         info["vocab_size"] = p.vocab_size
+    if m.task == chat.ASSISTANT:
+        info.update(chat.describe(p))
     return info
 
 
@@ -123,7 +127,8 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
     metrics = Metrics()
     mounted: dict[str, Mounted] = {}
     for name, predictor in models.items():
-        task = getattr(predictor, "task", None) or ("lm" if hasattr(predictor, "stream") else None)
+        task = getattr(predictor, "task", None) or ("lm" if hasattr(predictor, "stream") else None) \
+            or (chat.ASSISTANT if chat.is_assistant(predictor) else None)
         mounted[name] = Mounted(name, task, predictor)
     busy: dict[str, int] = {name: 0 for name in mounted}  # translate / generate jobs and streams running or waiting, per model
     running: set[threading.Event] = set()  # the cancel flags of decoding in flight, all set when the app shuts down
@@ -368,6 +373,8 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
                                                           [m.predictor.truncated(p) for p in prompts]))
         return {"model": m.name, "results": [{"text": t, "completion": t[len(p):], "truncated": f}
                                              for p, t, f in zip(prompts, texts, flags)]}
+
+    app.include_router(chat.router(pick, in_thread, check_key))
 
     if analysis is not None:  # opinion and risk monitoring (serve/analyze.py)
         from nanonlp.serve.analyze import router as analyze_router

@@ -137,7 +137,118 @@ function tagPanel(model) {
   });
 }
 
-const builders = { lm: generatePanel, classify: classifyPanel, translate: translatePanel, tag: tagPanel };
+// The assistant's chat panel: a transcript, an input, quick replies from the reply's suggestions, and a
+// visible handoff state. The conversation (its session id and messages) is kept in sessionStorage, so a
+// reload continues it; the server keeps the state itself (its session store) and may have expired it.
+const CHAT_TEXT = {
+  en: { placeholder: "Type a message", send: "Send", fresh: "New conversation", thinking: "…",
+        handoff: n => `Handed over to a person: they will read this conversation (${n} turns) and reply here.`,
+        waiting: "A person will reply here.", expired: "The earlier conversation had expired; this is a new one.",
+        session: id => `session ${id.slice(0, 8)}…` },
+  zh: { placeholder: "请输入您的问题", send: "发送", fresh: "新的对话", thinking: "…",
+        handoff: n => `已转接人工客服：客服会看到这段对话（共 ${n} 轮）并在这里回复您。`,
+        waiting: "人工客服会在这里回复您。", expired: "之前的对话已过期，这是一段新的对话。",
+        session: id => `会话 ${id.slice(0, 8)}…` },
+};
+const MAX_KEPT_MESSAGES = 200;  // the page keeps this many messages of a conversation in sessionStorage
+
+function chatPanel(model) {
+  const text = CHAT_TEXT[model.language] || CHAT_TEXT.en;
+  const section = document.getElementById("chat-panel").content.firstElementChild.cloneNode(true);
+  const $ = selector => section.querySelector(selector);
+  section.dataset.model = model.name;
+  section.lang = model.language === "zh" ? "zh-CN" : model.language;
+  section.querySelector("h2").firstChild.textContent = model.assistant + " ";
+  $(".placeholder").remove();
+  $(".chat-body").hidden = false;
+  const [transcript, quick, banner, error, form, input, send, fresh, sessionNote] =
+    [".transcript", ".quick-replies", ".handoff", ".error", ".chat-form", ".message", ".send", ".new-chat", ".session"].map($);
+  input.placeholder = text.placeholder;
+  input.maxLength = model.max_message_chars;
+  send.textContent = text.send;
+  fresh.textContent = text.fresh;
+
+  const storeKey = "nanonlp-chat-" + model.name;
+  const empty = () => ({ session_id: null, messages: [], suggestions: model.suggestions || [], handoff: false, turns: 0 });
+  let state;
+  try { state = { ...empty(), ...JSON.parse(sessionStorage.getItem(storeKey) || "{}") }; } catch (_) { state = empty(); }
+  const save = () => {
+    state.messages = state.messages.slice(-MAX_KEPT_MESSAGES);
+    sessionStorage.setItem(storeKey, JSON.stringify(state));
+  };
+
+  function bubble(message) {
+    const item = el("li", { class: "msg " + message.who }, el("span", { class: "text", text: message.text }));
+    if (message.source) item.dataset.source = message.source;
+    if (message.action) item.dataset.action = message.action;
+    transcript.append(item);
+    transcript.scrollTop = transcript.scrollHeight;
+    return item;
+  }
+
+  function show() {  // the parts that follow the state: quick replies, the handoff banner, the input
+    quick.replaceChildren(...(state.handoff ? [] : state.suggestions).map(s => {
+      const b = el("button", { type: "button", class: "quick", text: s });
+      b.addEventListener("click", () => say(s));
+      return b;
+    }));
+    banner.hidden = !state.handoff;
+    banner.textContent = state.handoff ? text.handoff(state.turns) : "";
+    section.classList.toggle("handed-off", state.handoff);
+    input.disabled = send.disabled = state.handoff;
+    if (state.handoff) { input.value = ""; input.placeholder = text.waiting; } else input.placeholder = text.placeholder;
+    sessionNote.textContent = state.session_id ? text.session(state.session_id) : "";
+  }
+
+  async function say(message) {
+    if (!message.trim() || state.handoff) return;
+    error.hidden = true;
+    input.value = "";
+    send.disabled = input.disabled = true;
+    quick.replaceChildren();
+    const mine = bubble({ who: "user", text: message });
+    const pending = bubble({ who: "bot pending", text: text.thinking });
+    try {
+      const body = await (await post("/v1/chat", { model: model.name, session_id: state.session_id, message })).json();
+      pending.remove();
+      if (state.session_id && body.session_id !== state.session_id) {
+        state.messages.push({ who: "note", text: text.expired });
+        bubble({ who: "note", text: text.expired });
+        state.turns = 0;
+      }
+      const reply = { who: "bot", text: body.reply, source: body.source, action: body.action };
+      state.messages.push({ who: "user", text: message }, reply);
+      bubble(reply);
+      Object.assign(state, { session_id: body.session_id, suggestions: body.suggestions, handoff: body.handoff,
+                             turns: body.handoff ? body.transcript.length : state.turns + 1 });
+      save();
+    } catch (err) {  // nothing is lost: the message goes back into the input
+      pending.remove();
+      mine.remove();
+      input.value = message;
+      error.textContent = err.message;
+      error.hidden = false;
+    } finally {
+      send.disabled = input.disabled = false;
+      show();
+      if (!state.handoff) input.focus();
+    }
+  }
+
+  form.addEventListener("submit", e => { e.preventDefault(); say(input.value); });
+  fresh.addEventListener("click", () => {
+    state = empty();
+    sessionStorage.removeItem(storeKey);
+    transcript.replaceChildren();
+    error.hidden = true;
+    show();
+  });
+  state.messages.forEach(bubble);
+  show();
+  return section;
+}
+
+const builders = { lm: generatePanel, classify: classifyPanel, translate: translatePanel, tag: tagPanel, assistant: chatPanel };
 
 async function load() {
   const panels = document.getElementById("panels");
@@ -147,8 +258,10 @@ async function load() {
     const response = await fetch("/v1/models", { headers: headers() });
     if (!response.ok) throw new Error(await errorOf(response));
     const { models } = await response.json();
-    panels.replaceChildren(...models.filter(m => builders[m.task]).map(m => builders[m.task](m)),
-      document.getElementById("chat-panel").content.cloneNode(true));
+    const built = models.filter(m => builders[m.task]).map(m => builders[m.task](m));
+    // With no assistant mounted, the chat panel says how to mount one.
+    if (!models.some(m => m.task === "assistant")) built.push(document.getElementById("chat-panel").content.cloneNode(true));
+    panels.replaceChildren(...built);
   } catch (err) {
     pageError.textContent = err.message;
     pageError.hidden = false;

@@ -188,3 +188,51 @@ def test_tasks_read_the_catalog_sets(shared):
     # SNIPS is IOB2 on file, tagged in BIOES inside the model
     assert splits["dev"][1].tags == ["O", "O", "S-object_type", "S-rating_value", "S-rating_unit"]
     assert [e.label for e in classify.read_split(load_config("configs/cais_intent_ngrams.yaml").data, "test")] == ["PlayMusic", "PlayMusic", "Chat"]
+
+
+def test_the_tagger_trains_on_cais_bioes_and_scores_in_iob2(shared, tmp_path):
+    import nanonlp
+    from nanonlp.train import fit
+
+    rows = []  # the same two commands many times: a tiny model learns them exactly
+    for _ in range(30):
+        rows += ["我 O", "要 O", "听 O", "周 B-singer", "杰 I-singer", "伦 E-singer", "", "放 O", "晴 S-song", ""]
+    write(shared / "dialogue/cais/ch.train", "\n".join(rows) + "\n")
+    write(shared / "dialogue/cais/ch.train.intent", "PlayMusic\n" * 60)
+    cfg = load_config("configs/cais_slots_bilstm_crf.yaml", [
+        f"--train.out_dir={tmp_path / 'run'}", "--train.max_steps=40", "--train.eval_interval=40", "--train.batch_size=8",
+        "--train.warmup_steps=0", "--train.learning_rate=1e-2", "--model.embed_dim=16", "--model.bigram_dim=0", "--model.hidden_size=16",
+        "--model.dropout=0.0", "--train.device=cpu", "--train.peak_tflops=1.0", "--train.max_seconds=0"])
+    fit(cfg, quiet=True)
+    tagger = nanonlp.load(tmp_path / "run", device="cpu")
+    assert tagger.tag_tokens([list("我要听周杰伦"), ["放", "晴"]], "iob2") == [
+        ["O", "O", "O", "B-singer", "I-singer", "I-singer"], ["O", "B-song"]]
+
+
+def test_context_tells_apart_turns_the_turn_alone_cannot(tmp_path):
+    """'yes please' books a flight after a flight question and a hotel after a hotel question: only
+    a classifier that reads the previous turn can get every such turn right."""
+    import nanonlp
+    from nanonlp.train import fit
+
+    lines = [SGD.splitlines()[0]]
+    for n in range(40):
+        intent, question = ("BookFlight", "Shall I book the flight to Paris?") if n % 2 else ("BookHotel", "Shall I book the hotel room?")
+        lines += [f"{n}_0\t0\tUSER\tTravel_1\t{intent}\tI need help with my trip.",
+                  f"{n}_0\t1\tSYSTEM\tTravel_1\tOFFER\t{question}",
+                  f"{n}_0\t2\tUSER\tTravel_1\t{intent}\tyes please"]
+    data = write(tmp_path / "sgd.tsv", "\n".join(lines) + "\n")
+    accuracy = {}
+    for data_format in ("sgd_intent", "sgd_intent_context"):
+        cfg = load_config("configs/sgd_intent_ngrams.yaml", [
+            f"--data.path={data}", f"--data.dev_path={data}", f"--data.test_path={data}", f"--data.format={data_format}",
+            f"--train.out_dir={tmp_path / data_format}", "--train.max_steps=60", "--train.eval_interval=60", "--train.batch_size=16",
+            "--train.warmup_steps=0", "--train.learning_rate=5e-2", "--train.device=cpu", "--train.peak_tflops=1.0",
+            "--train.max_seconds=0", "--model.n_embd=8"])
+        fit(cfg, quiet=True)
+        classifier = nanonlp.load(tmp_path / data_format, device="cpu")
+        yes_turns = [e for e in read_examples(data, data_format) if e.text.startswith("yes please")]
+        predicted = [p["label"] for p in classifier.predict([e.text for e in yes_turns])]
+        accuracy[data_format] = sum(p == e.label for p, e in zip(predicted, yes_turns)) / len(yes_turns)
+    assert accuracy["sgd_intent"] == 0.5  # the same text, the same answer: right for one half only
+    assert accuracy["sgd_intent_context"] == 1.0

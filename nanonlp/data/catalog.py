@@ -310,6 +310,49 @@ CATALOG: dict[str, Entry] = {
             "built from that data set",
             build=_sentences_of("tatoeba_en_zh", 1),
         ),
+        # The assistant's benchmarks (issue 23): intents, slots, FAQ pairs and dialogues, read from
+        # $NANONLP_DATA (no download address: several sources have no licence for redistribution).
+        *[
+            Entry(name, f"dialogue/snips/snips.{split}.txt",
+                  f"SNIPS English intents with slots (BIO), {description}; TOKEN TAG lines, then the intent alone on a line",
+                  splits=(("dev", "snips_dev"), ("test", "snips_test")) if split == "train" else (), format="snips")
+            for name, split, description in [("snips", "train", "13,084 training utterances"),
+                                             ("snips_dev", "dev", "700 development utterances"),
+                                             ("snips_test", "test", "700 test utterances")]
+        ],
+        *[
+            Entry(name, f"dialogue/cais/ch.{split}",
+                  f"CAIS Chinese speaker-command intents with slots (BIOES, one character a line; intents in the .intent file beside it), {description}",
+                  splits=(("dev", "cais_dev"), ("test", "cais_test")) if split == "train" else (), format="cais")
+            for name, split, description in [("cais", "train", "7,995 training utterances"),
+                                             ("cais_dev", "valid", "994 validation utterances"),
+                                             ("cais_test", "test", "1,012 test utterances")]
+        ],
+        *[
+            Entry(name, f"dialogue/smp2017/{split}.tsv",
+                  f"SMP2017-ECDT task 1 Chinese domain classification (31 domains with chit-chat 'chat'), {description}; TSV text, domain",
+                  splits=(("dev", "smp2017_dev"), ("test", "smp2017_test")) if split == "train" else (), format="tsv",
+                  columns=("text", "domain"))
+            for name, split, description in [("smp2017", "train", "2,299 training utterances"),
+                                             ("smp2017_dev", "dev", "770 development utterances"),
+                                             ("smp2017_test", "test", "667 test utterances")]
+        ],
+        Entry("afqmc", "dialogue/afqmc/train.txt",
+              "AFQMC Chinese customer-service question pairs (Ant Financial, from CLUE), 34,334 training pairs; QUESTION1 QUESTION2 LABEL (1 same)",
+              splits=(("dev", "afqmc_dev"),), format="question_pairs"),
+        Entry("afqmc_dev", "dialogue/afqmc/dev.txt", "AFQMC development pairs, 4,316", format="question_pairs"),
+        *[
+            Entry(name, f"sgd/sgd_{split}_turns.tsv",
+                  f"Schema-Guided Dialogue turns (DSTC8), {description}; TSV dialogue_id turn speaker service intent_or_acts utterance "
+                  "(read with data.format sgd_intent, sgd_intent_context or sgd_next_act)",
+                  splits=(("dev", "sgd_dev"), ("test", "sgd_test")) if split == "train" else (), format="sgd_intent_context")
+            for name, split, description in [("sgd", "train", "223,756 training turns"), ("sgd_dev", "dev", "38,768 development turns"),
+                                             ("sgd_test", "test", "49,726 test turns")]
+        ],
+        Entry("crosswoz_val", "dialogue/crosswoz/val.json.zip",
+              "CrossWOZ validation dialogues (Chinese, 500 dialogues, 4,229 user turns with dialogue acts), a zip of one JSON file "
+              "(read with data.format crosswoz_acts or crosswoz_acts_context)",
+              url="https://raw.githubusercontent.com/thu-coai/CrossWOZ/master/data/crosswoz/val.json.zip", format="crosswoz_acts_context"),
         Entry(
             "tatoeba_en_zh",
             "zh/tatoeba_eng_cmn.txt",

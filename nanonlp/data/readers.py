@@ -214,9 +214,17 @@ def read_examples(path: str | Path, format: str = "auto", split: str = "train", 
         return read_sms(path, encoding)
     if format == "clinc":
         return read_clinc(path, split, encoding)
+    if format in ("snips", "cais"):  # the utterances' intents
+        utterances = read_snips(path, encoding) if format == "snips" else read_cais(path, encoding)
+        return [Example(utterance_text(u.tokens, format == "cais"), (u.intent,)) for u in utterances]
+    if format in DIALOGUE_FORMATS:
+        reader, speaker, context, next_turn = DIALOGUE_FORMATS[format]
+        dialogues = read_sgd_turns(path, encoding) if reader == "sgd" else read_crosswoz(path, encoding)
+        return _non_empty(turn_examples(dialogues, speaker, context, next_turn, join_labels=next_turn), Path(path))
     if format in FIN_FORMATS:
         return fin_examples(path, format, split, encoding)
-    raise NanoNLPError(f"unknown data format '{format}'; use label_text, csv, tsv, jsonl, clinc, sms or one of {', '.join(FIN_FORMATS)}.")
+    raise NanoNLPError(f"unknown data format '{format}'; use one of {', '.join(CLASSIFY_FORMATS[1:] + FIN_FORMATS)}.")
+
 
 
 def _labels(field: str, multi_label: bool, separator: str) -> tuple[str, ...]:
@@ -500,3 +508,247 @@ def fin_examples(path: str | Path, format: str, split: str = "train", encoding: 
     if format == "stocknet":
         return [Example(r["text"], ()) for r in records]
     return [Example(r["text"], tuple(r["labels"]) if "labels" in r else (r["label"],)) for r in records]
+
+# spoken-language understanding and dialogue data (the assistant's benchmarks)
+
+
+@dataclass(frozen=True)
+class SlotUtterance:
+    """One utterance with a slot tag per token and its intent (SNIPS, CAIS)."""
+    tokens: tuple[str, ...]
+    tags: tuple[str, ...]
+    intent: str
+
+
+def _token_and_tag(line: str, path: Path, number: int) -> tuple[str, str]:
+    """`TOKEN TAG` split at the last space, so that a token which is itself a space (CAIS writes
+    `' ' O` for the space inside "Taylor Swift") survives."""
+    token, space, tag = line.rpartition(" ")
+    if not space:
+        token, space, tag = line.rpartition("\t")
+    if not space or not token or not tag.strip():
+        raise NanoNLPError(f"{path}, line {number}: expected 'TOKEN TAG', found '{line[:40]}'.")
+    return token, tag.strip()
+
+
+def read_snips(path: str | Path, encoding: str = "utf-8") -> list[SlotUtterance]:
+    """SNIPS as StackPropagation-SLU writes it: one `TOKEN TAG` (BIO) per line, then the intent alone
+    on a line, then a blank line."""
+    path = Path(path)
+    utterances, tokens, tags = [], [], []
+    lines = split_lines(read_text(path, encoding))
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            if tokens:
+                raise NanoNLPError(f"{path}, line {number}: the utterance before this blank line has no intent line; "
+                                   "each utterance ends with its intent alone on a line.")
+            continue
+        if " " not in line.strip() and "\t" not in line.strip():  # the intent line ends the utterance
+            if not tokens:
+                raise NanoNLPError(f"{path}, line {number}: intent '{line.strip()[:40]}' follows no tokens; expected 'TOKEN TAG' lines first.")
+            utterances.append(SlotUtterance(tuple(tokens), tuple(tags), line.strip()))
+            tokens, tags = [], []
+            continue
+        token, tag = _token_and_tag(line.strip(), path, number)
+        tokens.append(token)
+        tags.append(tag)
+    if tokens:
+        raise NanoNLPError(f"{path}, line {len(lines)}: the last utterance has no intent line; end it with its intent alone on a line.")
+    if not utterances:
+        raise NanoNLPError(f"{path} holds no utterances.")
+    return utterances
+
+
+def read_cais(path: str | Path, encoding: str = "utf-8", intent_path: str | Path | None = None) -> list[SlotUtterance]:
+    """CAIS as CM-Net ships it: one `CHARACTER TAG` (BIOES) per line, a blank line between utterances,
+    and the intents in `<path>.intent`, one a line in the same order."""
+    path = Path(path)
+    intent_path = Path(intent_path) if intent_path is not None else path.with_name(path.name + ".intent")
+    if not intent_path.is_file():
+        raise NanoNLPError(f"CAIS data '{path}' needs its intents in '{intent_path}' (one intent a line, in the utterances' order).")
+    sentences, tokens, tags = [], [], []
+    for number, line in enumerate(split_lines(read_text(path, encoding)), start=1):
+        if not line.strip():
+            if tokens:
+                sentences.append((tokens, tags))
+                tokens, tags = [], []
+            continue
+        token, tag = _token_and_tag(line, path, number)
+        tokens.append(token)
+        tags.append(tag)
+    if tokens:
+        sentences.append((tokens, tags))
+    intents = [line.strip() for line in split_lines(read_text(intent_path, encoding, "the CAIS .intent file"))]
+    while intents and not intents[-1]:
+        intents.pop()
+    for number, intent in enumerate(intents, start=1):
+        if not intent or " " in intent:
+            raise NanoNLPError(f"{intent_path}, line {number}: expected one intent name, found '{intent[:40]}'.")
+    if len(intents) != len(sentences):
+        raise NanoNLPError(f"'{path}' holds {len(sentences):,} utterances but '{intent_path}' has {len(intents):,} intents; "
+                           "the .intent file needs one line per utterance, in the same order.")
+    return [SlotUtterance(tuple(t), tuple(g), intent) for (t, g), intent in zip(sentences, intents)]
+
+
+def utterance_text(tokens, character_tokens: bool) -> str:
+    """The text of a token list: Chinese characters joined as they are, words with spaces."""
+    return "".join(tokens) if character_tokens else " ".join(tokens)
+
+
+@dataclass(frozen=True)
+class QuestionPair:
+    first: str
+    second: str
+    same: bool  # the two questions ask the same thing
+
+
+def read_question_pairs(path: str | Path, encoding: str = "utf-8") -> list[QuestionPair]:
+    """`QUESTION1<TAB>QUESTION2<TAB>LABEL` per line, label 1 (same question) or 0 (AFQMC, LCQMC)."""
+    path = Path(path)
+    pairs = []
+    for number, line in enumerate(split_lines(read_text(path, encoding)), start=1):
+        if not line.strip():
+            continue
+        columns = line.split("\t")
+        if len(columns) != 3 or columns[2].strip() not in ("0", "1"):
+            raise NanoNLPError(f"{path}, line {number}: expected 'QUESTION1<TAB>QUESTION2<TAB>LABEL' with label 0 or 1, "
+                               f"found {len(columns)} column(s) in '{line[:40]}'.")
+        if not columns[0].strip() or not columns[1].strip():
+            raise NanoNLPError(f"{path}, line {number}: a question is empty.")
+        pairs.append(QuestionPair(columns[0].strip(), columns[1].strip(), columns[2].strip() == "1"))
+    if not pairs:
+        raise NanoNLPError(f"{path} holds no question pairs.")
+    return pairs
+
+
+@dataclass(frozen=True)
+class Turn:
+    speaker: str  # "user" or "system"
+    text: str
+    labels: tuple[str, ...]  # SGD: the user's active intent, or the system's act types; CrossWOZ: the turn's acts
+    services: tuple[str, ...] = ()  # SGD: the dialogue's services (Restaurants_2, ...)
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    id: str
+    turns: tuple[Turn, ...]
+
+
+SGD_HEADER = ["dialogue_id", "turn", "speaker", "service", "intent_or_acts", "utterance"]
+
+
+def read_sgd_turns(path: str | Path, encoding: str = "utf-8") -> list[Dialogue]:
+    """Schema-Guided Dialogue flattened to one turn a line: a TSV with header
+    `dialogue_id turn speaker service intent_or_acts utterance`; USER rows carry the active intent
+    (NONE when there is none), SYSTEM rows the comma-separated dialogue act types."""
+    path = Path(path)
+    lines = split_lines(read_text(path, encoding))
+    if lines[0].split("\t") != SGD_HEADER:
+        raise NanoNLPError(f"{path}, line 1: expected the header '{' '.join(SGD_HEADER)}' (tab-separated), found '{lines[0][:60]}'.")
+    dialogues: dict[str, list[Turn]] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        columns = line.split("\t")
+        if len(columns) != 6:
+            raise NanoNLPError(f"{path}, line {number}: expected 6 tab-separated columns, found {len(columns)}.")
+        dialogue_id, turn, speaker, services, labels, text = columns
+        if speaker not in ("USER", "SYSTEM"):
+            raise NanoNLPError(f"{path}, line {number}: speaker '{speaker[:20]}' is neither USER nor SYSTEM.")
+        turns = dialogues.setdefault(dialogue_id, [])
+        if not turn.isdigit() or int(turn) != len(turns):
+            raise NanoNLPError(f"{path}, line {number}: turn '{turn[:10]}' of dialogue {dialogue_id} should be {len(turns)} "
+                               "(the turns of a dialogue come in order, from 0, on consecutive lines).")
+        if not labels.strip():
+            raise NanoNLPError(f"{path}, line {number}: the intent_or_acts column is empty.")
+        turns.append(Turn(speaker.lower(), text, tuple(labels.split(",")) if speaker == "SYSTEM" else (labels,),
+                          tuple(services.split(","))))
+    if not dialogues:
+        raise NanoNLPError(f"{path} holds no turns.")
+    return [Dialogue(d, tuple(turns)) for d, turns in dialogues.items()]
+
+
+def read_crosswoz(path: str | Path, encoding: str = "utf-8") -> list[Dialogue]:
+    """CrossWOZ: a JSON object (or a zip holding one JSON file) mapping dialogue id to
+    `{messages: [{role: usr|sys, content, dialog_act: [[intent, domain, slot, value], ...]}, ...]}`.
+    A turn's labels are its acts as `intent-domain-slot` (values left out), each once, sorted."""
+    import json
+    import zipfile
+
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.namelist() if m.endswith(".json")]
+            if len(members) != 1:
+                raise NanoNLPError(f"{path} should hold one .json file; it holds {len(members)}.")
+            raw = archive.read(members[0])
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as err:
+            raise NanoNLPError(f"{path}:{members[0]} is not valid {encoding} (byte offset {err.start}).") from None
+        where = f"{path}:{members[0]}"
+    else:
+        text, where = read_text(path, encoding), str(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise NanoNLPError(f"{where} is not valid JSON (line {err.lineno}: {err.msg}).") from None
+    if not isinstance(data, dict) or not data:
+        raise NanoNLPError(f"{where}: expected a JSON object mapping dialogue ids to dialogues.")
+    dialogues = []
+    for dialogue_id, dialogue in data.items():
+        messages = dialogue.get("messages") if isinstance(dialogue, dict) else None
+        if not isinstance(messages, list):
+            raise NanoNLPError(f"{where}: dialogue {dialogue_id} has no 'messages' list.")
+        turns = []
+        for number, message in enumerate(messages):
+            if not (isinstance(message, dict) and message.get("role") in ("usr", "sys") and isinstance(message.get("content"), str)
+                    and isinstance(message.get("dialog_act"), list)):
+                raise NanoNLPError(f"{where}: dialogue {dialogue_id}, message {number}: expected role usr or sys, "
+                                   "a content string and a dialog_act list.")
+            acts = set()
+            for act in message["dialog_act"]:
+                if not (isinstance(act, list) and len(act) == 4):
+                    raise NanoNLPError(f"{where}: dialogue {dialogue_id}, message {number}: an act is not [intent, domain, slot, value].")
+                acts.add(f"{act[0]}-{act[1]}-{act[2]}")
+            turns.append(Turn("user" if message["role"] == "usr" else "system", message["content"], tuple(sorted(acts))))
+        dialogues.append(Dialogue(str(dialogue_id), tuple(turns)))
+    return dialogues
+
+
+CONTEXT_TURNS = 3  # previous turns a context-reading example keeps (most recent first)
+CONTEXT_MARK = " ||| "  # between the turn and its context, and between context turns
+
+
+def turn_examples(dialogues: list[Dialogue], speaker: str, context_turns: int = 0, predict_next: bool = False,
+                  join_labels: bool = False) -> list[Example]:
+    """One classification example per turn of `speaker`: the turn's text and labels, or with
+    `predict_next` the labels of the turn that follows it (the system's next acts after a user turn).
+    With `context_turns`, the text is followed by that many previous turns, most recent first, each
+    after CONTEXT_MARK, so that truncation drops the oldest first and the turn itself is never cut."""
+    examples = []
+    for dialogue in dialogues:
+        for i, turn in enumerate(dialogue.turns):
+            if turn.speaker != speaker:
+                continue
+            target = turn
+            if predict_next:
+                if i + 1 >= len(dialogue.turns):
+                    continue
+                target = dialogue.turns[i + 1]
+            context = [t.text for t in reversed(dialogue.turns[max(0, i - context_turns) : i])] if context_turns else []
+            labels = target.labels or ("none",)
+            examples.append(Example(CONTEXT_MARK.join([turn.text] + context), (",".join(labels),) if join_labels else labels))
+    return examples
+
+
+# Dialogue turns as classification examples: format -> (reader, speaker, context turns, label of the next turn).
+DIALOGUE_FORMATS = {
+    "sgd_intent": ("sgd", "user", 0, False),  # the user's active intent from the turn alone
+    "sgd_intent_context": ("sgd", "user", CONTEXT_TURNS, False),  # ... and from the previous turns too
+    "sgd_next_act": ("sgd", "user", CONTEXT_TURNS, True),  # the system's next act types, after the user turn and its context
+    "crosswoz_acts": ("crosswoz", "user", 0, False),  # the user's acts (intent-domain-slot; multi-label) from the turn alone
+    "crosswoz_acts_context": ("crosswoz", "user", CONTEXT_TURNS, False),  # ... and from the previous turns too
+}
+CLASSIFY_FORMATS = ("auto", "label_text", "csv", "tsv", "jsonl", "clinc", "sms", "snips", "cais", *DIALOGUE_FORMATS)

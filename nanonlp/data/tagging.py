@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TypeVar
 
-from nanonlp.data.readers import read_text, split_lines
+from nanonlp.data.readers import read_cais, read_snips, read_text, split_lines
 from nanonlp.errors import NanoNLPError
 
 SCHEMES = ("iob1", "iob2", "bioes")
@@ -107,14 +107,18 @@ def read_jsonl(path: str | Path, encoding: str = "utf-8") -> list[TaggedSentence
 
 def read_tagged(path: str | Path, format: str = "auto", encoding: str = "utf-8", tag_column: int = -1,
                 separator: str | None = None, token_prefix: str = "") -> list[TaggedSentence]:
-    """Tagged sentences from either layout; `format` auto picks jsonl for .jsonl/.ndjson, else conll."""
+    """Tagged sentences from any layout; `format` auto picks jsonl for .jsonl/.ndjson, else conll.
+    snips and cais are slot-filling data with intents (see nanonlp.data.readers); their slot tags are read."""
+    if format in ("snips", "cais"):
+        utterances = read_snips(path, encoding) if format == "snips" else read_cais(path, encoding)
+        return [TaggedSentence(list(u.tokens), list(u.tags)) for u in utterances]
     if format == "auto":
         format = "jsonl" if str(path).lower().endswith((".jsonl", ".ndjson")) else "conll"
     if format == "jsonl":
         return read_jsonl(path, encoding)
     if format == "conll":
         return read_conll(path, encoding, tag_column, separator, token_prefix)
-    raise NanoNLPError(f"unknown tagged data format '{format}'; use auto, conll or jsonl.")
+    raise NanoNLPError(f"unknown tagged data format '{format}'; use auto, conll, jsonl, snips or cais.")
 
 
 def _non_empty(sentences: list[TaggedSentence], path: Path) -> list[TaggedSentence]:

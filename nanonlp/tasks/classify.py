@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from nanonlp import distill
 from nanonlp.data import cache, catalog
 from nanonlp.data.batching import LengthBatches
-from nanonlp.data.readers import FIN_FORMATS, OUT_OF_SCOPE, Example, join_ptb_tokens, read_examples, read_texts_to_label
+from nanonlp.data.readers import (CLASSIFY_FORMATS, FIN_FORMATS, OUT_OF_SCOPE, Example, join_ptb_tokens, read_examples,
+                                  read_texts_to_label)
 from nanonlp.data.tokenizers import BPETokenizer, WordTokenizer, load_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.io import atomic_write_text, save_json
@@ -50,7 +51,7 @@ class ClassifyDataConfig:
     path: str = "sst2"  # training examples: a file, or a catalog name (sst2, sms_spam, clinc150, chnsenticorp, fpb_allagree, finfe, ...)
     dev_path: str = ""  # validation examples; "" uses the catalog's dev split, else splits dev_fraction off
     test_path: str = ""  # test examples for `nanonlp eval` (default: the catalog's test split, if any)
-    format: str = field(default="auto", metadata={"choices": ("auto", "label_text", "csv", "tsv", "jsonl", "clinc", "sms") + FIN_FORMATS})
+    format: str = field(default="auto", metadata={"choices": CLASSIFY_FORMATS + FIN_FORMATS})  # the file layout (auto: the catalog's, else by name)
     target: str = field(default="classification", metadata={"choices": ("classification", "regression")})  # regression: each label is a score in [-1, 1]; the model predicts one (tanh), trained by mean squared error
     text_column: str = ""  # csv/tsv/jsonl: the field holding the text ("": the catalog's, else "text")
     label_column: str = ""  # csv/tsv/jsonl: the field holding the label(s) ("": the catalog's, else "label")

@@ -38,7 +38,7 @@ class TagDataConfig:
     path: str = "wikiann_en"  # tagged sentences: a CoNLL-style or JSONL file, or a catalog name (wikiann_en, msra_ner)
     dev_path: str = ""  # "" uses the catalog's dev split, else holds dev_fraction out of the training file
     test_path: str = ""  # "" uses the catalog's test split, else holds test_fraction out of the training file
-    format: str = field(default="auto", metadata={"choices": ("auto", "conll", "jsonl")})
+    format: str = field(default="auto", metadata={"choices": ("auto", "conll", "jsonl", "snips", "cais")})  # auto: the catalog's, else by name
     tag_column: int = -1  # CoNLL: the column holding the tag (-1: the last)
     separator: str = ""  # CoNLL: the column separator; "" any run of whitespace (use "\t" for one character per line)
     token_prefix: str = ""  # stripped from every token that has it (WikiANN: "en:")

@@ -177,7 +177,7 @@ def test_a_task_defined_outside_the_package_trains_evaluates_resumes_and_loads(t
 
 
 def test_unknown_task_names_the_registered_ones(tmp_path):
-    with pytest.raises(ConfigError, match="task must be one of classify, lm, sentence, tag, translate, got 'tagging'"):
+    with pytest.raises(ConfigError, match="task must be one of assistant, classify, lm, sentence, tag, translate, got 'tagging'"):
         load_config(None, ["--task=tagging"])
 
 

@@ -191,7 +191,7 @@ def policy_gradient_step(policy: PolicyNet, optimizer: torch.optim.Optimizer, ep
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {"choices": len(features), "loss": float(loss), "entropy": float(bonus), "mean_return": float(returns_t.mean())}
+    return {"choices": len(features), "loss": float(loss.detach()), "entropy": float(bonus.detach()), "mean_return": float(returns_t.mean())}
 
 
 def reinforce(spec: AssistantSpec, policy: PolicyNet, config: RLConfig, quiet: bool = True) -> dict:

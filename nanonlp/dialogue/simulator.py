@@ -35,7 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from nanonlp.dialogue.spec import ACTION_FALLBACK, ACTION_HANDOFF, FAQ_INTENT, OUT_OF_SCOPE, AssistantSpec, Slot
-from nanonlp.dialogue.state import valid_value
+from nanonlp.dialogue.state import lookup_value, valid_value
 from nanonlp.errors import ConfigError, NanoNLPError
 
 # Said when the folder has no out_of_scope texts (text mode only).
@@ -156,19 +156,27 @@ class UserSimulator:
                         if canonical.lower() == value.lower():
                             with_value[intent] += 1
         best = with_value or with_entity
+        if not best:  # no example carries the entity (a yes/no slot filled by story turns only): the intent
+            # whose examples carry entities of the slot's forms most often (inform)
+            kinds = {self.spec.slots[s].entity for f in self.spec.forms.values() if slot in f.slots for s in f.slots}
+            for intent, examples in self.spec.intents.items():
+                if self.spec.form_of_intent(intent) is None:
+                    best[intent] = sum(e[2] in kinds for ex in examples for e in ex.entities)
+            best = Counter({k: v for k, v in best.items() if v})
         if not best:
-            form = next(f for f in self.spec.forms.values() if slot in f.slots)
-            return form.intent
+            raise NanoNLPError(f"no intent answers slot '{slot}': annotate its entity '{entity}' in the examples of an intent "
+                               "such as inform (e.g. [value](" + entity + ")).")
         return max(sorted(best), key=best.get)
 
     def wrong_value(self, slot: Slot, value: str, rng: random.Random) -> str | None:
         """A value the slot's validation rejects, or None where every value is accepted."""
         if not slot.values and not slot.pattern:
             return None
-        candidates = [value[:-1], value + value[-1:], value[::-1] + "x", "zzz"]
+        candidates = [value[:-1], value + value[-1:], value[::-1] + "x", "zzz", "?"]
         candidates += [v for values in self.values.values() for v in values]
+        # wrong through and through: nothing in it that the assistant could read as a valid value either
         candidates = [c for c in dict.fromkeys(candidates) if c and not valid_value(slot, c)
-                      and self.spec.normalize(slot.entity, c).lower() not in {v.lower() for v in slot.values}]
+                      and not valid_value(slot, self.spec.normalize(slot.entity, c)) and lookup_value(self.spec, slot, c) is None]
         return rng.choice(candidates) if candidates else None
 
     # -- goals and users ----------------------------------------------------------------------------
@@ -205,8 +213,8 @@ class UserSimulator:
         examples = spec.intents[act.intent]
         fitting = [ex for ex in examples if sorted(e[2] for e in ex.entities) == sorted(wanted)]
         saying = [ex for ex in fitting if all(e[3].lower() == wanted[e[2]].lower() for e in ex.entities)]
-        if not fitting:  # no example with exactly these entities: the one sharing most, the rest appended
-            fitting = sorted(examples, key=lambda ex: -len({e[2] for e in ex.entities} & set(wanted)))[:1]
+        if not fitting:  # no example says these entities together: the bare values, as a short answer
+            return ("" if spec.language == "zh" else " ").join(act.slots.values())
         example = rng.choice(saying or fitting)
         out, last, said = [], 0, set()
         for start, end, kind, canonical in example.entities:
@@ -219,12 +227,7 @@ class UserSimulator:
                 out.append(example.text[start:end])
             last = end
         out.append(example.text[last:])
-        text = "".join(out)
-        space = "" if spec.language == "zh" else " "
-        for kind, value in wanted.items():
-            if kind not in said:
-                text += space + value
-        return text
+        return "".join(out)
 
 
 def story_answers(spec: AssistantSpec) -> dict[str, str]:

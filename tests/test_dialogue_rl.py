@@ -220,6 +220,8 @@ def test_text_renders_a_paraphrase_with_the_goal_values(shop):
     assert {sim.text(UserAct("order", {"size": "small"}), rng) for _ in range(20)} == {"order a small one"}
     # else any example carrying the entity types, the value put in; paraphrases vary
     assert {sim.text(UserAct("inform", {"code": "789"}), rng) for _ in range(30)} == {"the code is 789", "789"}
+    # an answer whose value was dropped: an example with its entities left out, never an empty message
+    assert {sim.text(UserAct("inform"), rng) for _ in range(40)} == {"please", "the code is"}
     assert {sim.text(UserAct("balance"), rng) for _ in range(40)} == {"what is my balance", "how much money do I have", "show my balance"}
     zh = UserSimulator(read_assistant(FIXTURES / "tiny_zh"))
     text = zh.text(UserAct("inform", {"order_id": "Z99999"}), rng)

@@ -213,8 +213,11 @@ class UserSimulator:
         examples = spec.intents[act.intent]
         fitting = [ex for ex in examples if sorted(e[2] for e in ex.entities) == sorted(wanted)]
         saying = [ex for ex in fitting if all(e[3].lower() == wanted[e[2]].lower() for e in ex.entities)]
-        if not fitting:  # no example says these entities together: the bare values, as a short answer
+        if not fitting and act.slots:  # no example says these entities together: the bare values, as a short answer
             return ("" if spec.language == "zh" else " ").join(act.slots.values())
+        if not fitting:  # an answer without its value: an example with its entities left out ("[yes] please" -> "please")
+            stripped = [" ".join(_without_entities(ex).split()) for ex in examples]
+            return rng.choice([t for t in stripped if t] or [ex.text for ex in examples])
         example = rng.choice(saying or fitting)
         out, last, said = [], 0, set()
         for start, end, kind, canonical in example.entities:
@@ -228,6 +231,15 @@ class UserSimulator:
             last = end
         out.append(example.text[last:])
         return "".join(out)
+
+
+def _without_entities(example) -> str:
+    out, last = [], 0
+    for start, end, _, _ in example.entities:
+        out.append(example.text[last:start])
+        last = end
+    out.append(example.text[last:])
+    return "".join(out)
 
 
 def story_answers(spec: AssistantSpec) -> dict[str, str]:

@@ -11,14 +11,13 @@ import random
 import re
 import shutil
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from dialogue_runs import FIXTURES, trained_run
 from nanonlp.dialogue.policy import PolicyConfig, PolicyNet
-from nanonlp.dialogue.reinforce import (ActLevelAssistant, Episode, RLConfig, evaluate, policy_gradient_step, reinforce,
+from nanonlp.dialogue.reinforce import (ActLevelAssistant, Episode, RLConfig, policy_gradient_step, reinforce,
                                         reinforce_run)
 from nanonlp.dialogue.simulator import SimulatorConfig, UserAct, UserSimulator, run_text_episode, story_answers
 from nanonlp.dialogue.spec import read_assistant

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from nanonlp.dialogue.policy import PolicyNet, Rules
-from nanonlp.dialogue.simulator import Goal, SimulatorConfig, User, UserAct, UserSimulator
+from nanonlp.dialogue.simulator import SimulatorConfig, User, UserAct, UserSimulator
 from nanonlp.dialogue.spec import ACTION_HANDOFF, FAQ_INTENT, AssistantSpec
 from nanonlp.dialogue.state import DialogueState, missing_slots, record, update
 from nanonlp.errors import ConfigError, NanoNLPError
@@ -318,4 +318,4 @@ def command():
 
 
 __all__ = ["RLConfig", "Episode", "ActLevelAssistant", "evaluate", "policy_gradient_step", "reinforce", "reinforce_run",
-           "plot_curve", "Goal"]
+           "plot_curve"]

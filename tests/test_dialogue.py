@@ -234,11 +234,14 @@ def test_threshold_with_out_of_scope_examples_by_hand():
     predicted = ["a", "b", "a", "a", "b", "b", "a"]
     gold = ["a", "b", "b", "out_of_scope", "out_of_scope", "out_of_scope", "out_of_scope"]
     # in scope: right at 0.95 and 0.90, wrong at 0.60. Out of scope at 0.85, 0.40, 0.70, 0.30.
-    # t=0.30: acc 2/3, recall 0/4 -> 0.333; t=0.40: 2/3, 1/4 -> 0.458; t=0.60: 2/3, 2/4 -> 0.583;
-    # t=0.70: 2/3, 2/4 -> 0.583; t=0.85: 2/3, 3/4 -> 0.708; t=0.90: 2/3, 4/4 -> 0.833; t=0.95: 1/3, 1 -> 0.667
+    # answers right: t=0: 2+0; 0.30: 2+0; 0.40: 2+1; 0.60: 2+2; 0.70: 2+2; 0.85: 2+3; 0.90: 2+4; 0.95: 1+4
     result = tune_threshold(confidences, predicted, gold)
     assert result["threshold"] == 0.90
     assert result["in_scope_accuracy"] == pytest.approx(2 / 3) and result["out_of_scope_recall"] == 1.0
+    # many in-scope examples outweigh few out-of-scope ones: 10 right in scope at 0.5, one out of scope at 0.6
+    # t=0: 10+0; t=0.5: 10+0; t=0.6: 0+1 -> 0 keeps the in-scope answers (balanced accuracy would pick 0.6)
+    result = tune_threshold([0.5] * 10 + [0.6], ["a"] * 11, ["a"] * 10 + ["out_of_scope"])
+    assert result["threshold"] == 0.0 and result["out_of_scope_recall"] == 0.0
 
 
 def test_threshold_without_out_of_scope_examples_by_hand():
@@ -393,3 +396,21 @@ def test_open_store_by_setting(tmp_path):
     assert (tmp_path / "sessions.sqlite").is_file()
     store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
     assert isinstance(store, SQLiteSessionStore) and store.path == tmp_path / "x.db"
+
+
+def test_free_text_slot_takes_the_whole_answer(en_spec):
+    from dataclasses import replace
+
+    from nanonlp.dialogue.spec import Slot
+
+    spec = replace(en_spec, slots={**en_spec.slots, "card_type": Slot("card_type", "card_type", "Which card?")})  # no values, no pattern
+    state = DialogueState.new("s")
+    update(state, spec, _understood("block_card"), "block my card")
+    state.requested_slot = "card_type"
+    update(state, spec, _understood("out_of_scope"), "  the green one ")
+    assert state.slots == {"card_type": "the green one"}
+    state = DialogueState.new("s")
+    update(state, spec, _understood("block_card"), "block my card")
+    state.requested_slot = "card_type"
+    update(state, spec, _understood("greet"), "hello")  # another subject: not an answer
+    assert state.slots == {} and state.active_form is None

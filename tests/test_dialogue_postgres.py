@@ -104,3 +104,19 @@ def test_postgres_unreachable_is_one_clear_error():
     pytest.importorskip("psycopg")
     with pytest.raises(NanoNLPError, match="cannot reach the session database"):
         SQLAlchemySessionStore(f"postgresql+psycopg://nobody@127.0.0.1:{_free_port()}/none")
+
+
+def test_assistant_conversation_continues_on_postgres(postgres_url):
+    import nanonlp.dialogue as dialogue
+    from dialogue_runs import trained_run
+
+    run = trained_run("tiny_en")
+    bot = dialogue.load(run, sessions=postgres_url)
+    alice = bot.respond("I lost my card")
+    bob = bot.respond("block my mastercard")
+    assert bot.respond("visa", session_id=alice["session_id"])["slots"] == {"card_type": "visa"}
+    bot.store.close()
+    other_process = dialogue.load(run, sessions=postgres_url)  # another server process on the same database
+    done = other_process.respond("yes", session_id=alice["session_id"])
+    assert done["reply"] == "Done: your visa card is blocked."
+    assert other_process.state(bob["session_id"]).slots == {"card_type": "mastercard"}

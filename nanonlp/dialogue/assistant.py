@@ -37,6 +37,11 @@ class Assistant:
         self.faq, self.policy, self.store, self.device = faq, policy, store, device
         self.intent_threshold = float(understanding["intent_threshold"])
         self.rules = Rules(spec)
+        # Actions only the rules take: handing off, a form's questions and its submit. The learned policy
+        # never picks them, so a state no story covered cannot hand off or confirm a form that never ran.
+        rule_actions = {ACTION_HANDOFF} | {f"ask_{slot}" for form in spec.forms.values() for slot in form.slots} | {
+            form.submit for form in spec.forms.values()}
+        self._policy_mask = torch.tensor([action in rule_actions for action in policy.actions], device=device)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -123,10 +128,12 @@ class Assistant:
 
     @torch.inference_mode()
     def choose(self, state: DialogueState, intent: str) -> str:
-        """The learned policy's action for the state (the actions taken so far; this turn's not yet)."""
+        """The learned policy's action for the state (the actions taken so far; this turn's not yet), among
+        the actions the rules do not own."""
         features = self.policy.features.encode(intent, state.slots, state.active_form, state.actions)
         logits, _ = self.policy(features.unsqueeze(0).to(self.device))
-        return self.policy.actions[int(logits[0].argmax())]
+        logits = logits[0].masked_fill(self._policy_mask, float("-inf"))
+        return self.policy.actions[int(logits.argmax())]
 
     # -- replies -------------------------------------------------------------------------------------
 
@@ -155,11 +162,11 @@ class Assistant:
         return PLACEHOLDER.sub(lambda m: str(state.slots.get(m.group(1), "?")), template)
 
     def suggestions(self) -> list[str]:
-        """What the assistant can do: the first intents' descriptions (or names), as the fallback offers them."""
-        count = self.spec.settings["fallback"]["suggestions"]
-        described = [(name, d) for name, d in self.spec.descriptions.items() if d]
-        names = described or [(name, name.replace("_", " ")) for name in self.spec.intents]
-        return [text for _, text in names[:count]]
+        """What the assistant can do, as the fallback offers it: the descriptions of `fallback.suggest`'s
+        intents, else of the first intents that have one."""
+        settings = self.spec.settings["fallback"]
+        chosen = settings["suggest"] or [name for name, text in self.spec.descriptions.items() if text] or list(self.spec.intents)
+        return [self.spec.descriptions.get(name) or name.replace("_", " ") for name in chosen][: settings["suggestions"]]
 
     # -- sessions ------------------------------------------------------------------------------------
 

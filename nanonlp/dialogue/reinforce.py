@@ -8,8 +8,9 @@ entropy bonus, against the agenda-based user simulator (nanonlp.dialogue.simulat
 What RL controls. Each simulated turn goes exactly as a served turn does (`Assistant._turn`): the
 user's act updates the state (`state.update`: slots, the form its intent starts), the readable rules
 (`Rules.decide`: handoff, a form's questions and submit, out-of-scope and FAQ) decide where they
-apply, and only where they return None does the learned `PolicyNet` choose. RL samples those
-choices from softmax(logits) and is rewarded for them; the rules' actions are part of the
+apply, and only where they return None does the learned `PolicyNet` choose, among the actions the
+rules do not own (never handoff, a form's questions or submit: `Assistant.choose` masks them the
+same way). RL samples those choices from the masked softmax(logits) and is rewarded for them; the rules' actions are part of the
 environment. At act level the understanding is the act itself (intent and entities as the user
 meant them) and an FAQ question is answered (score 1.0); sentiment is neutral.
 
@@ -81,12 +82,21 @@ class Episode:
         return float(sum(self.rewards))
 
 
+def rule_actions_mask(spec: AssistantSpec, actions: list[str]) -> torch.Tensor:
+    """(A,) True for the actions only the rules take (handoff, a form's questions and submit): as
+    served (`Assistant.choose`), the learned policy never picks them, in RL neither."""
+    owned = {ACTION_HANDOFF} | {f"ask_{slot}" for form in spec.forms.values() for slot in form.slots} | {
+        form.submit for form in spec.forms.values()}
+    return torch.tensor([action in owned for action in actions])
+
+
 class ActLevelAssistant:
     """The assistant's turn without the understanding models: a user act in, an action out."""
 
     def __init__(self, spec: AssistantSpec, policy: PolicyNet):
         self.spec, self.policy, self.rules = spec, policy, Rules(spec)
         self.index = {name: i for i, name in enumerate(policy.actions)}
+        self.mask = rule_actions_mask(spec, policy.actions)
 
     def turn(self, state: DialogueState, act: UserAct, choose) -> tuple[str, tuple | None]:
         """Apply one act; `choose(features) -> action index` picks where the rules leave it to the
@@ -131,22 +141,26 @@ class ActLevelAssistant:
         return Episode(user.success, user.turns, rewards, choices, actions)
 
 
-def greedy(policy: PolicyNet):
-    """The served choice: the most probable action."""
+def _masked(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return logits if mask is None else logits.masked_fill(mask, float("-inf"))
+
+
+def greedy(policy: PolicyNet, mask: torch.Tensor | None = None):
+    """The served choice: the most probable action the rules do not own."""
 
     @torch.no_grad()
     def choose(features: torch.Tensor) -> int:
         logits, _ = policy(features.unsqueeze(0))
-        return int(logits[0].argmax())
+        return int(_masked(logits[0], mask).argmax())
 
     return choose
 
 
-def sampling(policy: PolicyNet, generator: torch.Generator):
+def sampling(policy: PolicyNet, generator: torch.Generator, mask: torch.Tensor | None = None):
     @torch.no_grad()
     def choose(features: torch.Tensor) -> int:
         logits, _ = policy(features.unsqueeze(0))
-        return int(torch.multinomial(torch.softmax(logits[0].float(), -1), 1, generator=generator))
+        return int(torch.multinomial(torch.softmax(_masked(logits[0].float(), mask), -1), 1, generator=generator))
 
     return choose
 
@@ -156,7 +170,8 @@ def evaluate(spec: AssistantSpec, policy: PolicyNet, simulator: UserSimulator, g
     goal i drawn with seed `seed + i`."""
     was_training = policy.training
     policy.eval()
-    env, choose = ActLevelAssistant(spec, policy), greedy(policy)
+    env = ActLevelAssistant(spec, policy)
+    choose = greedy(policy, env.mask)
     episodes = []
     for i in range(goals):
         rng = random.Random(seed + i)
@@ -167,9 +182,11 @@ def evaluate(spec: AssistantSpec, policy: PolicyNet, simulator: UserSimulator, g
             "return": sum(e.total for e in episodes) / n, "goals": n}
 
 
-def policy_gradient_step(policy: PolicyNet, optimizer: torch.optim.Optimizer, episodes: list[Episode], entropy: float) -> dict:
-    """One REINFORCE step over a batch of episodes: loss = -mean(advantage * log pi(a|s)) - entropy * mean(H).
-    The baseline is the batch's mean return per choice; advantages are scaled to unit deviation."""
+def policy_gradient_step(policy: PolicyNet, optimizer: torch.optim.Optimizer, episodes: list[Episode], entropy: float,
+                         mask: torch.Tensor | None = None) -> dict:
+    """One REINFORCE step over a batch of episodes: loss = -mean(advantage * log pi(a|s)) - entropy * mean(H),
+    pi over the actions `mask` leaves to the policy. The baseline is the batch's mean return per choice;
+    advantages are scaled to unit deviation."""
     features, actions, returns = [], [], []
     for episode in episodes:
         to_go = torch.tensor(episode.rewards, dtype=torch.float32).flip(0).cumsum(0).flip(0)  # return from each turn
@@ -184,9 +201,10 @@ def policy_gradient_step(policy: PolicyNet, optimizer: torch.optim.Optimizer, ep
     if len(returns) > 1 and advantages.std() > 1e-6:
         advantages = advantages / advantages.std()
     logits, _ = policy(torch.stack(features))  # (N, A)
-    log_probs = torch.log_softmax(logits.float(), -1)
+    log_probs = torch.log_softmax(_masked(logits.float(), mask), -1)
     chosen = log_probs.gather(1, torch.tensor(actions).unsqueeze(1)).squeeze(1)  # (N,)
-    bonus = -(log_probs.exp() * log_probs).sum(-1).mean()
+    probs = log_probs.exp()
+    bonus = -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1).mean()  # masked actions: 0 * -inf counts 0
     loss = -(advantages * chosen).mean() - entropy * bonus
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -204,7 +222,8 @@ def reinforce(spec: AssistantSpec, policy: PolicyNet, config: RLConfig, quiet: b
     policy.eval()
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
-    env, choose = ActLevelAssistant(spec, policy), sampling(policy, generator)
+    env = ActLevelAssistant(spec, policy)
+    choose = sampling(policy, generator, env.mask)
     before = evaluate(spec, policy, simulator, config.eval_goals, eval_seed, config)
     curve = [{"episodes": 0, **before}]
     progress = None
@@ -219,7 +238,7 @@ def reinforce(spec: AssistantSpec, policy: PolicyNet, config: RLConfig, quiet: b
         batch.append(env.episode(simulator.start(simulator.sample_goal(episode_rng), episode_rng), choose, config))
         done += 1
         if len(batch) == config.batch_episodes or done == config.episodes:
-            stats = policy_gradient_step(policy, optimizer, batch, config.entropy)
+            stats = policy_gradient_step(policy, optimizer, batch, config.entropy, env.mask)
             if progress is not None:
                 progress.update(len(batch))
                 progress.set_postfix(success=f"{sum(e.success for e in batch) / len(batch):.2f}",

@@ -178,7 +178,7 @@ class AssistantSpec:
 
 
 DEFAULTS = {
-    "fallback": {"intent_threshold": "auto", "faq_threshold": 0.4, "suggestions": 3,
+    "fallback": {"intent_threshold": "auto", "faq_threshold": 0.4, "suggestions": 3, "suggest": [],
                  "message": {"en": "Sorry, I did not understand. Here is what I can do:", "zh": "抱歉，我没有听懂。我可以帮您："}},
     "handoff": {"negative_turns": 2, "negative_threshold": 0.6, "intents": [],
                 "message": {"en": "Let me connect you with a colleague; they will see our conversation.",
@@ -368,6 +368,10 @@ def _build(folder: Path, merged: dict, where: dict, files: list[Path]) -> Assist
     for index, intent in enumerate(spec.settings["handoff"]["intents"]):
         if intent not in spec.intents:
             raise handoff_doc.error(("handoff", "intents", index), f"handoff intent '{intent}' is not defined under intents:.")
+    for index, intent in enumerate(spec.settings["fallback"]["suggest"]):
+        if intent not in spec.intents:
+            raise where[("fallback", None)].error(("fallback", "suggest", index), f"fallback.suggest names intent '{intent}', "
+                                                                                 "which is not defined under intents:.")
     threshold = spec.settings["fallback"]["intent_threshold"]
     if threshold != "auto" and not (isinstance(threshold, (int, float)) and 0 <= threshold < 1):
         raise where[("fallback", None)].error(("fallback", "intent_threshold"), "intent_threshold must be 'auto' or a number in [0, 1).")

@@ -132,6 +132,11 @@ def update(state: DialogueState, spec: AssistantSpec, understood: dict, text: st
         for slot in form.slots:
             state.slots.pop(slot, None)
     filled = fill_slots(state, spec, understood.get("entities", []), text)
+    requested = spec.slots.get(state.requested_slot) if state.requested_slot else None
+    if requested is not None and state.active_form is not None and not starts and not filled and not state.rejected \
+            and not requested.values and not requested.pattern and intent in answering_intents(spec, state.active_form):
+        # a free-text slot (no value list, no pattern: a name, an address) takes the whole answer
+        filled[requested.name] = state.slots[requested.name] = text.strip()
     if not starts and state.active_form is not None and not filled and not state.rejected \
             and intent not in answering_intents(spec, state.active_form):
         state.active_form = None  # the user changed the subject

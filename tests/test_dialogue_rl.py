@@ -334,3 +334,23 @@ def test_assistant_rl_command_keeps_the_supervised_policy(tmp_path, capsys):
 def test_assistant_rl_on_a_folder_that_is_no_run(tmp_path):
     with pytest.raises(NanoNLPError, match="not a trained assistant run"):
         reinforce_run(tmp_path)
+
+
+def test_rl_leaves_the_rules_actions_to_the_rules_as_served(shop, tmp_path):
+    import nanonlp.dialogue as dialogue
+    from nanonlp.dialogue.reinforce import rule_actions_mask, sampling
+
+    policy = policy_for(shop)
+    env = ActLevelAssistant(shop, policy)
+    owned = {a for a, m in zip(policy.actions, env.mask.tolist()) if m}
+    assert owned == {"action_handoff", "ask_size", "ask_code", "utter_ordered"}
+    sim = UserSimulator(shop, NOISY)
+    choose = sampling(policy, torch.Generator().manual_seed(0), env.mask)
+    chosen = set()
+    for seed in range(100):
+        rng = random.Random(seed)
+        episode = env.episode(sim.start(sim.sample_goal(rng), rng), choose, RLConfig())
+        chosen |= {policy.actions[a] for _, _, a in episode.choices}
+    assert chosen and not chosen & owned
+    bot = dialogue.load(trained_run("tiny_en"), sessions=tmp_path / "s.sqlite")
+    assert torch.equal(rule_actions_mask(bot.spec, bot.policy.actions), bot._policy_mask.cpu())  # the same mask as served

@@ -209,5 +209,9 @@ AssistantTask.commands = (
     Command("assistant", "check an assistant folder, or train a run from it", _assistant_arguments, _assistant),
     Command("chat", "talk to a trained assistant in the terminal", _chat_arguments, _chat),
 )
+# `nanonlp assistant-rl RUN`: the policy fine-tuned against the user simulator (nanonlp.dialogue.reinforce)
+from nanonlp.dialogue.reinforce import command as _rl_command  # noqa: E402
+
+AssistantTask.commands += (_rl_command(),)
 
 register(AssistantTask())

@@ -448,3 +448,29 @@ def test_entities_from_a_tagger_and_events_from_a_multi_label_run(tmp_path):
     assert documents[1]["event_scores"]["lawsuit"] > 0.5
     severe = [a for a in summary["alerts"] if a["kind"] == "event:lawsuit"]
     assert {a["entity"] for a in severe} == {"环球", "李四"}
+
+
+def test_a_run_whose_labels_are_named_gives_the_sentiment_by_name(tmp_path):
+    """Raw labels 0/1 named by data.label_names (as catalog runs are, e.g. sst2): the run answers
+    `negative`/`positive` (or 负面/正面), and the analysis maps those names, not the raw labels."""
+    from nanonlp.config import load_config
+    from nanonlp.train import fit
+
+    good, bad = ["shares rise", "record profit", "利润大增"], ["shares fall", "record loss", "利润下降"]
+    data = tmp_path / "train.txt"
+    data.write_text("".join(f"1 {t}\n" for t in good * 4) + "".join(f"0 {t}\n" for t in bad * 4), encoding="utf-8")
+    values = {"data.path": data, "data.dev_path": data, "data.label_names": "0=negative/负面,1=positive/正面", "model.type": "bag_of_ngrams",
+              "train.out_dir": tmp_path / "run", "train.max_steps": 60, "train.batch_size": 8, "train.eval_interval": 30,
+              "train.learning_rate": 1e-2, "train.warmup_steps": 0, "train.dtype": "float32", "train.device": "cpu",
+              "train.peak_tflops": 1.0, "classify.calibration_min_dev": 2}
+    fit(load_config(None, ["--task=classify"] + [f"--{k}={v}" for k, v in values.items()]), quiet=True)
+    predictor = nanonlp.load(tmp_path / "run")
+    assert predictor.predict("shares rise", language="zh")["label"] in ("负面", "正面")
+    rows = [{"id": str(i), "text": t, "company": "ACME"} for i, t in enumerate(["shares fall", "record profit", "利润下降"])]
+    cfg = from_mapping({"fields": {"entity": "company", "id": "id"}, "sentiment": {"run": str(tmp_path / "run")}, "alerts": {"period": "all"}})
+    analyze([write_jsonl(tmp_path / "posts.jsonl", rows)], cfg, tmp_path / "out")
+    documents = [json.loads(line) for line in (tmp_path / "out" / "documents.jsonl").read_text(encoding="utf-8").splitlines()]
+    expected = predictor.predict([r["text"] for r in rows], language="en")
+    assert [d["sentiment"]["label"] for d in documents] == [e["label"] for e in expected] == ["negative", "positive", "negative"]
+    for d, e in zip(documents, expected):
+        assert d["sentiment"]["score"] == pytest.approx(e["probabilities"]["positive"] - e["probabilities"]["negative"], abs=1e-6)

@@ -57,11 +57,17 @@ class SentimentModel:
         self.regression = getattr(predictor, "task", None) == "regress" or not labels
         if not self.regression and getattr(predictor, "multi_label", False):
             raise ConfigError("the sentiment run is multi-label; sentiment needs a single-label classifier or a regression run.")
-        self.values = None if self.regression else sentiment_values(list(labels))
+        # A run whose data names its labels (catalog entries, data.label_names) answers by name: read
+        # both in English, the language the sentiment names are matched in.
+        self.named = hasattr(predictor, "label_names")
+        if not self.regression:
+            self.values = sentiment_values(predictor.label_names("en") if self.named else list(labels))
+        else:
+            self.values = None
 
     def __call__(self, texts: list[str]) -> list[dict]:
         out = []
-        for result in self.predictor.predict(texts):
+        for result in (self.predictor.predict(texts, language="en") if self.named and not self.regression else self.predictor.predict(texts)):
             if "score" in result:
                 score = max(-1.0, min(1.0, float(result["score"])))
                 label = "negative" if score < -self.neutral_band else "positive" if score > self.neutral_band else "neutral"

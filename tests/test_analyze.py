@@ -474,3 +474,29 @@ def test_a_run_whose_labels_are_named_gives_the_sentiment_by_name(tmp_path):
     assert [d["sentiment"]["label"] for d in documents] == [e["label"] for e in expected] == ["negative", "positive", "negative"]
     for d, e in zip(documents, expected):
         assert d["sentiment"]["score"] == pytest.approx(e["probabilities"]["positive"] - e["probabilities"]["negative"], abs=1e-6)
+
+
+def test_a_regression_run_gives_its_score_as_the_sentiment(tmp_path):
+    """A classification-task run with data.target regression answers {"score"}: the analysis takes
+    that score (clipped to [-1, 1]) and names it by the neutral band."""
+    from nanonlp.config import load_config
+    from nanonlp.train import fit
+
+    data = tmp_path / "train.txt"
+    data.write_text("".join(f"0.8 {t}\n" for t in ["shares rise", "record profit"] * 6)
+                    + "".join(f"-0.8 {t}\n" for t in ["shares fall", "record loss"] * 6), encoding="utf-8")
+    values = {"data.path": data, "data.dev_path": data, "data.target": "regression", "model.type": "bag_of_ngrams",
+              "train.out_dir": tmp_path / "run", "train.max_steps": 80, "train.batch_size": 8, "train.eval_interval": 40,
+              "train.learning_rate": 1e-2, "train.warmup_steps": 0, "train.dtype": "float32", "train.device": "cpu",
+              "train.peak_tflops": 1.0}
+    fit(load_config(None, ["--task=classify"] + [f"--{k}={v}" for k, v in values.items()]), quiet=True)
+    predictor = nanonlp.load(tmp_path / "run")
+    rows = [{"id": str(i), "text": t, "company": "ACME"} for i, t in enumerate(["shares fall", "record profit"])]
+    cfg = from_mapping({"fields": {"entity": "company", "id": "id"}, "sentiment": {"run": str(tmp_path / "run")}, "alerts": {"period": "all"}})
+    analyze([write_jsonl(tmp_path / "posts.jsonl", rows)], cfg, tmp_path / "out")
+    documents = [json.loads(line) for line in (tmp_path / "out" / "documents.jsonl").read_text(encoding="utf-8").splitlines()]
+    expected = [r["score"] for r in predictor.predict([r["text"] for r in rows])]
+    assert [d["sentiment"]["score"] for d in documents] == pytest.approx(expected, abs=1e-6)
+    assert expected[0] < -0.2 < 0.2 < expected[1]  # learned: the labels follow the band
+    assert [d["sentiment"]["label"] for d in documents] == ["negative", "positive"]
+    assert all(d["sentiment"]["probability"] is None for d in documents)

@@ -54,7 +54,8 @@ class SentimentModel:
     def __init__(self, predictor, neutral_band: float):
         self.predictor, self.neutral_band = predictor, neutral_band
         labels = getattr(predictor, "labels", None)
-        self.regression = getattr(predictor, "task", None) == "regress" or not labels
+        # a regression run of the classification task (data.target: regression) answers {"score"}
+        self.regression = bool(getattr(predictor, "regression", False)) or not labels
         if not self.regression and getattr(predictor, "multi_label", False):
             raise ConfigError("the sentiment run is multi-label; sentiment needs a single-label classifier or a regression run.")
         # A run whose data names its labels (catalog entries, data.label_names) answers by name: read

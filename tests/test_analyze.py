@@ -259,6 +259,9 @@ def test_sentiment_labels_map_by_name_and_unknown_sets_are_refused():
     assert sentiment_values(["负面", "中性", "正面"]) == {"负面": -1.0, "中性": 0.0, "正面": 1.0}
     assert sentiment_values(["0", "1", "2"]) == {"0": -1.0, "1": 0.0, "2": 1.0}
     assert sentiment_values(["0", "1"]) == {"0": -1.0, "1": 1.0}
+    # a negative-or-not detector (FinNSP's names): not negative counts as neutral
+    assert sentiment_values(["not negative", "negative"]) == {"not negative": 0.0, "negative": -1.0}
+    assert sentiment_values(["非负面", "负面"]) == {"非负面": 0.0, "负面": -1.0}
     with pytest.raises(ConfigError, match="name no sentiment"):
         sentiment_values(["spam", "ham"])
 

@@ -16,4 +16,5 @@ with open(out, "w", encoding="utf-8") as f:
         body = text if not title or title in text else f"{title}。{text}"
         f.write(json.dumps({"id": f"finnsp-{i}", "source": "FinNSP", "text": body, "entities": entities}, ensure_ascii=False) + "\n")
     for i, text, _event_type, subject in json.loads((folder / "finese_eval.json").read_text(encoding="utf-8")):
+        subject = "" if subject in ("NaN", "nan") else subject  # no subject company
         f.write(json.dumps({"id": f"finese-{i}", "source": "FinESE", "text": text, "entities": subject}, ensure_ascii=False) + "\n")

@@ -22,6 +22,8 @@ from nanonlp.errors import ConfigError, NanoNLPError
 SENTIMENT_NAMES = {
     "negative": -1.0, "neg": -1.0, "neutral": 0.0, "positive": 1.0, "pos": 1.0,
     "负面": -1.0, "消极": -1.0, "中性": 0.0, "正面": 1.0, "积极": 1.0,
+    # a negative-or-not detector (FinNSP): what is not negative counts as neutral
+    "not negative": 0.0, "non-negative": 0.0, "非负面": 0.0,
 }
 NUMERIC_CONVENTIONS = [
     ({"0", "1"}, {"0": -1.0, "1": 1.0}),

@@ -264,3 +264,13 @@ def test_a_turn_over_the_time_limit_is_a_504_and_the_server_carries_on(bank):
         held.release.set()
         assert c.post("/v1/chat", json={"message": "hello"}).status_code == 200
 
+
+
+def test_nanonlp_serve_refuses_one_sessions_store_for_two_assistants(en_run, tmp_path, capsys):
+    """Through the command, not only load_runs: every mounted run is checked at once, before any loads."""
+    from nanonlp.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", f"a={en_run}", f"b={en_run}", "--sessions", str(tmp_path / "s.sqlite")])
+    assert caught.value.code == 2 and "2 assistants are mounted" in capsys.readouterr().err
+    assert not (tmp_path / "s.sqlite").exists()  # refused before a store was opened

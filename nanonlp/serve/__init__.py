@@ -70,20 +70,29 @@ def _stopped(signum, frame) -> None:
     raise SystemExit(0)
 
 
-def load_runs(runs: dict[str, Path], device: str = "auto", sessions: str | None = None) -> dict:
+def load_runs(runs: dict[str, Path], device: str = "auto", sessions: str | None = None,
+              load_seconds: dict[str, float] | None = None) -> dict:
     """{name: run directory} -> {name: predictor}; an assistant run keeps its conversations in `sessions`
-    (None: RUN/sessions.sqlite), which one store can do for one assistant only."""
+    (None: RUN/sessions.sqlite), which one store can do for one assistant only. `load_seconds`, when
+    given, is filled with how long each run took to load (for /metrics)."""
     import nanonlp
     from nanonlp import tasks
 
-    assistants = [name for name, path in runs.items() if tasks.task_of(path).name == "assistant"]
+    task_of = {name: tasks.task_of(path) for name, path in runs.items()}
+    assistants = [name for name, task in task_of.items() if task.name == "assistant"]
     if sessions and not assistants:
         raise ConfigError("--sessions says where assistant conversations live, and none of the mounted runs is an assistant; leave it out.")
     if sessions and len(assistants) > 1:
         raise ConfigError(f"--sessions names one session store, and {len(assistants)} assistants are mounted ({', '.join(assistants)}); "
                           "serve each from its own server, or leave --sessions out (each then keeps RUN/sessions.sqlite).")
-    return {name: tasks.task_of(path).load(path, device, sessions=sessions) if sessions and name in assistants
-            else nanonlp.load(path, device=device) for name, path in runs.items()}
+    models = {}
+    for name, path in runs.items():
+        start = time.perf_counter()
+        models[name] = (task_of[name].load(path, device, sessions=sessions) if sessions and name in assistants
+                        else nanonlp.load(path, device=device))
+        if load_seconds is not None:
+            load_seconds[name] = time.perf_counter() - start
+    return models
 
 
 def serve(args) -> None:
@@ -102,11 +111,8 @@ def serve(args) -> None:
     if not args.runs and not args.analyze_config:
         raise ConfigError("give at least one run directory to serve, or --analyze-config for POST /v1/analyze.")
     warning = check_exposure(args.host, args.api_key, args.allow_no_key)  # before minutes of loading
-    models, load_seconds = {}, {}
-    for name, path in mount_names(args.runs).items():
-        start = time.perf_counter()
-        models.update(load_runs({name: path}, args.device, args.sessions))
-        load_seconds[name] = time.perf_counter() - start
+    load_seconds: dict[str, float] = {}
+    models = load_runs(mount_names(args.runs), args.device, args.sessions, load_seconds)
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
                              max_new_tokens=args.max_new_tokens, max_request_tokens=args.max_request_tokens,

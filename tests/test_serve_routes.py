@@ -101,7 +101,7 @@ def test_the_request_check_is_a_422_and_unserved_paths_name_who_serves_them(clie
     assert response.status_code == 404 and "it needs a classify run" in response.json()["detail"]
     response = client.post("/v1/generate", json={"prompt": "x", "model": "counter"})
     assert response.status_code == 400 and "model 'counter' is a count run; this endpoint needs a lm run" in response.json()["detail"]
-    assert client.post("/v1/nothing", json={}).status_code == 404
+    assert client.post("/v1/nothing", json={}).json()["detail"] == "no mounted model serves this endpoint (it needs a model that declares it)."
 
 
 def test_requests_of_a_declared_batch_endpoint_run_together():

@@ -119,24 +119,28 @@ class Models:
         if path not in self._needed:
             from nanonlp import tasks
 
-            self._needed[path] = " or ".join(t.name for t in tasks.all_tasks() if path in t.serves) or "different"
+            self._needed[path] = " or ".join(t.name for t in tasks.all_tasks() if path in t.serves)
         return self._needed[path]
 
     def pick(self, name: str | None, path: str, needed: str | None = None) -> Mounted:
         from fastapi import HTTPException
+
+        def wanted() -> str:  # only for an error: the registry may have to be read
+            tasks = self.needed(path) if needed is None else needed
+            return f"a {tasks} run" if tasks else "a model that declares it"
 
         serving = [m for m in self.mounted.values() if path in m.endpoints]
         if name is None:
             if len(serving) == 1:
                 return serving[0]
             if not serving:
-                raise HTTPException(404, f"no mounted model serves this endpoint (it needs a {needed or self.needed(path)} run).")
+                raise HTTPException(404, f"no mounted model serves this endpoint (it needs {wanted()}).")
             raise HTTPException(400, f"several models serve this endpoint: name one in 'model' ({', '.join(m.name for m in serving)}).")
         if name not in self.mounted:
             raise HTTPException(404, f"no model named '{name}' is mounted; GET /v1/models lists them.")
         m = self.mounted[name]
         if path not in m.endpoints:
-            raise HTTPException(400, f"model '{name}' is a {m.task} run; this endpoint needs a {needed or self.needed(path)} run.")
+            raise HTTPException(400, f"model '{name}' is a {m.task} run; this endpoint needs {wanted()}.")
         return m
 
     # -- bounds --------------------------------------------------------------------------------------

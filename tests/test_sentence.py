@@ -111,6 +111,13 @@ def test_unknown_schedule_is_a_config_error(tmp_path, toy):
         config(tmp_path, toy, vae__kl_schedule="sigmoid")
 
 
+def test_sentence_sampling_options_have_the_language_models_one_validation(tmp_path, toy):
+    with pytest.raises(ConfigError, match="sample.temperature must be 0 \\(greedy\\) or between"):
+        config(tmp_path, toy, sample__temperature=1e-300)  # overflows the logits: refused as for a language model
+    with pytest.raises(ConfigError, match="sample.top_p must be in"):
+        config(tmp_path, toy, sample__top_p=0)
+
+
 def test_active_units_on_a_constructed_case():
     torch.manual_seed(0)
     mu = torch.zeros(1000, 6)

@@ -46,6 +46,11 @@ class SampleConfig:
             raise ConfigError(f"sample.top_p must be in (0, 1], got {self.top_p}.")
 
 
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """SampleConfig's checks of the sampling options alone, for models that sample without a token budget (sentence models)."""
+    SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p).validate()
+
+
 def check_stop(stop: list[str]) -> None:
     """At most MAX_STOP_STRINGS stop strings of at most MAX_STOP_LENGTH characters each."""
     if len(stop) > MAX_STOP_STRINGS:

@@ -22,6 +22,7 @@ from nanonlp.models.arae import ARAE
 from nanonlp.models.vae import BOS, EOS, PAD, SentenceVAE
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.predict import as_batch, load_model, open_for_inference
+from nanonlp.predict.lm import check_sampling
 
 _CJK_CHAR = re.compile(rf"^[{CJK}\u3000-\u303f\uff00-\uffef]$")
 _NO_SPACE_BEFORE = set(".,!?;:%)]}'\"…") | set("。，！？；：、）》」』")
@@ -218,8 +219,7 @@ class SentenceModel:
         """n sentences: from the prior (VAE), the generator (ARAE) or the language model itself."""
         if n < 1:
             raise ConfigError(f"the number of samples must be at least 1, got {n}.")
-        if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
-            raise ConfigError("temperature and top_k must not be negative, and top_p must be in (0, 1].")
+        check_sampling(temperature, top_k, top_p)
         generator = self._generator(seed)
         length = max_length or self.model.config.max_length
         out = []

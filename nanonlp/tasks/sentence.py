@@ -28,6 +28,7 @@ from nanonlp.io import atomic_write_bytes, atomic_write_text, save_json
 from nanonlp.models.arae import ARAE, ARAEConfig
 from nanonlp.models.vae import SPECIALS, SentenceLM, SentenceLMConfig, SentenceVAE, SentenceVAEConfig, kl_weight
 from nanonlp.predict import sentence as predict_sentence
+from nanonlp.predict.lm import check_sampling
 from nanonlp.predict.sentence import DATA_DIR, batches, latent_figures, make_batch, read_split  # noqa: F401 (make_batch: tests import it here)
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
@@ -92,8 +93,7 @@ class SampleConfig:
     seed: int = 1
 
     def validate(self) -> None:
-        if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ConfigError("sample.temperature and sample.top_k must not be negative, and sample.top_p must be in (0, 1].")
+        check_sampling(self.temperature, self.top_k, self.top_p)  # the one validation of sampling options
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -4,10 +4,11 @@ Nothing here names a task.
 
     Models    the mounted predictors, and what their requests share: picking a model by name, the
               queue bound per model (503), the time limit (504, the work cancelled), the batchers
-    RUNNERS   how a declared endpoint's requests run: "batch" (dynamic batching across requests,
-              serve/batching.py) or "thread" (the thread pool, with a cancel flag); a stream runs
-              through `_sse`. A new way to run (a generation scheduler) is one more entry here, named by
-              the endpoints that want it.
+    Runner    how a declared endpoint's requests run on one model, by the name its declaration gives
+              (RUNNERS): "batch" (dynamic batching across requests, serve/batching.py) or "thread" (the
+              thread pool, with a cancel flag); a stream runs through `_sse`. A new way to run (a
+              generation scheduler) is one more Runner subclass in RUNNERS, named by the endpoints
+              that want it.
     router    the declared routes; `fallback` answers a path no mounted model serves, saying which
               task's run would.
 """
@@ -34,7 +35,7 @@ class Mounted:
     predictor: Any
     task: str | None
     endpoints: dict[str, Endpoint]  # path -> what the predictor declares for it
-    batchers: dict[str, Batcher] = field(default_factory=dict)  # path -> its batcher, for "batch" endpoints
+    runners: dict[str, "Runner"] = field(default_factory=dict)  # path -> how its requests run (made when the app starts)
 
     def describe(self) -> dict:
         """What GET /v1/models says of the model: name, task, input limit, the predictor's own description,
@@ -84,29 +85,27 @@ class Models:
         self._needed: dict[str, str] = {}  # path -> the tasks whose runs serve it (the registry's word), cached
         self.start()
         for m in self.mounted.values():
-            metrics.watch_queue(m.name, lambda m=m: sum(b.depth for b in m.batchers.values()) + self.busy[m.name])
+            metrics.watch_queue(m.name, lambda m=m: sum(r.depth for r in m.runners.values()) + self.busy[m.name])
 
     # -- life ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """A batcher (and its worker thread) per batching endpoint; again after a shutdown closed them."""
-        s = self.settings
+        """A runner per declared endpoint of each model (a batcher's worker thread, say); again after a shutdown closed them."""
         for m in self.mounted.values():
             for path, endpoint in m.endpoints.items():
-                if endpoint.runner == "batch" and (path not in m.batchers or m.batchers[path].closed):
-                    m.batchers[path] = Batcher(endpoint.handle, s.max_batch, s.max_wait_ms / 1000, s.max_queue, m.name,
-                                               on_batch=self.metrics.batch_observer(m.name))
+                if path not in m.runners or m.runners[path].closed:
+                    m.runners[path] = RUNNERS[endpoint.runner](self, m, endpoint)
 
     @property
     def stopped(self) -> bool:
-        return any(b.closed for m in self.mounted.values() for b in m.batchers.values())
+        return any(r.closed for m in self.mounted.values() for r in m.runners.values())
 
     async def close(self) -> None:
         for cancel in list(self.running):  # past the graceful period: decoding still running stops at its next step
             cancel.set()
-        for m in self.mounted.values():  # the batchers' worker threads end with the server
-            for batcher in m.batchers.values():
-                await asyncio.to_thread(batcher.close)
+        for m in self.mounted.values():  # the runners' worker threads end with the server
+            for runner in m.runners.values():
+                await asyncio.to_thread(runner.close)
 
     # -- picking a model -----------------------------------------------------------------------------
 
@@ -174,18 +173,6 @@ class Models:
     def call(self, m: Mounted) -> Call:
         return Call(threading.Event(), on_token=self.metrics.token_counter(m.name))
 
-    async def batched(self, m: Mounted, path: str, items: list) -> list:
-        try:
-            future = m.batchers[path].submit(items)
-        except QueueFull:
-            raise self.full(m) from None
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.timeout_s)
-        except asyncio.TimeoutError:
-            # a request still waiting is dropped from the queue; one already in a batch finishes with it
-            future.cancel()
-            raise self.timed_out("it was taken off the model's queue") from None
-
     async def in_thread(self, m: Mounted, fn):
         """fn(call) on the thread pool, where `call.cancel` is set when the time limit passes (decoding stops
         at its next step); at most max_queue jobs per model (503 past that)."""
@@ -229,25 +216,83 @@ class Models:
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-# -- runners: how a declared endpoint's request runs, by the name its declaration gives ------------------
+# -- runners: how a declared endpoint's requests run on one model -------------------------------------
 
 
-async def run_batched(models: Models, m: Mounted, endpoint: Endpoint, request: dict) -> dict:
-    """The request's items join other requests' in the model's next batch; `truncated` flags are
-    tokenizing, CPU work: off the loop."""
-    items = items_of(request[endpoint.items])
-    results = await models.batched(m, endpoint.path, items)
-    if endpoint.truncated is not None:
-        flags = await asyncio.to_thread(endpoint.truncated, items)
-        results = [{**r, "truncated": f} for r, f in zip(results, flags)]
-    return {"results": results}
+class Runner:
+    """How one model's requests to one declared endpoint run: made when the app starts (Models.start),
+    closed when it stops. `run(request)` answers a validated request (the response without `model`);
+    `stream(request)` answers one that asked for `"stream": true`. This is the seam for other ways of
+    running a model (a scheduler that steps all generations together): a subclass, named in RUNNERS,
+    that an endpoint's declaration names."""
+
+    closed = False
+
+    def __init__(self, models: Models, m: Mounted, endpoint: Endpoint):
+        self.models, self.mounted, self.endpoint = models, m, endpoint
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting in this runner's own queue (the metrics' queue depth)."""
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def run(self, request: dict) -> dict:
+        raise NotImplementedError
+
+    async def stream(self, request: dict):
+        return await self.models.streamed(self.mounted, self.endpoint, request)
 
 
-async def run_in_thread(models: Models, m: Mounted, endpoint: Endpoint, request: dict) -> dict:
-    return await models.in_thread(m, lambda call: endpoint.handle(request, call))
+class Batched(Runner):
+    """Requests to one model that arrive together run as one batch on its worker thread (serve/batching.py):
+    `handle(items) -> results`; `truncated` flags are tokenizing, CPU work: off the loop."""
+
+    def __init__(self, models: Models, m: Mounted, endpoint: Endpoint):
+        super().__init__(models, m, endpoint)
+        s = models.settings
+        self.batcher = Batcher(endpoint.handle, s.max_batch, s.max_wait_ms / 1000, s.max_queue, m.name,
+                               on_batch=models.metrics.batch_observer(m.name))
+
+    @property
+    def closed(self) -> bool:
+        return self.batcher.closed
+
+    @property
+    def depth(self) -> int:
+        return self.batcher.depth
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    async def run(self, request: dict) -> dict:
+        items = items_of(request[self.endpoint.items])
+        try:
+            future = self.batcher.submit(items)
+        except QueueFull:
+            raise self.models.full(self.mounted) from None
+        try:
+            results = await asyncio.wait_for(asyncio.wrap_future(future), self.models.settings.timeout_s)
+        except asyncio.TimeoutError:
+            # a request still waiting is dropped from the queue; one already in a batch finishes with it
+            future.cancel()
+            raise self.models.timed_out("it was taken off the model's queue") from None
+        if self.endpoint.truncated is not None:
+            flags = await asyncio.to_thread(self.endpoint.truncated, items)
+            results = [{**r, "truncated": f} for r, f in zip(results, flags)]
+        return {"results": results}
 
 
-RUNNERS = {"batch": run_batched, "thread": run_in_thread}
+class Threaded(Runner):
+    """`handle(request, call)` on the thread pool, under the model's queue bound and the time limit."""
+
+    async def run(self, request: dict) -> dict:
+        return await self.models.in_thread(self.mounted, lambda call: self.endpoint.handle(request, call))
+
+
+RUNNERS: dict[str, type[Runner]] = {"batch": Batched, "thread": Threaded}
 
 
 # -- the request models and the routes ------------------------------------------------------------------
@@ -315,9 +360,10 @@ def _route(models: Models, path: str, Request):
         endpoint = m.endpoints[path]  # the picked model's own declaration (its fields agree with the request model's)
         request = {name: getattr(body, name) for name in endpoint.params}
         models.check_limits(endpoint, request)
+        runner = m.runners[path]
         if endpoint.stream is not None and body.stream:
-            return await models.streamed(m, endpoint, request)
-        return {"model": m.name, **await RUNNERS[endpoint.runner](models, m, endpoint, request)}
+            return await runner.stream(request)
+        return {"model": m.name, **await runner.run(request)}
 
     return serve
 

@@ -282,6 +282,22 @@ def memorised_vae(tmp_path_factory):
     return memorised(tmp_path, toy)
 
 
+def test_a_sentence_model_is_served_from_its_declaration(memorised_vae):
+    pytest.importorskip("fastapi", reason="nanonlp serve needs FastAPI: pip install 'nanonlp[serve]'")
+    from fastapi.testclient import TestClient
+
+    from nanonlp.serve.app import create_app
+
+    with TestClient(create_app({"vae": memorised_vae})) as client:
+        body = client.post("/v1/sample", json={"n": 3, "seed": 7, "temperature": 0.5}).json()
+        assert [r["text"] for r in body["results"]] == memorised_vae.sample(3, temperature=0.5, seed=7) and body["model"] == "vae"
+        assert client.post("/v1/sample", json={"temperature": 1e-300}).status_code == 422  # the one validation of sampling
+        assert client.post("/v1/sample", json={"n": 65}).status_code == 422
+        (described,) = client.get("/v1/models").json()["models"]
+    assert described["task"] == "sentence" and described["model"] == "SentenceVAE"
+    assert [e["path"] for e in described["endpoints"]] == ["/v1/sample"]
+
+
 def _train_split(model) -> list[str]:
     return [join_words(line.split(" ")) for line in (model.run_dir / "data" / "train.txt").read_text().splitlines()]
 

@@ -47,7 +47,7 @@ class WordCounter:
             Endpoint("count", {"texts": Param(list[str], description="the texts, a batch")}, self.count, runner="batch", items="texts",
                      truncated=lambda texts: [len(t.split()) > self.max_input_length for t in texts], title="Count",
                      view={"kind": "text", "key": "words"}),
-            Endpoint("repeat", {"text": Param(str, REQUIRED, "what to say", min_length=1, strict=True),
+            Endpoint("repeat", {"text": Param(str, REQUIRED, "what to say", label="text", min_length=1, strict=True),
                                 "times": Param(int, 2, "how often", label="times", ge=1, le=8, check=_even)},
                      repeat, check=not_both, title="Repeat"),
         ]

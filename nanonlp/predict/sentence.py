@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from nanonlp.data.tokenizers import CJK, load_tokenizer
+from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.models.arae import ARAE
 from nanonlp.models.vae import BOS, EOS, PAD, SentenceVAE
-from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.predict import as_batch, load_model, open_for_inference
 from nanonlp.predict.lm import check_sampling
+from nanonlp.predict.service import Call, Endpoint, Param
 
 _CJK_CHAR = re.compile(rf"^[{CJK}\u3000-\u303f\uff00-\uffef]$")
 _NO_SPACE_BEFORE = set(".,!?;:%)]}'\"…") | set("。，！？；：、）》」』")
@@ -158,6 +159,24 @@ def latent_figures(model, sentences: list, device: torch.device, iw_samples: int
     return result
 
 
+def sample_endpoint(model) -> Endpoint:
+    """POST /v1/sample: sentences drawn from a sentence model (a VAE's prior, an ARAE's generator, an RNN
+    language model), on the thread pool."""
+
+    def sample(request: dict, call: Call) -> dict:
+        texts = model.sample(request["n"], request["temperature"], request["top_k"], request["top_p"], request["seed"])
+        return {"results": [{"text": text} for text in texts]}
+
+    return Endpoint("sample", {
+        "n": Param(int, 5, "sentences to draw", label="sentences", ge=1, le=64),
+        "temperature": Param(float, 1.0, "0 is greedy", label="temperature", ge=0.0),
+        "top_k": Param(int, 0, "keep the k most likely words; 0 keeps all", ge=0),
+        "top_p": Param(float, 1.0, "keep the most likely words up to this probability; 1 keeps all", gt=0.0, le=1.0),
+        "seed": Param(int | None, None, "the same seed gives the same sentences; none draws one", ge=0, lt=2**63)},
+        sample, check=lambda request: check_sampling(request["temperature"], request["top_k"], request["top_p"]),
+        title="Sample", view={"kind": "text", "key": "text"})
+
+
 class SentenceModel:
     """A trained sentence model with its word vocabulary. Thread-safe: each call has its own generator."""
 
@@ -171,6 +190,12 @@ class SentenceModel:
     @property
     def latent(self) -> bool:
         return bool(getattr(self.model, "latent", False))
+
+    def describe(self) -> dict:
+        return {"model": self.kind, "vocab_size": self.tokenizer.vocab_size}
+
+    def endpoints(self) -> list[Endpoint]:
+        return [sample_endpoint(self)]
 
     @property
     def sample_defaults(self):

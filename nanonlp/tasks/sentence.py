@@ -29,7 +29,7 @@ from nanonlp.models.arae import ARAE, ARAEConfig
 from nanonlp.models.vae import SPECIALS, SentenceLM, SentenceLMConfig, SentenceVAE, SentenceVAEConfig, kl_weight
 from nanonlp.predict import sentence as predict_sentence
 from nanonlp.predict.lm import check_sampling
-from nanonlp.predict.sentence import DATA_DIR, batches, latent_figures, make_batch, read_split  # noqa: F401 (make_batch: tests import it here)
+from nanonlp.predict.sentence import DATA_DIR, batches, latent_figures, make_batch, read_split
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
 SPLITS = ("train", "val", "test")
@@ -274,6 +274,7 @@ def _interpolate(args) -> None:
 
 class SentenceTask(Task):
     name = "sentence"
+    serves = ("sample",)
     sections = {"data": DataConfig, "vae": VAEConfig, "sample": SampleConfig}
     models = {"vae": (SentenceVAEConfig, SentenceVAE), "arae": (ARAEConfig, ARAE), "rnn_lm": (SentenceLMConfig, SentenceLM)}
     commands = (

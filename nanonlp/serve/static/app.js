@@ -47,23 +47,25 @@ function formPanel(model, endpoint) {
   const title = endpoint.title || endpoint.path.replace("/v1/", "");
   const itemsField = endpoint.fields[endpoint.items] || {};
   const oneItemALine = itemsField.type === "array of string";  // a batch field: one item a line; else the text whole
-  const input = el("textarea", { id: id + "-input", placeholder: endpoint.placeholder || "", "aria-label": title + " input" });
+  // an endpoint without items (drawing samples, say) has no text box, only its fields
+  const input = endpoint.items ? el("textarea", { id: id + "-input", placeholder: endpoint.placeholder || "", "aria-label": title + " input" }) : null;
   const options = Object.entries(endpoint.fields).filter(([name, f]) => f.label && name !== endpoint.items).map(([name, f]) => field(name, f));
   const button = el("button", { type: "submit", text: title });
   const error = el("p", { class: "error", role: "alert", hidden: "" });
   const output = el("div", { class: "output", id: id + "-output", "aria-live": "polite" });
-  const form = el("form", {}, input, el("div", { class: "row" }, ...options.map(o => o.label), button));
-  input.addEventListener("keydown", e => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit(); });
+  const form = el("form", {}, ...(input ? [input] : []), el("div", { class: "row" }, ...options.map(o => o.label), button));
+  if (input) input.addEventListener("keydown", e => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit(); });
   form.addEventListener("submit", async e => {
     e.preventDefault();
     error.hidden = true;
     button.disabled = true;
     try {
       const body = { model: model.name };
-      const items = oneItemALine ? lines(input.value) : input.value;
+      const text = input ? input.value : "";
+      const items = oneItemALine ? lines(text) : text;
       if (endpoint.items && (items.length || !("default" in itemsField))) body[endpoint.items] = items;
       for (const o of options) if (o.value() !== undefined) body[o.name] = o.value();
-      if (endpoint.stream) await stream(endpoint, body, input.value, output);
+      if (endpoint.stream) await stream(endpoint, body, text, output);
       else show(endpoint.view, await (await post(endpoint.path, body)).json(), oneItemALine ? items : [items], output);
     }
     catch (err) { error.textContent = err.message; error.hidden = false; }

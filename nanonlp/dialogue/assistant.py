@@ -51,6 +51,8 @@ def chat_endpoint(assistant) -> Endpoint:
     read as the message "123" or "True". `assistant` is an Assistant, or anything with its `respond` and `transcript`."""
 
     def turn(request: dict, call: Call) -> dict:
+        """One turn: session_id, reply, intent, confidence, entities, slots, sentiment, action, handoff,
+        source, suggestions, and the transcript on handoff."""
         answer = assistant.respond(request["message"], request["session_id"])
         if answer["handoff"] and "transcript" not in answer:  # the person taking over reads the conversation so far
             answer["transcript"] = assistant.transcript(answer["session_id"])

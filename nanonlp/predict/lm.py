@@ -131,6 +131,8 @@ def generate_endpoint(lm) -> Endpoint:
     `lm` is a LanguageModel, or anything with its `generate`, `stream` and `truncated`."""
 
     def generate(request: dict, call: Call) -> dict:
+        """Per prompt the `text` (prompt and continuation), the `completion` alone, and `truncated`; with
+        `"stream": true` (one prompt), server-sent events `data: {"text": piece}`, then `data: [DONE]`."""
         prompts = items_of(request["prompt"])
         options = {name: request[name] for name in SAMPLING}
         texts = lm.generate(prompts, cancel=call.cancel, on_token=call.on_token, **options)

@@ -164,6 +164,7 @@ def sample_endpoint(model) -> Endpoint:
     language model), on the thread pool."""
 
     def sample(request: dict, call: Call) -> dict:
+        """`n` sentences, each `{"text"}`."""
         texts = model.sample(request["n"], request["temperature"], request["top_k"], request["top_p"], request["seed"])
         return {"results": [{"text": text} for text in texts]}
 

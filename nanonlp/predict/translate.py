@@ -106,6 +106,7 @@ def translate_endpoint(translator) -> Endpoint:
     translated together on the thread pool; the search stops between steps when the time is up."""
 
     def translate(request: dict, call: Call) -> dict:
+        """Per text the `translation`, the `nbest` list (`text`, `score`, best first) and `truncated`."""
         texts = request["texts"]
         nbest = translator.translate_nbest(texts, request["beam"], request["nbest"], cancel=call.cancel)
         flags = [translator.truncated(t) for t in texts]

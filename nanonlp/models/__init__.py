@@ -27,6 +27,10 @@ _FAMILIES: dict[type, type] = {}  # Config dataclass -> nn.Module class
 
 
 def register_family(config_class: type, model_class: type) -> None:
+    """`config_class` builds `model_class`; one Config dataclass builds one module, whichever task names it."""
+    known = _FAMILIES.get(config_class)
+    if known is not None and known is not model_class:
+        raise ValueError(f"{config_class.__name__} already builds {known.__name__}; give {model_class.__name__} a Config of its own.")
     _FAMILIES[config_class] = model_class
 
 

@@ -13,6 +13,7 @@ defined elsewhere (a plugin, a test) calls `register(MyTask())`.
         name = "echo"
         sections = {"data": EchoData}
         models = {"linear": (LinearConfig, Linear)}
+        serves = ("echo",)                   # POST /v1/echo: its predictor's endpoints() declares it
         def prepare(self, cfg, ctx): ...     # read the raw data once, cache ids in ctx.run_dir/data
         def job(self, cfg, ctx): ...         # -> TrainingJob for the shared loop
         def evaluate(self, args): ...        # `nanonlp eval RUN`

@@ -111,6 +111,13 @@ def test_unknown_schedule_is_a_config_error(tmp_path, toy):
         config(tmp_path, toy, vae__kl_schedule="sigmoid")
 
 
+def test_sentence_sampling_options_have_the_language_models_one_validation(tmp_path, toy):
+    with pytest.raises(ConfigError, match="sample.temperature must be 0 \\(greedy\\) or between"):
+        config(tmp_path, toy, sample__temperature=1e-300)  # overflows the logits: refused as for a language model
+    with pytest.raises(ConfigError, match="sample.top_p must be in"):
+        config(tmp_path, toy, sample__top_p=0)
+
+
 def test_active_units_on_a_constructed_case():
     torch.manual_seed(0)
     mu = torch.zeros(1000, 6)
@@ -273,6 +280,22 @@ def memorised_vae(tmp_path_factory):
     toy = tmp_path / "toy.txt"
     toy.write_text("\n".join(TOY[:40]) + "\n", encoding="utf-8")
     return memorised(tmp_path, toy)
+
+
+def test_a_sentence_model_is_served_from_its_declaration(memorised_vae):
+    pytest.importorskip("fastapi", reason="nanonlp serve needs FastAPI: pip install 'nanonlp[serve]'")
+    from fastapi.testclient import TestClient
+
+    from nanonlp.serve.app import create_app
+
+    with TestClient(create_app({"vae": memorised_vae})) as client:
+        body = client.post("/v1/sample", json={"n": 3, "seed": 7, "temperature": 0.5}).json()
+        assert [r["text"] for r in body["results"]] == memorised_vae.sample(3, temperature=0.5, seed=7) and body["model"] == "vae"
+        assert client.post("/v1/sample", json={"temperature": 1e-300}).status_code == 422  # the one validation of sampling
+        assert client.post("/v1/sample", json={"n": 65}).status_code == 422
+        (described,) = client.get("/v1/models").json()["models"]
+    assert described["task"] == "sentence" and described["model"] == "SentenceVAE"
+    assert [e["path"] for e in described["endpoints"]] == ["/v1/sample"]
 
 
 def _train_split(model) -> list[str]:

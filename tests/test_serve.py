@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import nanonlp  # noqa: E402
 from nanonlp.config import load_config  # noqa: E402
+from nanonlp.predict.classify import TextClassifier  # noqa: E402
 from nanonlp.serve import mount_names  # noqa: E402
 from nanonlp.serve.app import ServeSettings, create_app  # noqa: E402
 from nanonlp.serve.batching import Batcher, QueueFull  # noqa: E402
@@ -125,6 +126,7 @@ def test_a_bug_gives_500_with_a_request_id_and_no_traceback(runs, caplog):
         task = "classify"
         labels = ["a"]
         max_input_length = 4
+        endpoints = TextClassifier.endpoints  # serves what a classifier serves
 
         def predict(self, texts):
             raise RuntimeError("secret internals")
@@ -182,6 +184,7 @@ def test_the_server_answers_503_with_retry_after_when_a_queue_is_full(runs):
         labels = ["a"]
         max_input_length = 100
         encoder = runs["sentiment"].encoder
+        endpoints, truncated = TextClassifier.endpoints, TextClassifier.truncated
 
         def predict(self, texts):
             release.wait(5)

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import nanonlp  # noqa: E402
 import nanonlp.dialogue as dialogue  # noqa: E402
+from nanonlp.dialogue.assistant import Assistant  # noqa: E402
 from nanonlp.errors import ConfigError  # noqa: E402
 from nanonlp.serve import load_runs  # noqa: E402
 from nanonlp.serve.app import ServeSettings, create_app  # noqa: E402
@@ -227,6 +228,9 @@ def test_the_api_key_guards_chat(bank):
 
 class Held:
     """The real assistant, whose turns wait for `release` first: a slow turn, to see that the server still answers."""
+
+    task = "assistant"
+    endpoints, describe = Assistant.endpoints, Assistant.describe  # serves what an assistant serves
 
     def __init__(self, assistant):
         self.assistant, self.spec = assistant, assistant.spec

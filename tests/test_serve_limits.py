@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from nanonlp.decode import Cancelled  # noqa: E402
 from nanonlp.errors import ConfigError  # noqa: E402
-from nanonlp.predict.lm import MAX_STOP_LENGTH, RNN_PROMPT_TOKENS, SampleConfig, until_stop  # noqa: E402
+from nanonlp.predict.lm import MAX_STOP_LENGTH, RNN_PROMPT_TOKENS, LanguageModel, SampleConfig, until_stop  # noqa: E402
 from nanonlp.serve import check_exposure  # noqa: E402
 from nanonlp.serve.app import ServeSettings, create_app  # noqa: E402
 
@@ -147,6 +147,7 @@ class SlowModel:
     task = "lm"
     max_input_length = 100
     vocab_size = 10
+    endpoints = LanguageModel.endpoints  # serves what a language model serves
 
     def __init__(self):
         self.tokens = 0

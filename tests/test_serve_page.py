@@ -117,3 +117,33 @@ def test_entities_are_highlighted_and_translations_shown(page, tagger_and_transl
     panel.locator("button").click()
     page.wait_for_function("document.querySelector(\"section[data-model='mt'] .output\").textContent.length > 0")
     assert panel.locator(".output").text_content() == tagger_and_translator["mt"].translate(source, beam_size=5)
+
+
+def test_a_new_tasks_panels_are_built_from_its_declaration(browser):
+    """The page knows kinds of result, not tasks: a predictor of a task the project does not have gets
+    its panels (a text box for its batch, an input per labelled field) from /v1/models alone."""
+    from test_serve_chat import live_server
+    from test_serve_routes import WordCounter
+
+    with live_server(create_app({"counter": WordCounter()})) as url:
+        context = browser.new_context(viewport={"width": 390, "height": 844})
+        page = context.new_page()
+        page.goto(url + "/")
+        count = page.locator("section[data-endpoint='/v1/count']")
+        count.wait_for()
+        count.locator("textarea").fill("one two\na b c d e")
+        count.locator("textarea").press("Control+Enter")
+        page.wait_for_function("document.querySelector(\"section[data-endpoint='/v1/count'] .output\").textContent.length > 0")
+        assert count.locator(".output").text_content() == "2\n3  (truncated)"
+        repeat = page.locator("section[data-endpoint='/v1/repeat']")
+        assert repeat.locator("textarea").count() == 0 and repeat.locator("h2").text_content() == "countercount"
+        repeat.locator("input[aria-label='text']").fill("hi")
+        repeat.locator("input[aria-label='times']").fill("4")
+        repeat.locator("button").click()
+        page.wait_for_function("document.querySelector(\"section[data-endpoint='/v1/repeat'] .output\").textContent.length > 0")
+        assert repeat.locator(".output").text_content() == "hi hi hi hi"
+        repeat.locator("input[aria-label='times']").fill("3")  # odd: the field's own check refuses it, and the page says so
+        repeat.locator("button").click()
+        repeat.locator(".error").wait_for(state="visible")
+        assert repeat.locator(".error").text_content().startswith("422: times: Value error, times must be even")
+        context.close()

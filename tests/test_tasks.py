@@ -198,6 +198,30 @@ def test_loading_a_predictor_imports_no_training_code(tiny_config, tmp_path):
     assert "nanonlp.train" not in loaded and "nanonlp.tasks.lm" in loaded  # the registry, not the loop
 
 
+def test_inference_imports_no_task_module_and_loading_a_run_imports_its_own_task_only(tmp_path):
+    """predict/ stands below the tasks: importing every predict module imports no task; loading a classifier
+    run, and serving it, imports nanonlp.tasks.classify and no other task."""
+    train_file = tmp_path / "train.txt"
+    train_file.write_text("pos a good film\nneg a bad film\n" * 4)
+    fit(load_config(None, ["--task=classify", f"--data.path={train_file}", f"--data.dev_path={train_file}", "--model.type=bag_of_ngrams",
+                           f"--train.out_dir={tmp_path / 'run'}", "--train.max_steps=4", "--train.eval_interval=4",
+                           "--train.dtype=float32", "--classify.calibration_min_dev=2"]), quiet=True)
+    script = ("import importlib, importlib.util, pkgutil, sys\nimport nanonlp, nanonlp.predict\n"
+              "tasks = lambda: sorted(m for m in sys.modules if m.startswith('nanonlp.tasks'))\n"
+              "for module in pkgutil.iter_modules(nanonlp.predict.__path__):\n"
+              "    importlib.import_module('nanonlp.predict.' + module.name)\n"
+              "print(tasks())\n"
+              f"classifier = nanonlp.load({str(tmp_path / 'run')!r}, device='cpu')\n"
+              "print(tasks())\n"
+              "if importlib.util.find_spec('fastapi'):\n"
+              "    from nanonlp.serve.app import create_app\n"
+              "    create_app({'c': classifier})\n"
+              "print(tasks())")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["[]", "['nanonlp.tasks', 'nanonlp.tasks.classify']", "['nanonlp.tasks', 'nanonlp.tasks.classify']"]
+
+
 def test_language_model_from_eight_threads_answers_as_in_sequence(tiny_config):
     cfg = tiny_config(train__max_steps=20, model__dropout=0.1)  # dropout: eval mode must hold in every thread
     fit(cfg, quiet=True)

@@ -26,11 +26,49 @@ from nanonlp.dialogue.spec import (ACTION_FALLBACK, ACTION_FAQ, ACTION_HANDOFF, 
                                    AssistantSpec, read_assistant)
 from nanonlp.dialogue.state import DialogueState, missing_slots, record, update
 from nanonlp.errors import NanoNLPError
+from nanonlp.predict.service import REQUIRED, Call, Endpoint, Param
 
 MAX_MESSAGE_CHARS = 2000
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"  # what the stores hand out (URL-safe base64), with room to spare
+
+
+def _not_blank(message: str) -> str:
+    if not message.strip():
+        raise ValueError("the message is only white space; send some text")
+    return message
+
+
+def chat_endpoint(assistant) -> Endpoint:
+    """POST /v1/chat: one turn of a conversation, on the thread pool (the models and the session store block).
+
+        {"message": "I lost my card"}                    -> a new session
+        {"session_id": "...", "message": "visa"}         -> the next turn of that session
+        -> {session_id, reply, intent, confidence, entities, slots, sentiment, action, handoff,
+            source: template|faq|generated|fallback, suggestions}, plus `transcript` when handoff is true
+
+    An unknown or expired session_id starts a new session under a fresh id (the client sees the id
+    differ); ids are the store's to make, never the client's. The fields are strict: 123 or true is not
+    read as the message "123" or "True". `assistant` is an Assistant, or anything with its `respond` and `transcript`."""
+
+    def turn(request: dict, call: Call) -> dict:
+        """One turn: session_id, reply, intent, confidence, entities, slots, sentiment, action, handoff,
+        source, suggestions, and the transcript on handoff."""
+        answer = assistant.respond(request["message"], request["session_id"])
+        if answer["handoff"] and "transcript" not in answer:  # the person taking over reads the conversation so far
+            answer["transcript"] = assistant.transcript(answer["session_id"])
+        return answer
+
+    return Endpoint("chat", {
+        "session_id": Param(str | None, None, "the session to continue (from an earlier reply); none starts a new one",
+                            pattern=SESSION_ID_PATTERN, strict=True),
+        "message": Param(str, REQUIRED, f"what the customer wrote (1 to {MAX_MESSAGE_CHARS} characters)", min_length=1,
+                         max_length=MAX_MESSAGE_CHARS, strict=True, check=_not_blank)},
+        turn, runner="thread", title="Send", view={"kind": "chat"})
 
 
 class Assistant:
+    task = "assistant"
+
     def __init__(self, run_dir: Path, spec: AssistantSpec, classifier, tagger, sentiment, faq: FAQIndex, policy,
                  understanding: dict, store: SessionStore, device):
         self.run_dir, self.spec, self.classifier, self.tagger, self.sentiment = run_dir, spec, classifier, tagger, sentiment
@@ -48,6 +86,17 @@ class Assistant:
     @property
     def language(self) -> str:
         return self.spec.language
+
+    def endpoints(self) -> list[Endpoint]:
+        return [chat_endpoint(self)]
+
+    def describe(self) -> dict:
+        """What GET /v1/models says of the assistant (and the page's chat panel reads)."""
+        spec = self.spec
+        return {"assistant": spec.name, "language": spec.language, "intents": list(spec.intents),
+                "forms": {name: list(form.slots) for name, form in spec.forms.items()}, "slots": list(spec.slots),
+                "faq_answers": len(spec.faq), "suggestions": self.suggestions(), "generative": False,
+                "max_message_chars": MAX_MESSAGE_CHARS, "session_expiry_minutes": spec.settings["session"]["expiry_minutes"]}
 
     # -- understanding ------------------------------------------------------------------------------
 

@@ -21,9 +21,9 @@ from nanonlp.io import load_weights
 def load_model(run: Run, device: torch.device, allow_latest: bool = False):
     """The run's model with its best weights (or, with allow_latest, the latest step's where no best
     was kept yet), on `device`, in eval mode for good."""
-    from nanonlp import tasks  # the registry only: which module a model.type names
+    from nanonlp.models import build_model  # the family the run's config names (its task registered it)
 
-    model = tasks.get(run.config.task).build_model(run.config.model)
+    model = build_model(run.config.model)
     load_weights(model, run.weights(allow_latest))
     return model.to(device).eval()
 

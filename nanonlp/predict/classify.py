@@ -16,6 +16,7 @@ from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer, one_unknown_wa
 from nanonlp.errors import NanoNLPError
 from nanonlp.metrics import classification_report, expected_calibration_error, multilabel_report, regression_report
 from nanonlp.predict import as_batch, load_model, open_for_inference
+from nanonlp.predict.service import Endpoint, Param
 
 
 class Encoder:
@@ -142,6 +143,14 @@ def scope_metrics(gold: list[str], predicted: list[str]) -> dict:
     }
 
 
+def classify_endpoint(classifier) -> Endpoint:
+    """POST /v1/classify: per text the label (or the abstention) and the probabilities. Requests to one model
+    are batched together; `classifier` is a TextClassifier, or anything with its `predict` and `truncated`."""
+    return Endpoint("classify", {"texts": Param(list[str], description="the texts, a batch")}, classifier.predict, runner="batch",
+                    items="texts", truncated=lambda texts: [classifier.truncated(t) for t in texts],
+                    title="Classify", placeholder="One text a line", view={"kind": "labels"})
+
+
 class TextClassifier:
     """A trained classifier: `predict(texts)`, `evaluate(examples)`; thread-safe."""
 
@@ -174,6 +183,19 @@ class TextClassifier:
     def max_input_length(self) -> int:
         """Tokens read per text; a longer text is truncated to them."""
         return self.encoder.max_length
+
+    def truncated(self, text: str) -> bool:
+        """Whether the classifier reads only the start of `text` (its first max_input_length tokens, or words)."""
+        tokenizer = getattr(self.encoder.tokenizer, "inner", self.encoder.tokenizer)
+        count = len(tokenizer.split(text)) if getattr(tokenizer, "kind", None) == "word" else len(tokenizer.encode(text))
+        return count > self.max_input_length
+
+    def describe(self) -> dict:
+        """What GET /v1/models says of the classifier: its labels, and their names as answered."""
+        return {"labels": list(self.labels), "label_names": {language: self.label_names(language) for language in LANGUAGES}}
+
+    def endpoints(self) -> list[Endpoint]:
+        return [classify_endpoint(self)]
 
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         return self.probabilities_of_ids(self.encoder.ids_of(texts))

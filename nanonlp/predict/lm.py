@@ -15,6 +15,7 @@ from nanonlp.decode import Cancelled, check_cancel, generate_ids  # noqa: F401 (
 from nanonlp.device import autocast, resolve_device, resolve_dtype
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.predict import as_batch, load_model, open_for_inference
+from nanonlp.predict.service import Call, Endpoint, Param, items_of
 
 
 MIN_TEMPERATURE = 1e-4  # below it (but above 0, which is greedy) logits / temperature can overflow float32
@@ -43,6 +44,11 @@ class SampleConfig:
             raise ConfigError(f"sample.top_k must not be negative, got {self.top_k}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"sample.top_p must be in (0, 1], got {self.top_p}.")
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """SampleConfig's checks of the sampling options alone, for models that sample without a token budget (sentence models)."""
+    SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p).validate()
 
 
 def check_stop(stop: list[str]) -> None:
@@ -107,6 +113,49 @@ def until_stop(pieces: Iterator[str], stop: list[str]) -> Iterator[str]:
             pieces.close()
 
 
+SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")  # a request's options of generate and stream
+
+
+def _check_sampling(request: dict) -> None:
+    """The one validation of sampling options (SampleConfig's, the CLI's and the predictor's), for a request."""
+    try:
+        SampleConfig(max_new_tokens=request["max_new_tokens"], temperature=request["temperature"], top_k=request["top_k"],
+                     top_p=request["top_p"]).validate()
+        check_stop(request["stop"])
+    except NanoNLPError as err:
+        raise ValueError(str(err).replace("sample.", "")) from None
+
+
+def generate_endpoint(lm) -> Endpoint:
+    """POST /v1/generate: a prompt's continuation (or each of a list's), or a stream of server-sent events of one.
+    `lm` is a LanguageModel, or anything with its `generate`, `stream` and `truncated`."""
+
+    def generate(request: dict, call: Call) -> dict:
+        """Per prompt the `text` (prompt and continuation), the `completion` alone, and `truncated`; with
+        `"stream": true` (one prompt), server-sent events `data: {"text": piece}`, then `data: [DONE]`."""
+        prompts = items_of(request["prompt"])
+        options = {name: request[name] for name in SAMPLING}
+        texts = lm.generate(prompts, cancel=call.cancel, on_token=call.on_token, **options)
+        flags = [lm.truncated(p) for p in prompts]
+        return {"results": [{"text": t, "completion": t[len(p):], "truncated": f} for p, t, f in zip(prompts, texts, flags)]}
+
+    def stream(request: dict, call: Call) -> Iterator[str]:
+        return lm.stream(request["prompt"], cancel=call.cancel, on_token=call.on_token, **{name: request[name] for name in SAMPLING})
+
+    return Endpoint(
+        "generate",
+        {"prompt": Param(str | list[str], "\n", "a prompt, or a batch of prompts"),
+         "max_new_tokens": Param(int, 200, "tokens generated per prompt at most", label="tokens", ge=1),
+         "temperature": Param(float, 0.8, "0 is greedy", label="temperature", ge=0.0),
+         "top_k": Param(int, 0, "keep the k most likely tokens; 0 keeps all", ge=0),
+         "top_p": Param(float, 1.0, "keep the most likely tokens up to this probability; 1 keeps all", gt=0.0, le=1.0),
+         "seed": Param(int | None, None, "the same seed gives the same text; none draws one", ge=0, lt=2**63),
+         "stop": Param(list[str], [], f"at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_LENGTH} characters",
+                       max_length=MAX_STOP_STRINGS)},
+        generate, runner="thread", items="prompt", stream=stream, budget="max_new_tokens", check=_check_sampling,
+        title="Generate", placeholder="A prompt", view={"kind": "text", "key": "text"})
+
+
 class LanguageModel:
     """A trained language model with its tokenizer: `generate`, `stream`, `evaluate`.
 
@@ -137,6 +186,12 @@ class LanguageModel:
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
+
+    def describe(self) -> dict:
+        return {"vocab_size": self.vocab_size}
+
+    def endpoints(self) -> list[Endpoint]:
+        return [generate_endpoint(self)]
 
     @property
     def sample_defaults(self) -> SampleConfig:

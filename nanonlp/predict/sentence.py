@@ -19,7 +19,11 @@ import torch
 
 from nanonlp.data.tokenizers import CJK, load_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
+from nanonlp.models.arae import ARAE
+from nanonlp.models.vae import BOS, EOS, PAD, SentenceVAE
 from nanonlp.predict import as_batch, load_model, open_for_inference
+from nanonlp.predict.lm import check_sampling
+from nanonlp.predict.service import Call, Endpoint, Param
 
 _CJK_CHAR = re.compile(rf"^[{CJK}\u3000-\u303f\uff00-\uffef]$")
 _NO_SPACE_BEFORE = set(".,!?;:%)]}'\"…") | set("。，！？；：、）》」』")
@@ -79,6 +83,101 @@ class TrainingSentences:
         return [(join_words(list(self.sentences[i])), float(dice[i])) for i in best if dice[i] > 0]
 
 
+# -- a run's prepared sentences, batched (shared with the training job, nanonlp.tasks.sentence) ------------
+
+DATA_DIR = "data"
+
+
+def read_split(data_dir: Path, name: str) -> list[np.ndarray]:
+    """A prepared split of a sentence run (RUN/data/NAME.npz): each sentence's word ids."""
+    path = data_dir / f"{name}.npz"
+    if not path.is_file():
+        raise NanoNLPError(f"'{data_dir.parent}' has no prepared {name} split ({DATA_DIR}/{name}.npz); start it over with --overwrite.")
+    with np.load(path) as arrays:
+        ids, offsets = arrays["ids"], arrays["offsets"]
+    return [ids[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def make_batch(sentences: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decoder inputs (<s> w1 .. wn), targets (w1 .. wn </s>) and target lengths, right-padded."""
+    lengths = [len(s) + 1 for s in sentences]
+    inputs = torch.full((len(sentences), max(lengths)), PAD, dtype=torch.long)
+    targets = torch.full_like(inputs, PAD)
+    for row, ids in enumerate(sentences):
+        n = len(ids)
+        inputs[row, 0] = BOS
+        if n:
+            ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+            inputs[row, 1 : n + 1] = ids
+            targets[row, :n] = ids
+        targets[row, n] = EOS
+    lengths = torch.tensor(lengths, dtype=torch.long)
+    return inputs.to(device), targets.to(device), lengths.to(device)
+
+
+def batches(sentences: list, batch_size: int, device: torch.device):
+    for start in range(0, len(sentences), batch_size):
+        yield make_batch(sentences[start : start + batch_size], device)
+
+
+@torch.no_grad()
+def latent_figures(model, sentences: list, device: torch.device, iw_samples: int, seed: int, batch_size: int = 100) -> dict:
+    """The figures of a latent-variable model on `sentences`, per sentence where it says so:
+    elbo, reconstruction, kl, iw_nll (k = iw_samples) and ppl (per token, </s> counted),
+    mutual_information and active_units. A language model gives nll and ppl only."""
+    from nanonlp.models.vae import active_units, mutual_information
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    totals = {"nll": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
+    tokens, means, logvars = 0, [], []
+    from nanonlp.models.vae import gaussian_kl, randn, sequence_nll
+
+    for inputs, targets, lengths in batches(sentences, batch_size, device):
+        tokens += int(lengths.sum())
+        if isinstance(model, SentenceVAE):
+            totals["nll"] -= float(model.log_likelihood(inputs, targets, lengths, iw_samples, generator).sum())
+            mu, logvar = model.posterior(targets, lengths)
+            means.append(mu)
+            logvars.append(logvar)
+            z = mu + (0.5 * logvar).exp() * randn(mu.shape, generator, mu.device)  # one draw, from this call's generator
+            totals["reconstruction"] += float(sequence_nll(model.decoder(inputs, z)[0], targets).sum())
+            totals["kl"] += float(gaussian_kl(mu, logvar).sum())
+        elif isinstance(model, ARAE):
+            code = model.encode_mean(targets, lengths)
+            totals["reconstruction"] += float(sequence_nll(model.decoder(inputs, code)[0], targets).sum())
+        else:
+            totals["nll"] -= float(model.log_likelihood(inputs, targets, lengths).sum())
+    n = len(sentences)
+    if isinstance(model, ARAE):
+        return {"reconstruction": totals["reconstruction"] / n}
+    result = {"nll": totals["nll"] / n, "ppl": float(np.exp(totals["nll"] / tokens))}
+    if isinstance(model, SentenceVAE):
+        mu, logvar = torch.cat(means), torch.cat(logvars)
+        result.update(elbo=-(totals["reconstruction"] + totals["kl"]) / n, reconstruction=totals["reconstruction"] / n,
+                      kl=totals["kl"] / n, mutual_information=mutual_information(mu, logvar, generator),
+                      active_units=active_units(mu))
+    return result
+
+
+def sample_endpoint(model) -> Endpoint:
+    """POST /v1/sample: sentences drawn from a sentence model (a VAE's prior, an ARAE's generator, an RNN
+    language model), on the thread pool."""
+
+    def sample(request: dict, call: Call) -> dict:
+        """`n` sentences, each `{"text"}`."""
+        texts = model.sample(request["n"], request["temperature"], request["top_k"], request["top_p"], request["seed"])
+        return {"results": [{"text": text} for text in texts]}
+
+    return Endpoint("sample", {
+        "n": Param(int, 5, "sentences to draw", label="sentences", ge=1, le=64),
+        "temperature": Param(float, 1.0, "0 is greedy", label="temperature", ge=0.0),
+        "top_k": Param(int, 0, "keep the k most likely words; 0 keeps all", ge=0),
+        "top_p": Param(float, 1.0, "keep the most likely words up to this probability; 1 keeps all", gt=0.0, le=1.0),
+        "seed": Param(int | None, None, "the same seed gives the same sentences; none draws one", ge=0, lt=2**63)},
+        sample, check=lambda request: check_sampling(request["temperature"], request["top_k"], request["top_p"]),
+        title="Sample", view={"kind": "text", "key": "text"})
+
+
 class SentenceModel:
     """A trained sentence model with its word vocabulary. Thread-safe: each call has its own generator."""
 
@@ -92,6 +191,12 @@ class SentenceModel:
     @property
     def latent(self) -> bool:
         return bool(getattr(self.model, "latent", False))
+
+    def describe(self) -> dict:
+        return {"model": self.kind, "vocab_size": self.tokenizer.vocab_size}
+
+    def endpoints(self) -> list[Endpoint]:
+        return [sample_endpoint(self)]
 
     @property
     def sample_defaults(self):
@@ -118,8 +223,6 @@ class SentenceModel:
         return join_words([self.tokenizer.words[i] for i in ids])
 
     def _batch(self, texts: list[str]):
-        from nanonlp.tasks.sentence import make_batch
-
         return make_batch([self._ids(t) for t in texts], self.device)
 
     def _generator(self, seed: int | None) -> torch.Generator:
@@ -142,8 +245,7 @@ class SentenceModel:
         """n sentences: from the prior (VAE), the generator (ARAE) or the language model itself."""
         if n < 1:
             raise ConfigError(f"the number of samples must be at least 1, got {n}.")
-        if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
-            raise ConfigError("temperature and top_k must not be negative, and top_p must be in (0, 1].")
+        check_sampling(temperature, top_k, top_p)
         generator = self._generator(seed)
         length = max_length or self.model.config.max_length
         out = []
@@ -205,8 +307,6 @@ class SentenceModel:
     # -- scoring --------------------------------------------------------------------------------
 
     def _sentences(self, texts) -> list:
-        from nanonlp.tasks.sentence import read_split
-
         if texts is None:
             return read_split(self.run_dir / "data", "test")
         batch, _ = as_batch(texts)
@@ -217,8 +317,6 @@ class SentenceModel:
         """Figures per sentence on `texts` (default: the run's held-out test split): nll (for a VAE the
         importance-weighted bound with iw_samples), ppl per token (</s> counted), and for a VAE elbo,
         reconstruction, kl, mutual_information, active_units; for an ARAE its reconstruction."""
-        from nanonlp.tasks.sentence import latent_figures
-
         sentences = self._sentences(texts)
         if not sentences:
             raise NanoNLPError("no sentences to evaluate.")

@@ -19,6 +19,7 @@ from nanonlp.errors import NanoNLPError
 from nanonlp.io import atomic_write_text
 from nanonlp.models.pretrained_tagger import word_shape
 from nanonlp.predict import as_batch, load_model, open_for_inference
+from nanonlp.predict.service import Endpoint, Param
 
 PAD, UNK = "<pad>", "<unk>"
 VOCABULARY_FILE = "tokenizer.json"
@@ -278,6 +279,13 @@ def decode(model, reader, items: list[tuple[str, list[tuple[int, int]]]], device
     return out
 
 
+def tag_endpoint(tagger) -> Endpoint:
+    """POST /v1/tag: per text the entities with character offsets and confidences; requests to one model
+    are batched together. A tagger reads every text whole, so results carry no `truncated` flag."""
+    return Endpoint("tag", {"texts": Param(list[str], description="the texts, a batch")}, tagger.tag, runner="batch", items="texts",
+                    title="Tag", placeholder="One text a line", view={"kind": "spans"})
+
+
 class Tagger:
     """A trained entity tagger: `tag(texts)` on raw text, `tag_tokens(sentences)` on tokens; thread-safe."""
 
@@ -294,6 +302,12 @@ class Tagger:
     @property
     def max_input_length(self) -> None:
         return None  # any length: an LSTM reads it whole, a Transformer in runs of words that fit
+
+    def describe(self) -> dict:
+        return {"labels": list(self.labels)}
+
+    def endpoints(self) -> list[Endpoint]:
+        return [tag_endpoint(self)]
 
     def _warn_unseen_characters(self, texts: list[str]) -> None:
         """A character-level tagger of its own vocabulary (MSRA) reads characters it never saw as

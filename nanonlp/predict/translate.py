@@ -13,6 +13,7 @@ from nanonlp.decode import beam_search, greedy_search
 from nanonlp.errors import NanoNLPError
 from nanonlp.metrics import bleu_chrf, bleu_tokenizer
 from nanonlp.predict import as_batch, load_model, open_for_inference
+from nanonlp.predict.service import Call, Endpoint, Param
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2 of every vocabulary
 
@@ -100,6 +101,26 @@ def _chunks(items: list, size: int):
 RNN_SOURCE_TOKENS = 1024  # an RNN encoder has no position table; a longer source is cut here, bounding a request
 
 
+def translate_endpoint(translator) -> Endpoint:
+    """POST /v1/translate: per text the translation, or the n best with their scores. A request's texts are
+    translated together on the thread pool; the search stops between steps when the time is up."""
+
+    def translate(request: dict, call: Call) -> dict:
+        """Per text the `translation`, the `nbest` list (`text`, `score`, best first) and `truncated`."""
+        texts = request["texts"]
+        nbest = translator.translate_nbest(texts, request["beam"], request["nbest"], cancel=call.cancel)
+        flags = [translator.truncated(t) for t in texts]
+        return {"results": [{"translation": hyps[0][0] if hyps else "", "nbest": [{"text": t, "score": s} for t, s in hyps],
+                             "truncated": flag} for flag, hyps in zip(flags, nbest)]}
+
+    return Endpoint("translate", {"texts": Param(list[str], description="the texts, a batch"),
+                                  "beam": Param(int | None, None, "the beam's width; 1 is greedy; none: the run's", label="beam",
+                                                ge=1, le=32),
+                                  "nbest": Param(int, 1, "translations per text, best first", ge=1, le=32)},
+                    translate, runner="thread", items="texts", title="Translate", placeholder=f"One {translator.languages[0]} sentence a line",
+                    view={"kind": "text", "key": "translation"})
+
+
 class Translator:
     """A trained translation model with its vocabularies: `translate`, `translate_nbest`, `attention`, `evaluate`."""
 
@@ -118,6 +139,17 @@ class Translator:
         """Source tokens read (with the end token); a longer sentence is cut: a Transformer's position
         table, or RNN_SOURCE_TOKENS for a recurrent encoder."""
         return getattr(self.model.config, "max_positions", None) or RNN_SOURCE_TOKENS
+
+    def truncated(self, text: str) -> bool:
+        """Whether the translator reads only the start of `text` (max_input_length tokens, the end token included)."""
+        limit = self.max_input_length
+        return limit is not None and len(self.vocab.source.encode(text.strip())) + 1 > limit
+
+    def describe(self) -> dict:
+        return {"languages": list(self.languages)}
+
+    def endpoints(self) -> list[Endpoint]:
+        return [translate_endpoint(self)]
 
     def max_lengths(self, sources: list[list[int]]) -> torch.Tensor:
         """Per source, the most tokens its translation may have: ratio * source length + offset,

@@ -1,4 +1,5 @@
-"""Serving trained runs over HTTP: the API (app.py), dynamic batching (batching.py) and `nanonlp serve`."""
+"""Serving trained runs over HTTP: the API (app.py), the routes built from what predictors declare (routes.py),
+dynamic batching (batching.py) and `nanonlp serve`."""
 
 from __future__ import annotations
 

@@ -1,20 +1,22 @@
 """The HTTP API over trained runs (FastAPI): one process, one or more mounted models.
 
-    POST /v1/generate   language models: a prompt's continuation, or a stream of server-sent events
-    POST /v1/classify   classifiers: per text the label (or the abstention) and the probabilities
-    POST /v1/translate  translators: per text the translation, or the n best with their scores
-    POST /v1/tag        taggers: per text the entities with character offsets and confidences
-    POST /v1/chat       assistants: one turn of a conversation (serve/chat.py)
-    GET  /v1/models     what is mounted: task, labels or languages, limits
+    POST /v1/<path>     what the mounted predictors declare they serve (serve/routes.py builds the
+                        routes from their declarations, nanonlp/predict/service.py); the built-in ones:
+        /v1/generate    language models: a prompt's continuation, or a stream of server-sent events
+        /v1/classify    classifiers: per text the label (or the abstention) and the probabilities
+        /v1/translate   translators: per text the translation, or the n best with their scores
+        /v1/tag         taggers: per text the entities with character offsets and confidences
+        /v1/chat        assistants: one turn of a conversation
+    GET  /v1/models     what is mounted: task, labels or languages, limits, and each model's endpoints
     GET  /health        liveness
     GET  /metrics       Prometheus metrics (serve/metrics.py)
     GET  /              the web page (serve/static: plain HTML, CSS and JavaScript, nothing fetched from elsewhere)
     GET  /docs          the OpenAPI page FastAPI gives
 
 A request names its model in `model`, which may be left out when one mounted model serves the
-endpoint. Every endpoint takes a batch. Classify, translate and tag requests to one model are
-batched together (serve/batching.py) and run on a worker thread, outside the event loop;
-generation runs on the thread pool, one stream per request.
+endpoint. The server knows no task: an endpoint declared "batch" (classify, tag) has its requests to
+one model batched together (serve/batching.py) on a worker thread, outside the event loop; one
+declared "thread" (translate, generate, chat) runs on the thread pool, under a cancel flag.
 
 Every request is bounded: the body (413), the texts per request, a generation's tokens per request
 (prompts x max_new_tokens), the stop strings (count and length), each text's length (a predictor
@@ -37,17 +39,13 @@ import contextlib
 import hmac
 import json
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanonlp.decode import Cancelled
 from nanonlp.errors import NanoNLPError
-from nanonlp.serve import chat
-from nanonlp.serve.batching import Batcher, QueueFull
 
 log = logging.getLogger("nanonlp.serve")
 access_log = logging.getLogger("nanonlp.serve.access")
@@ -70,45 +68,6 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()  # Host headers answered (others get 400, against DNS rebinding); () any
 
 
-@dataclass
-class Mounted:
-    name: str
-    task: str
-    predictor: Any
-    batcher: Batcher | None = None
-
-
-def _truncated(mounted: Mounted, text: str) -> bool:
-    """Whether the model reads only part of `text` (the start; a language model, the end)."""
-    p = mounted.predictor
-    if mounted.task == "lm":
-        return p.truncated(text)
-    if mounted.task == "classify":
-        tokenizer = getattr(p.encoder.tokenizer, "inner", p.encoder.tokenizer)
-        count = len(tokenizer.split(text)) if getattr(tokenizer, "kind", None) == "word" else len(tokenizer.encode(text))
-        return count > p.max_input_length
-    if mounted.task == "translate":
-        limit = p.max_input_length
-        return limit is not None and len(p.vocab.source.encode(text.strip())) + 1 > limit  # + the end token
-    return False
-
-
-def _describe(m: Mounted) -> dict:
-    p = m.predictor
-    info = {"name": m.name, "task": m.task, "max_input_length": getattr(p, "max_input_length", None)}
-    if m.task in ("classify", "tag"):
-        info["labels"] = list(p.labels)
-    if m.task == "classify" and hasattr(p, "label_names"):
-        info["label_names"] = {language: p.label_names(language) for language in ("en", "zh")}  # labels by name, as answered
-    if m.task == "translate":
-        info["languages"] = list(p.languages)
-    if m.task == "lm":
-        info["vocab_size"] = p.vocab_size
-    if m.task == chat.ASSISTANT:
-        info.update(chat.describe(p))
-    return info
-
-
 def create_app(models: dict[str, Any], settings: ServeSettings | None = None, analysis=None,
                load_seconds: dict[str, float] | None = None):
     """The FastAPI app serving `models` (name -> predictor from `nanonlp.load`), and POST /v1/analyze
@@ -116,91 +75,29 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
     took to load, for /metrics."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-    from pydantic import BaseModel, ConfigDict, Field, model_validator
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from nanonlp.predict.lm import MAX_STOP_LENGTH, MAX_STOP_STRINGS, SampleConfig, check_stop
+    from nanonlp.predict.lm import MAX_STOP_LENGTH, MAX_STOP_STRINGS
+    from nanonlp.serve import routes
     from nanonlp.serve.metrics import Metrics
+    from nanonlp.serve.routes import Models
 
     settings = settings or ServeSettings()
     metrics = Metrics()
-    mounted: dict[str, Mounted] = {}
-    for name, predictor in models.items():
-        task = getattr(predictor, "task", None) or ("lm" if hasattr(predictor, "stream") else None) \
-            or (chat.ASSISTANT if chat.is_assistant(predictor) else None)
-        mounted[name] = Mounted(name, task, predictor)
-    busy: dict[str, int] = {name: 0 for name in mounted}  # translate / generate jobs and streams running or waiting, per model
-    running: set[threading.Event] = set()  # the cancel flags of decoding in flight, all set when the app shuts down
+    served = Models(models, settings, metrics)  # what each predictor declares it serves (nanonlp/predict/service.py)
     for name, seconds in (load_seconds or {}).items():
         metrics.load_seconds.labels(name).set(seconds)
 
-    def start_batchers() -> None:
-        for m in mounted.values():
-            run = {"classify": getattr(m.predictor, "predict", None), "tag": getattr(m.predictor, "tag", None)}.get(m.task)
-            if run is not None:
-                m.batcher = Batcher(run, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, m.name,
-                                    on_batch=metrics.batch_observer(m.name))
-
-    start_batchers()
-    for m in mounted.values():
-        metrics.watch_queue(m.name, (lambda m=m: m.batcher.depth) if m.batcher is not None else (lambda m=m: busy[m.name]))
-
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        if any(m.batcher is not None and m.batcher.closed for m in mounted.values()):
-            start_batchers()  # the app started again after a shutdown
+        if served.stopped:
+            served.start()  # the app started again after a shutdown
         yield
-        for cancel in list(running):  # past the graceful period: decoding still running stops at its next step
-            cancel.set()
-        for m in mounted.values():  # the batchers' worker threads end with the server
-            if m.batcher is not None:
-                await asyncio.to_thread(m.batcher.close)
+        await served.close()
 
     app = FastAPI(title="nanonlp", version="1", description="Trained nanonlp runs over HTTP.", lifespan=lifespan)
-    app.state.mounted, app.state.settings = mounted, settings
-
-    class Strict(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-    Texts = Field(..., min_length=1, max_length=settings.max_texts, description="the texts, a batch")
-
-    class ClassifyRequest(Strict):
-        model: str | None = None
-        texts: list[str] = Texts
-
-    class TagRequest(Strict):
-        model: str | None = None
-        texts: list[str] = Texts
-
-    class TranslateRequest(Strict):
-        model: str | None = None
-        texts: list[str] = Texts
-        beam: int | None = Field(None, ge=1, le=32)
-        nbest: int = Field(1, ge=1, le=32)
-
-    class GenerateRequest(Strict):
-        model: str | None = None
-        prompt: str | list[str] = "\n"
-        max_new_tokens: int = Field(200, ge=1)
-        temperature: float = Field(0.8, ge=0.0, description="0 is greedy")
-        top_k: int = Field(0, ge=0)
-        top_p: float = Field(1.0, gt=0.0, le=1.0)
-        seed: int | None = Field(None, ge=0, lt=2**63)
-        stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_STRINGS,
-                                description=f"at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_LENGTH} characters")
-        stream: bool = False
-
-        @model_validator(mode="after")
-        def sampling(self):
-            # the one validation of sampling options, shared with the CLI and the predictors
-            try:
-                SampleConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                             top_p=self.top_p).validate()
-                check_stop(self.stop)
-            except NanoNLPError as err:
-                raise ValueError(str(err).replace("sample.", "")) from None
-            return self
+    app.state.mounted, app.state.settings = served.mounted, settings
 
     def check_key(request: Request) -> None:
         if settings.api_key is None:
@@ -210,58 +107,6 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
         if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
             raise HTTPException(401, "a valid API key is needed: send the header 'Authorization: Bearer KEY'.",
                                 headers={"WWW-Authenticate": "Bearer"})
-
-    def pick(name: str | None, task: str) -> Mounted:
-        serving = [m for m in mounted.values() if m.task == task]
-        if name is None:
-            if len(serving) == 1:
-                return serving[0]
-            if not serving:
-                raise HTTPException(404, f"no mounted model serves this endpoint (it needs a {task} run).")
-            raise HTTPException(400, f"several models serve this endpoint: name one in 'model' ({', '.join(m.name for m in serving)}).")
-        if name not in mounted:
-            raise HTTPException(404, f"no model named '{name}' is mounted; GET /v1/models lists them.")
-        if mounted[name].task != task:
-            raise HTTPException(400, f"model '{name}' is a {mounted[name].task} run; this endpoint needs a {task} run.")
-        return mounted[name]
-
-    def timed_out(what: str = "its work was stopped") -> HTTPException:
-        return HTTPException(504, f"the request took longer than the server's limit of {settings.timeout_s:g} s; {what}.")
-
-    def full(m: Mounted) -> HTTPException:
-        return HTTPException(503, f"model '{m.name}' has a full queue; retry shortly.", headers={"Retry-After": "1"})
-
-    async def batched(m: Mounted, texts: list[str]) -> list:
-        try:
-            future = m.batcher.submit(texts)
-        except QueueFull:
-            raise full(m) from None
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
-        except asyncio.TimeoutError:
-            # a request still waiting is dropped from the queue; one already in a batch finishes with it
-            future.cancel()
-            raise timed_out("it was taken off the model's queue") from None
-
-    async def in_thread(m: Mounted, fn):
-        """fn(cancel) on the thread pool, where `cancel` is a threading.Event set when the time limit
-        passes (decoding stops at its next step); at most max_queue jobs per model (503 past that)."""
-        if busy[m.name] >= settings.max_queue:
-            raise full(m)
-        busy[m.name] += 1
-        cancel = threading.Event()
-        running.add(cancel)
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, cancel), settings.timeout_s)
-        except asyncio.TimeoutError:
-            cancel.set()
-            raise timed_out() from None
-        except asyncio.CancelledError:  # the server is stopping: the thread's work stops too
-            cancel.set()
-            raise
-        finally:
-            running.discard(cancel)
-            busy[m.name] -= 1
 
     def error(status: int, detail, rid: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"detail": detail, "request_id": rid}, status_code=status, headers=headers)
@@ -304,7 +149,7 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "models": len(mounted)}
+        return {"status": "ok", "models": len(served.mounted)}
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(check_key)])
     async def prometheus() -> Response:
@@ -313,124 +158,20 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def list_models() -> dict:
-        return {"models": [_describe(m) for m in mounted.values()],
+        return {"models": [m.describe() for m in served.mounted.values()],
                 "limits": {"max_body_bytes": settings.max_body_bytes, "max_texts": settings.max_texts,
                            "max_new_tokens": settings.max_new_tokens, "max_request_tokens": settings.max_request_tokens,
                            "max_stop_strings": MAX_STOP_STRINGS, "max_stop_length": MAX_STOP_LENGTH, "timeout_s": settings.timeout_s}}
 
-    @app.post("/v1/classify", dependencies=[Depends(check_key)])
-    async def classify(body: ClassifyRequest) -> dict:
-        m = pick(body.model, "classify")
-        results = await batched(m, body.texts)
-        flags = await asyncio.to_thread(lambda: [_truncated(m, t) for t in body.texts])  # tokenizing is CPU work: off the loop
-        return {"model": m.name, "results": [{**r, "truncated": f} for r, f in zip(results, flags)]}
-
-    @app.post("/v1/tag", dependencies=[Depends(check_key)])
-    async def tag(body: TagRequest) -> dict:
-        m = pick(body.model, "tag")
-        return {"model": m.name, "results": await batched(m, body.texts)}
-
-    @app.post("/v1/translate", dependencies=[Depends(check_key)])
-    async def translate(body: TranslateRequest) -> dict:
-        m = pick(body.model, "translate")
-        nbest, flags = await in_thread(m, lambda cancel: (m.predictor.translate_nbest(body.texts, body.beam, body.nbest, cancel=cancel),
-                                                          [_truncated(m, t) for t in body.texts]))
-        return {"model": m.name, "results": [
-            {"translation": hyps[0][0] if hyps else "", "nbest": [{"text": t, "score": s} for t, s in hyps], "truncated": flag}
-            for flag, hyps in zip(flags, nbest)]}
-
-    @app.post("/v1/generate", dependencies=[Depends(check_key)])
-    async def generate(body: GenerateRequest):
-        m = pick(body.model, "lm")
-        if body.max_new_tokens > settings.max_new_tokens:
-            raise HTTPException(422, f"max_new_tokens {body.max_new_tokens} is over this server's limit of {settings.max_new_tokens}.")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts or len(prompts) > settings.max_texts:
-            raise HTTPException(422, f"give 1 to {settings.max_texts} prompts.")
-        if len(prompts) * body.max_new_tokens > settings.max_request_tokens:
-            raise HTTPException(422, f"{len(prompts)} prompts x max_new_tokens {body.max_new_tokens} is over this server's limit of "
-                                     f"{settings.max_request_tokens:,} generated tokens per request; send fewer prompts or tokens.")
-        options = dict(max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-                       seed=body.seed, stop=body.stop, on_token=metrics.token_counter(m.name))
-        if body.stream:
-            if not isinstance(body.prompt, str):
-                raise HTTPException(422, "stream takes one prompt (a string), not a list.")
-            if busy[m.name] >= settings.max_queue:  # a stream holds a slot of the model's queue while it runs
-                raise full(m)
-            cancel = threading.Event()
-            # encoding the prompt is CPU work: off the loop; bad arguments raise here, before any byte is sent
-            pieces = await asyncio.to_thread(m.predictor.stream, body.prompt, cancel=cancel, **options)
-            busy[m.name] += 1
-            running.add(cancel)
-
-            def release() -> None:
-                busy[m.name] -= 1
-                running.discard(cancel)
-
-            return StreamingResponse(_sse(pieces, m.name, cancel, settings.timeout_s, release),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        texts, flags = await in_thread(m, lambda cancel: (m.predictor.generate(prompts, cancel=cancel, **options),
-                                                          [m.predictor.truncated(p) for p in prompts]))
-        return {"model": m.name, "results": [{"text": t, "completion": t[len(p):], "truncated": f}
-                                             for p, t, f in zip(prompts, texts, flags)]}
-
-    app.include_router(chat.router(pick, in_thread, check_key))
+    app.include_router(routes.router(served, check_key))
 
     if analysis is not None:  # opinion and risk monitoring (serve/analyze.py)
         from nanonlp.serve.analyze import router as analyze_router
 
         app.include_router(analyze_router(analysis, check_key, settings.max_texts))
+    app.include_router(routes.fallback(served, check_key))  # last: a path no mounted model serves
 
     return BodyLimit(RequestContext(app, settings.allowed_hosts, metrics), settings.max_body_bytes, settings.read_timeout_s)
-
-
-async def _sse(pieces, name: str, cancel: threading.Event, timeout_s: float, release):
-    """Server-sent events of a generation: `data: {"text": piece}` per piece, then `data: [DONE]`.
-
-    The pieces are generated on a thread of their own, which hands them to the event loop as they
-    come; pieces that arrive together go out in one write. (Iterating the generator one `next` per
-    thread-pool call would cost a thread hop per token.) If the client goes away, or the stream runs
-    past the server's time limit (an `event: error` says so), generation stops at its next token.
-    `release` frees the stream's slot of the model's queue when it ends, whichever way."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def produce() -> None:
-        try:
-            for piece in pieces:
-                loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
-            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-        except Cancelled:
-            pass  # the consumer stopped waiting and has said why
-        except Exception:  # a bug in generation: logged here, an error event to the client
-            log.exception("stream of model %s failed", name)
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", "internal error"))
-        finally:
-            loop.call_soon_threadsafe(release)
-
-    threading.Thread(target=produce, name="nanonlp-stream", daemon=True).start()
-    deadline = loop.time() + timeout_s
-    try:
-        while True:
-            try:
-                events = [await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))]
-            except asyncio.TimeoutError:
-                events = [("error", f"the stream took longer than the server's limit of {timeout_s:g} s; it was stopped.")]
-            while not queue.empty() and events[-1][0] == "piece":
-                events.append(queue.get_nowait())
-            out = []
-            for kind, piece in events:
-                if kind == "piece":
-                    out.append(f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n")
-                elif kind == "done":
-                    out.append("data: [DONE]\n\n")
-                else:
-                    out.append(f"event: error\ndata: {json.dumps({'detail': piece})}\n\n")
-            yield "".join(out)
-            if events[-1][0] != "piece":
-                return
-    finally:
-        cancel.set()  # a client that left, or the time limit: the producer stops before its next token
 
 
 def _json_response(status: int, detail: str, rid: str) -> tuple[dict, dict]:

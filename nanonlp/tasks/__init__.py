@@ -5,13 +5,15 @@ prepares data, the training job it hands the shared loop, how it evaluates, the 
 serves it, and any commands of its own (`sample`, `classify`, `translate`). config.py, cli.py,
 train.py and `nanonlp.load` reach a task only through this registry, so adding a task is adding a
 module. The built-in tasks are the modules of this package whose names do not start with an
-underscore; they register on first use of the registry. A task defined elsewhere (a plugin, a
-test) calls `register(MyTask())`.
+underscore, each named as its task: `get(name)` imports that one module (loading a run imports its
+own task only); `names()` and `all_tasks()` import them all (the CLI's command list). A task
+defined elsewhere (a plugin, a test) calls `register(MyTask())`.
 
     class Echo(Task):
         name = "echo"
         sections = {"data": EchoData}
         models = {"linear": (LinearConfig, Linear)}
+        serves = ("echo",)                   # POST /v1/echo: its predictor's endpoints() declares it
         def prepare(self, cfg, ctx): ...     # read the raw data once, cache ids in ctx.run_dir/data
         def job(self, cfg, ctx): ...         # -> TrainingJob for the shared loop
         def evaluate(self, args): ...        # `nanonlp eval RUN`
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.util
 import pkgutil
 import threading
 from dataclasses import dataclass
@@ -84,6 +87,7 @@ class Task:
     models: dict[str, tuple[type, type]] = {}  # model.type -> (its Config dataclass, its nn.Module)
     frozen: tuple[str, ...] = ()  # "section.key" beyond data.* and model.* that a resume must not change
     commands: tuple[Command, ...] = ()
+    serves: tuple[str, ...] = ()  # the HTTP endpoints (POST /v1/<path>) its predictor declares, named where none is mounted
     eval_help: str = ""  # what `nanonlp eval` reports for this task
 
     # ------------------------------------------------------------------------------------------
@@ -182,8 +186,19 @@ def register(task: Task) -> Task:
     """Add a task (an instance of a Task subclass); the same name twice replaces the first."""
     if not task.name or "data" not in task.sections or not task.models:
         raise ValueError(f"task {task.name or type(task).__name__} must set name, sections (with 'data') and models.")
+    from nanonlp.models import register_family
+
+    for config_class, model_class in task.models.values():  # inference builds a run's model from its config alone
+        register_family(config_class, model_class)
     _TASKS[task.name] = task
     return task
+
+
+def _import_builtin(name: str) -> None:
+    """Import the built-in task module of that name, if there is one (it registers itself)."""
+    if name.isidentifier() and not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        with _discovery_lock:
+            importlib.import_module(f"{__name__}.{name}")
 
 
 def _discover() -> None:
@@ -206,7 +221,10 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Task:
-    _discover()
+    if name not in _TASKS:
+        _import_builtin(name)
+    if name not in _TASKS:
+        _discover()  # every task, to name them in the error
     if name not in _TASKS:
         raise ConfigError(f"task must be one of {', '.join(sorted(_TASKS))}, got '{name}'.")
     return _TASKS[name]

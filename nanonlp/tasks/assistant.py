@@ -77,6 +77,7 @@ class StorySampler:
 
 class AssistantTask(Task):
     name = "assistant"
+    serves = ("chat",)
     sections = {"data": AssistantDataConfig, "assistant": AssistantTrainOptions}
     models = {"policy_mlp": (PolicyConfig, PolicyNet)}
     eval_help = "assistant: replay --conversations (intent accuracy, slot F1, next-action accuracy)"

@@ -536,6 +536,7 @@ def _classify(args) -> None:
 
 class ClassifyTask(Task):
     name = "classify"
+    serves = ("classify",)
     sections = {"data": ClassifyDataConfig, "classify": ClassifyConfig}
     models = {
         "bag_of_ngrams": (BagOfNgramsConfig, BagOfNgrams),

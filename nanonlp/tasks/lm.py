@@ -187,6 +187,7 @@ def _sample(args) -> None:
 
 class LMTask(Task):
     name = "lm"
+    serves = ("generate",)
     sections = {"data": DataConfig, "sample": SampleConfig}
     models = {"gpt": (GPTConfig, GPT), "char_rnn": (CharRNNConfig, CharRNN)}
     frozen = ("train.init_from",)

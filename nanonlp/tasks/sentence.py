@@ -26,11 +26,12 @@ from nanonlp.data.tokenizers import WordTokenizer, load_tokenizer
 from nanonlp.errors import ConfigError, NanoNLPError
 from nanonlp.io import atomic_write_bytes, atomic_write_text, save_json
 from nanonlp.models.arae import ARAE, ARAEConfig
-from nanonlp.models.vae import BOS, EOS, PAD, SPECIALS, SentenceLM, SentenceLMConfig, SentenceVAE, SentenceVAEConfig, kl_weight
+from nanonlp.models.vae import SPECIALS, SentenceLM, SentenceLMConfig, SentenceVAE, SentenceVAEConfig, kl_weight
 from nanonlp.predict import sentence as predict_sentence
+from nanonlp.predict.lm import check_sampling
+from nanonlp.predict.sentence import DATA_DIR, batches, latent_figures, make_batch, read_split
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
-DATA_DIR = "data"
 SPLITS = ("train", "val", "test")
 
 
@@ -92,8 +93,7 @@ class SampleConfig:
     seed: int = 1
 
     def validate(self) -> None:
-        if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ConfigError("sample.temperature and sample.top_k must not be negative, and sample.top_p must be in (0, 1].")
+        check_sampling(self.temperature, self.top_k, self.top_p)  # the one validation of sampling options
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,15 +149,6 @@ def write_split(data_dir: Path, name: str, sentences: list[list[int]]) -> None:
     atomic_write_bytes(data_dir / f"{name}.npz", buffer.getvalue())
 
 
-def read_split(data_dir: Path, name: str) -> list[np.ndarray]:
-    path = data_dir / f"{name}.npz"
-    if not path.is_file():
-        raise NanoNLPError(f"'{data_dir.parent}' has no prepared {name} split ({DATA_DIR}/{name}.npz); start it over with --overwrite.")
-    with np.load(path) as arrays:
-        ids, offsets = arrays["ids"], arrays["offsets"]
-    return [ids[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-
-
 def prepare_data(cfg: DataConfig, run_dir: Path, quiet: bool = False) -> WordTokenizer:
     source = catalog.resolve(cfg.path)
     sentences = read_sentences(source, cfg.encoding)
@@ -194,23 +185,6 @@ def prepare_data(cfg: DataConfig, run_dir: Path, quiet: bool = False) -> WordTok
     return tokenizer
 
 
-def make_batch(sentences: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decoder inputs (<s> w1 .. wn), targets (w1 .. wn </s>) and target lengths, right-padded."""
-    lengths = [len(s) + 1 for s in sentences]
-    inputs = torch.full((len(sentences), max(lengths)), PAD, dtype=torch.long)
-    targets = torch.full_like(inputs, PAD)
-    for row, ids in enumerate(sentences):
-        n = len(ids)
-        inputs[row, 0] = BOS
-        if n:
-            ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-            inputs[row, 1 : n + 1] = ids
-            targets[row, :n] = ids
-        targets[row, n] = EOS
-    lengths = torch.tensor(lengths, dtype=torch.long)
-    return inputs.to(device), targets.to(device), lengths.to(device)
-
-
 class SentenceSampler:
     """Random batches of training sentences from a seeded generator (its state is saved for resume)."""
 
@@ -223,50 +197,6 @@ class SentenceSampler:
         picks = torch.randint(len(self.sentences), (self.batch_size * self.world_size,), generator=self.generator)
         picks = picks[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
         return make_batch([self.sentences[i] for i in picks], self.device)
-
-
-def batches(sentences: list, batch_size: int, device: torch.device):
-    for start in range(0, len(sentences), batch_size):
-        yield make_batch(sentences[start : start + batch_size], device)
-
-
-@torch.no_grad()
-def latent_figures(model, sentences: list, device: torch.device, iw_samples: int, seed: int, batch_size: int = 100) -> dict:
-    """The figures of a latent-variable model on `sentences`, per sentence where it says so:
-    elbo, reconstruction, kl, iw_nll (k = iw_samples) and ppl (per token, </s> counted),
-    mutual_information and active_units. A language model gives nll and ppl only."""
-    from nanonlp.models.vae import active_units, mutual_information
-
-    generator = torch.Generator(device=device).manual_seed(seed)
-    totals = {"nll": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
-    tokens, means, logvars = 0, [], []
-    from nanonlp.models.vae import gaussian_kl, randn, sequence_nll
-
-    for inputs, targets, lengths in batches(sentences, batch_size, device):
-        tokens += int(lengths.sum())
-        if isinstance(model, SentenceVAE):
-            totals["nll"] -= float(model.log_likelihood(inputs, targets, lengths, iw_samples, generator).sum())
-            mu, logvar = model.posterior(targets, lengths)
-            means.append(mu)
-            logvars.append(logvar)
-            z = mu + (0.5 * logvar).exp() * randn(mu.shape, generator, mu.device)  # one draw, from this call's generator
-            totals["reconstruction"] += float(sequence_nll(model.decoder(inputs, z)[0], targets).sum())
-            totals["kl"] += float(gaussian_kl(mu, logvar).sum())
-        elif isinstance(model, ARAE):
-            code = model.encode_mean(targets, lengths)
-            totals["reconstruction"] += float(sequence_nll(model.decoder(inputs, code)[0], targets).sum())
-        else:
-            totals["nll"] -= float(model.log_likelihood(inputs, targets, lengths).sum())
-    n = len(sentences)
-    if isinstance(model, ARAE):
-        return {"reconstruction": totals["reconstruction"] / n}
-    result = {"nll": totals["nll"] / n, "ppl": float(np.exp(totals["nll"] / tokens))}
-    if isinstance(model, SentenceVAE):
-        mu, logvar = torch.cat(means), torch.cat(logvars)
-        result.update(elbo=-(totals["reconstruction"] + totals["kl"]) / n, reconstruction=totals["reconstruction"] / n,
-                      kl=totals["kl"] / n, mutual_information=mutual_information(mu, logvar, generator),
-                      active_units=active_units(mu))
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -344,6 +274,7 @@ def _interpolate(args) -> None:
 
 class SentenceTask(Task):
     name = "sentence"
+    serves = ("sample",)
     sections = {"data": DataConfig, "vae": VAEConfig, "sample": SampleConfig}
     models = {"vae": (SentenceVAEConfig, SentenceVAE), "arae": (ARAEConfig, ARAE), "rnn_lm": (SentenceLMConfig, SentenceLM)}
     commands = (

@@ -276,6 +276,7 @@ def _tag(args) -> None:
 
 class TagTask(Task):
     name = "tag"
+    serves = ("tag",)
     sections = {"data": TagDataConfig, "tag": TagConfig}
     models = {"bilstm_crf": (BiLSTMCRFConfig, BiLSTMCRF), "bert": (BertTaggerConfig, BertTagger), "mpnet": (MPNetTaggerConfig, MPNetTagger),
               "gpt": (GPTTaggerConfig, GPTTagger)}

@@ -337,6 +337,7 @@ def _translate(args) -> None:
 
 class TranslateTask(Task):
     name = "translate"
+    serves = ("translate",)
     sections = {"data": TranslateDataConfig, "translate": TranslateConfig}
     models = {"seq2seq": (Seq2SeqConfig, Seq2Seq), "transformer": (TransformerConfig, Transformer)}
     commands = (Command("translate", "translate sentences with a trained translation model", _add_translate_arguments, _translate),)

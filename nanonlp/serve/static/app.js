@@ -1,4 +1,5 @@
-// The nanonlp page: one panel per mounted model, talking to the API of the same server.
+// The nanonlp page: a panel per endpoint of each mounted model, built from GET /v1/models, talking to the API
+// of the same server.
 "use strict";
 
 const keyInput = document.getElementById("api-key");
@@ -37,90 +38,108 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-// A panel: a form with a textarea, options and a button; errors shown in the panel; Ctrl+Enter submits.
-function panel(model, title, placeholder, options, run) {
-  const id = "m-" + model.name.replace(/[^\w-]/g, "_");
-  const input = el("textarea", { id: id + "-input", placeholder, "aria-label": title + " input" });
+// A model's panel for one endpoint it declares (GET /v1/models: its path, fields, whether it streams,
+// and the kind of result to show): a textarea for the field that holds the items, an input per field
+// the endpoint labels, one button; errors shown in the panel; Ctrl+Enter submits. The page knows kinds
+// of result (views), never tasks.
+function formPanel(model, endpoint) {
+  const id = "m-" + model.name.replace(/[^\w-]/g, "_") + "-" + endpoint.path.replace(/\W/g, "_");
+  const title = endpoint.title || endpoint.path.replace("/v1/", "");
+  const itemsField = endpoint.fields[endpoint.items] || {};
+  const oneItemALine = itemsField.type === "array of string";  // a batch field: one item a line; else the text whole
+  // an endpoint without items (drawing samples, say) has no text box, only its fields
+  const input = endpoint.items ? el("textarea", { id: id + "-input", placeholder: endpoint.placeholder || "", "aria-label": title + " input" }) : null;
+  const options = Object.entries(endpoint.fields).filter(([name, f]) => f.label && name !== endpoint.items).map(([name, f]) => field(name, f));
   const button = el("button", { type: "submit", text: title });
   const error = el("p", { class: "error", role: "alert", hidden: "" });
   const output = el("div", { class: "output", id: id + "-output", "aria-live": "polite" });
-  const form = el("form", {}, input, el("div", { class: "row" }, ...options, button));
-  input.addEventListener("keydown", e => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit(); });
+  const form = el("form", {}, ...(input ? [input] : []), el("div", { class: "row" }, ...options.map(o => o.label), button));
+  if (input) input.addEventListener("keydown", e => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit(); });
   form.addEventListener("submit", async e => {
     e.preventDefault();
     error.hidden = true;
     button.disabled = true;
-    try { await run(input.value, output); }
+    try {
+      const body = { model: model.name };
+      const text = input ? input.value : "";
+      const items = oneItemALine ? lines(text) : text;
+      if (endpoint.items && (items.length || !("default" in itemsField))) body[endpoint.items] = items;
+      for (const o of options) if (o.value() !== undefined) body[o.name] = o.value();
+      if (endpoint.stream) await stream(endpoint, body, text, output);
+      else show(endpoint.view, await (await post(endpoint.path, body)).json(), oneItemALine ? items : [items], output);
+    }
     catch (err) { error.textContent = err.message; error.hidden = false; }
     finally { button.disabled = false; }
   });
-  return el("section", { class: "panel", "data-model": model.name, "data-task": model.task },
-    el("h2", {}, model.name, el("span", { class: "task", text: model.task })), form, error, output);
+  return el("section", { class: "panel", "data-model": model.name, "data-task": model.task, "data-endpoint": endpoint.path },
+    el("h2", {}, model.name, el("span", { class: "task", text: model.task || endpoint.path })), form, error, output);
 }
 
-function number(label, value, attrs = {}) {
-  const input = el("input", { type: "number", value: String(value), "aria-label": label, ...attrs });
-  return [el("label", {}, label + " ", input), input];
+// An input for a declared field: a number (within its bounds), a checkbox, or a line of text. An empty
+// number leaves the field out, so the server's default applies.
+function field(name, f) {
+  const numeric = /integer|number/.test(f.type);
+  const attrs = { "aria-label": f.label, title: f.description || "" };
+  if (numeric) {
+    Object.assign(attrs, { type: "number", step: /integer/.test(f.type) ? "1" : "any" });
+    if ((f.ge ?? f.gt) !== undefined) attrs.min = String(f.ge ?? f.gt);
+    if ((f.le ?? f.lt) !== undefined) attrs.max = String(f.le ?? f.lt);
+    if (f.default === null) attrs.placeholder = "default";
+  } else if (f.type === "boolean") attrs.type = "checkbox";
+  const input = el("input", attrs);
+  if (f.type === "boolean") input.checked = Boolean(f.default);
+  else if (f.default !== undefined && f.default !== null) input.value = String(f.default);
+  const value = () => f.type === "boolean" ? input.checked : numeric ? (input.value === "" ? undefined : Number(input.value))
+    : (input.value === "" && f.default === null ? undefined : input.value);
+  return { name, label: el("label", {}, f.label + " ", input), value };
+}
+
+// A streaming endpoint continues its input: the output starts with it, and each server-sent event
+// ("data:" lines, each a JSON piece of text, then [DONE]) adds its piece.
+async function stream(endpoint, body, text, output) {
+  output.textContent = text;
+  const response = await post(endpoint.path, { ...body, stream: true });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = event.split("\n").filter(l => l.startsWith("data: ")).map(l => l.slice(6)).join("\n");
+      if (event.startsWith("event: error")) throw new Error(JSON.parse(data).detail);
+      if (data && data !== "[DONE]") output.textContent += JSON.parse(data).text;
+    }
+  }
 }
 
 const lines = text => text.split("\n").map(s => s.trim()).filter(Boolean);
 
-function generatePanel(model) {
-  const [tokensLabel, tokens] = number("tokens", 200, { min: "1" });
-  const [tempLabel, temp] = number("temperature", 0.8, { min: "0.05", step: "0.05" });
-  return panel(model, "Generate", "A prompt", [tokensLabel, tempLabel], async (prompt, output) => {
-    output.textContent = prompt;
-    const response = await post("/v1/generate", { model: model.name, prompt: prompt || "\n", stream: true,
-      max_new_tokens: Number(tokens.value), temperature: Number(temp.value) });
-    // Server-sent events: each "data:" line holds a JSON piece of text, then [DONE].
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const data = event.split("\n").filter(l => l.startsWith("data: ")).map(l => l.slice(6)).join("\n");
-        if (event.startsWith("event: error")) throw new Error(JSON.parse(data).detail);
-        if (data && data !== "[DONE]") output.textContent += JSON.parse(data).text;
-      }
-    }
-  });
-}
-
-function classifyPanel(model) {
-  return panel(model, "Classify", "One text a line", [], async (text, output) => {
-    const texts = lines(text);
-    const body = await (await post("/v1/classify", { model: model.name, texts })).json();
-    output.replaceChildren(...body.results.map((r, i) => {
-      const chosen = r.labels || [r.label];
-      const bars = Object.entries(r.probabilities).sort((a, b) => b[1] - a[1]).map(([label, p]) =>
+// The kinds of result the page shows: text (one field of each result, a line each), labels (probability
+// bars, or a regression's score), spans (entities marked in their text).
+const views = {
+  text(view, results, texts, output) {
+    output.textContent = results.map(r => String(r[view.key || "text"]) + (r.truncated ? "  (truncated)" : "")).join("\n");
+  },
+  labels(view, results, texts, output) {
+    output.replaceChildren(...results.map((r, i) => {
+      const chosen = r.labels || (r.label !== undefined ? [r.label] : []);
+      const bars = Object.entries(r.probabilities || {}).sort((a, b) => b[1] - a[1]).map(([label, p]) =>
         el("div", { class: "bar" + (chosen.includes(label) ? " chosen" : ""), "data-label": label },
           el("span", { text: label }),
           el("span", { class: "track" }, el("span", { class: "fill", style: `display:block;width:${(100 * p).toFixed(1)}%` })),
           el("span", { text: (100 * p).toFixed(1) + "%" })));
       const note = r.truncated ? " (truncated)" : "";
-      return el("div", { class: "result" }, el("div", { text: texts[i] + note }), el("div", { class: "muted", text: "→ " + chosen.join(", ") }), ...bars);
+      const answer = r.score !== undefined ? `score ${r.score.toFixed(3)}` : chosen.join(", ");
+      return el("div", { class: "result" }, el("div", { text: texts[i] + note }), el("div", { class: "muted", text: "→ " + answer }), ...bars);
     }));
-  });
-}
-
-function translatePanel(model) {
-  const [beamLabel, beam] = number("beam", 5, { min: "1", max: "32" });
-  return panel(model, "Translate", `One ${model.languages[0]} sentence a line`, [beamLabel], async (text, output) => {
-    const body = await (await post("/v1/translate", { model: model.name, texts: lines(text), beam: Number(beam.value) })).json();
-    output.textContent = body.results.map(r => r.translation + (r.truncated ? "  (source truncated)" : "")).join("\n");
-  });
-}
-
-function tagPanel(model) {
-  return panel(model, "Tag", "One text a line", [], async (text, output) => {
-    const body = await (await post("/v1/tag", { model: model.name, texts: lines(text) })).json();
-    output.replaceChildren(...body.results.map(r => {
+  },
+  spans(view, results, texts, output) {
+    output.replaceChildren(...results.map(r => {
       // Offsets count code points (Python's str), so slice an array of code points, not UTF-16 units.
       const chars = Array.from(r.text);
       const line = el("div", { class: "result" });
@@ -134,7 +153,11 @@ function tagPanel(model) {
       line.append(chars.slice(at).join(""));
       return line;
     }));
-  });
+  },
+};
+
+function show(view, body, texts, output) {
+  (views[view.kind] || views.text)(view, body.results || [body], texts, output);
 }
 
 // The assistant's chat panel: a transcript, an input, quick replies from the reply's suggestions, and a
@@ -152,19 +175,19 @@ const CHAT_TEXT = {
 };
 const MAX_KEPT_MESSAGES = 200;  // the page keeps this many messages of a conversation in sessionStorage
 
-function chatPanel(model) {
+function chatPanel(model, endpoint) {
   const text = CHAT_TEXT[model.language] || CHAT_TEXT.en;
   const section = document.getElementById("chat-panel").content.firstElementChild.cloneNode(true);
   const $ = selector => section.querySelector(selector);
   section.dataset.model = model.name;
   section.lang = model.language === "zh" ? "zh-CN" : model.language;
-  section.querySelector("h2").firstChild.textContent = model.assistant + " ";
+  section.querySelector("h2").firstChild.textContent = (model.assistant || model.name) + " ";
   $(".placeholder").remove();
   $(".chat-body").hidden = false;
   const [transcript, quick, banner, error, form, input, send, fresh, sessionNote] =
     [".transcript", ".quick-replies", ".handoff", ".error", ".chat-form", ".message", ".send", ".new-chat", ".session"].map($);
   input.placeholder = text.placeholder;
-  input.maxLength = model.max_message_chars;
+  input.maxLength = endpoint.fields.message.max_length;
   send.textContent = text.send;
   fresh.textContent = text.fresh;
 
@@ -209,7 +232,7 @@ function chatPanel(model) {
     const mine = bubble({ who: "user", text: message });
     const pending = bubble({ who: "bot pending", text: text.thinking });
     try {
-      const body = await (await post("/v1/chat", { model: model.name, session_id: state.session_id, message })).json();
+      const body = await (await post(endpoint.path, { model: model.name, session_id: state.session_id, message })).json();
       pending.remove();
       if (state.session_id && body.session_id !== state.session_id) {
         state.messages.push({ who: "note", text: text.expired });
@@ -248,7 +271,9 @@ function chatPanel(model) {
   return section;
 }
 
-const builders = { lm: generatePanel, classify: classifyPanel, translate: translatePanel, tag: tagPanel, assistant: chatPanel };
+// Views with a panel of their own; every other endpoint gets the form panel.
+const panelViews = { chat: chatPanel };
+const panelsOf = model => (model.endpoints || []).map(e => (panelViews[e.view.kind] || formPanel)(model, e));
 
 async function load() {
   const panels = document.getElementById("panels");
@@ -258,9 +283,11 @@ async function load() {
     const response = await fetch("/v1/models", { headers: headers() });
     if (!response.ok) throw new Error(await errorOf(response));
     const { models } = await response.json();
-    const built = models.filter(m => builders[m.task]).map(m => builders[m.task](m));
-    // With no assistant mounted, the chat panel says how to mount one.
-    if (!models.some(m => m.task === "assistant")) built.push(document.getElementById("chat-panel").content.cloneNode(true));
+    const built = models.flatMap(panelsOf);
+    // With no conversation to hold, the chat panel says how to mount an assistant.
+    if (!models.some(m => (m.endpoints || []).some(e => e.view.kind === "chat"))) {
+      built.push(document.getElementById("chat-panel").content.cloneNode(true));
+    }
     panels.replaceChildren(...built);
   } catch (err) {
     pageError.textContent = err.message;

@@ -1,0 +1,437 @@
+"""The routes of the mounted models, built from what each predictor declares (nanonlp/predict/service.py):
+one `POST /v1/<path>` per declared endpoint, with a strict request model generated from its fields.
+Nothing here names a task.
+
+    Models    the mounted predictors, and what their requests share: picking a model by name, the
+              queue bound per model (503), the time limit (504, the work cancelled), the batchers
+    Runner    how a declared endpoint's requests run on one model, by the name its declaration gives
+              (RUNNERS): "batch" (dynamic batching across requests, serve/batching.py) or "thread" (the
+              thread pool, with a cancel flag); a stream runs through `_sse`. A new way to run (a
+              generation scheduler) is one more Runner subclass in RUNNERS, named by the endpoints
+              that want it.
+    router    the declared routes; `fallback` answers a path no mounted model serves, saying which
+              task's run would.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time.
+import asyncio
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, get_origin
+
+from nanonlp.decode import Cancelled
+from nanonlp.errors import ConfigError, NanoNLPError
+from nanonlp.predict.service import REQUIRED, Call, Endpoint, items_of
+from nanonlp.serve.batching import Batcher, QueueFull
+
+log = logging.getLogger("nanonlp.serve")
+
+
+@dataclass
+class Mounted:
+    name: str
+    predictor: Any
+    task: str | None
+    endpoints: dict[str, Endpoint]  # path -> what the predictor declares for it
+    runners: dict[str, "Runner"] = field(default_factory=dict)  # path -> how its requests run (made when the app starts)
+
+    def describe(self) -> dict:
+        """What GET /v1/models says of the model: name, task, input limit, the predictor's own description,
+        and its endpoints with their fields (the page builds its panels from them)."""
+        p = self.predictor
+        info = {"name": self.name, "task": self.task, "max_input_length": getattr(p, "max_input_length", None)}
+        if callable(getattr(p, "describe", None)):
+            info.update(p.describe())
+        info["endpoints"] = [e.description() for e in self.endpoints.values()]
+        return info
+
+
+def mount(name: str, predictor) -> Mounted:
+    """A predictor as the server holds it. One without `endpoints()` is listed in /v1/models and serves nothing."""
+    declared = predictor.endpoints() if callable(getattr(predictor, "endpoints", None)) else []
+    endpoints = {}
+    for endpoint in declared:
+        if endpoint.runner not in RUNNERS:
+            raise ConfigError(f"model '{name}' declares /v1/{endpoint.path} with runner '{endpoint.runner}'; "
+                              f"the server runs {', '.join(RUNNERS)}.")
+        if endpoint.path in endpoints:
+            raise ConfigError(f"model '{name}' declares /v1/{endpoint.path} twice.")
+        endpoints[endpoint.path] = endpoint
+    return Mounted(name, predictor, getattr(predictor, "task", None), endpoints)
+
+
+def _plural(noun: str) -> str:
+    return noun if noun.endswith("s") else noun + "s"
+
+
+class Models:
+    """The mounted models and the bounds their requests share."""
+
+    def __init__(self, predictors: dict[str, Any], settings, metrics):
+        self.settings, self.metrics = settings, metrics
+        self.mounted = {name: mount(name, p) for name, p in predictors.items()}
+        self.paths: dict[str, Endpoint] = {}  # path -> the first declaration: the request model all its models share
+        for m in self.mounted.values():
+            for path, endpoint in m.endpoints.items():
+                first = self.paths.setdefault(path, endpoint)
+                if first.signature() != endpoint.signature():
+                    owner = next(n for n, o in self.mounted.items() if o.endpoints.get(path) is first)
+                    raise ConfigError(f"models '{owner}' and '{m.name}' both serve /v1/{path} with different request fields; "
+                                      "serve them from two servers.")
+        self.busy = {name: 0 for name in self.mounted}  # thread jobs and streams running or waiting, per model
+        self.running: set[threading.Event] = set()  # the cancel flags of work in flight, all set when the app shuts down
+        self._needed: dict[str, str] = {}  # path -> the tasks whose runs serve it (the registry's word), cached
+        self.start()
+        for m in self.mounted.values():
+            metrics.watch_queue(m.name, lambda m=m: sum(r.depth for r in m.runners.values()) + self.busy[m.name])
+
+    # -- life ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """A runner per declared endpoint of each model (a batcher's worker thread, say); again after a shutdown closed them."""
+        for m in self.mounted.values():
+            for path, endpoint in m.endpoints.items():
+                if path not in m.runners or m.runners[path].closed:
+                    m.runners[path] = RUNNERS[endpoint.runner](self, m, endpoint)
+
+    @property
+    def stopped(self) -> bool:
+        return any(r.closed for m in self.mounted.values() for r in m.runners.values())
+
+    async def close(self) -> None:
+        for cancel in list(self.running):  # past the graceful period: decoding still running stops at its next step
+            cancel.set()
+        for m in self.mounted.values():  # the runners' worker threads end with the server
+            for runner in m.runners.values():
+                await asyncio.to_thread(runner.close)
+
+    # -- picking a model -----------------------------------------------------------------------------
+
+    def needed(self, path: str) -> str:
+        """The task(s) whose runs serve /v1/<path>: the mounted ones', else the task registry's (which then
+        imports every task module: call it off the event loop)."""
+        tasks_here = sorted({m.task or "?" for m in self.mounted.values() if path in m.endpoints})
+        if tasks_here:
+            return " or ".join(tasks_here)
+        if path not in self._needed:
+            from nanonlp import tasks
+
+            self._needed[path] = " or ".join(t.name for t in tasks.all_tasks() if path in t.serves)
+        return self._needed[path]
+
+    def pick(self, name: str | None, path: str, needed: str | None = None) -> Mounted:
+        from fastapi import HTTPException
+
+        def wanted() -> str:  # only for an error: the registry may have to be read
+            tasks = self.needed(path) if needed is None else needed
+            return f"a {tasks} run" if tasks else "a model that declares it"
+
+        serving = [m for m in self.mounted.values() if path in m.endpoints]
+        if name is None:
+            if len(serving) == 1:
+                return serving[0]
+            if not serving:
+                raise HTTPException(404, f"no mounted model serves this endpoint (it needs {wanted()}).")
+            raise HTTPException(400, f"several models serve this endpoint: name one in 'model' ({', '.join(m.name for m in serving)}).")
+        if name not in self.mounted:
+            raise HTTPException(404, f"no model named '{name}' is mounted; GET /v1/models lists them.")
+        m = self.mounted[name]
+        if path not in m.endpoints:
+            raise HTTPException(400, f"model '{name}' is a {m.task} run; this endpoint needs {wanted()}.")
+        return m
+
+    # -- bounds --------------------------------------------------------------------------------------
+
+    def check_limits(self, endpoint: Endpoint, request: dict) -> None:
+        """The server's limits on a request beyond its schema: items per request, tokens per item and per request."""
+        from fastapi import HTTPException
+
+        s = self.settings
+        if endpoint.budget is not None and request[endpoint.budget] > s.max_new_tokens:
+            raise HTTPException(422, f"{endpoint.budget} {request[endpoint.budget]} is over this server's limit of {s.max_new_tokens}.")
+        if endpoint.items is None:
+            return
+        items, noun = items_of(request[endpoint.items]), _plural(endpoint.items)
+        if not items or len(items) > s.max_texts:
+            raise HTTPException(422, f"give 1 to {s.max_texts} {noun}.")
+        if endpoint.budget is not None and len(items) * request[endpoint.budget] > s.max_request_tokens:
+            raise HTTPException(422, f"{len(items)} {noun} x {endpoint.budget} {request[endpoint.budget]} is over this server's limit of "
+                                     f"{s.max_request_tokens:,} generated tokens per request; send fewer {noun} or tokens.")
+
+    def full(self, m: Mounted):
+        from fastapi import HTTPException
+
+        return HTTPException(503, f"model '{m.name}' has a full queue; retry shortly.", headers={"Retry-After": "1"})
+
+    def timed_out(self, what: str = "its work was stopped"):
+        from fastapi import HTTPException
+
+        return HTTPException(504, f"the request took longer than the server's limit of {self.settings.timeout_s:g} s; {what}.")
+
+    def call(self, m: Mounted) -> Call:
+        return Call(threading.Event(), on_token=self.metrics.token_counter(m.name))
+
+    async def in_thread(self, m: Mounted, fn):
+        """fn(call) on the thread pool, where `call.cancel` is set when the time limit passes (decoding stops
+        at its next step); at most max_queue jobs per model (503 past that)."""
+        if self.busy[m.name] >= self.settings.max_queue:
+            raise self.full(m)
+        self.busy[m.name] += 1
+        call = self.call(m)
+        self.running.add(call.cancel)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, call), self.settings.timeout_s)
+        except asyncio.TimeoutError:
+            call.cancel.set()
+            raise self.timed_out() from None
+        except asyncio.CancelledError:  # the server is stopping: the thread's work stops too
+            call.cancel.set()
+            raise
+        finally:
+            self.running.discard(call.cancel)
+            self.busy[m.name] -= 1
+
+    async def streamed(self, m: Mounted, endpoint: Endpoint, request: dict):
+        """Server-sent events of `endpoint.stream`; the stream holds a slot of the model's queue while it runs."""
+        from fastapi import HTTPException
+        from fastapi.responses import StreamingResponse
+
+        if endpoint.items is not None and not isinstance(request[endpoint.items], str):
+            raise HTTPException(422, f"stream takes one {endpoint.items} (a string), not a list.")
+        if self.busy[m.name] >= self.settings.max_queue:
+            raise self.full(m)
+        call = self.call(m)
+        # making the iterator (encoding a prompt) is CPU work: off the loop; bad arguments raise here, before any byte is sent
+        pieces = await asyncio.to_thread(endpoint.stream, request, call)
+        self.busy[m.name] += 1
+        self.running.add(call.cancel)
+
+        def release() -> None:
+            self.busy[m.name] -= 1
+            self.running.discard(call.cancel)
+
+        return StreamingResponse(_sse(pieces, m.name, call.cancel, self.settings.timeout_s, release),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# -- runners: how a declared endpoint's requests run on one model -------------------------------------
+
+
+class Runner:
+    """How one model's requests to one declared endpoint run: made when the app starts (Models.start),
+    closed when it stops. `run(request)` answers a validated request (the response without `model`);
+    `stream(request)` answers one that asked for `"stream": true`. This is the seam for other ways of
+    running a model (a scheduler that steps all generations together): a subclass, named in RUNNERS,
+    that an endpoint's declaration names."""
+
+    closed = False
+
+    def __init__(self, models: Models, m: Mounted, endpoint: Endpoint):
+        self.models, self.mounted, self.endpoint = models, m, endpoint
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting in this runner's own queue (the metrics' queue depth)."""
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def run(self, request: dict) -> dict:
+        raise NotImplementedError
+
+    async def stream(self, request: dict):
+        return await self.models.streamed(self.mounted, self.endpoint, request)
+
+
+class Batched(Runner):
+    """Requests to one model that arrive together run as one batch on its worker thread (serve/batching.py):
+    `handle(items) -> results`; `truncated` flags are tokenizing, CPU work: off the loop."""
+
+    def __init__(self, models: Models, m: Mounted, endpoint: Endpoint):
+        super().__init__(models, m, endpoint)
+        s = models.settings
+        self.batcher = Batcher(endpoint.handle, s.max_batch, s.max_wait_ms / 1000, s.max_queue, m.name,
+                               on_batch=models.metrics.batch_observer(m.name))
+
+    @property
+    def closed(self) -> bool:
+        return self.batcher.closed
+
+    @property
+    def depth(self) -> int:
+        return self.batcher.depth
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    async def run(self, request: dict) -> dict:
+        items = items_of(request[self.endpoint.items])
+        try:
+            future = self.batcher.submit(items)
+        except QueueFull:
+            raise self.models.full(self.mounted) from None
+        try:
+            results = await asyncio.wait_for(asyncio.wrap_future(future), self.models.settings.timeout_s)
+        except asyncio.TimeoutError:
+            # a request still waiting is dropped from the queue; one already in a batch finishes with it
+            future.cancel()
+            raise self.models.timed_out("it was taken off the model's queue") from None
+        if self.endpoint.truncated is not None:
+            flags = await asyncio.to_thread(self.endpoint.truncated, items)
+            results = [{**r, "truncated": f} for r, f in zip(results, flags)]
+        return {"results": results}
+
+
+class Threaded(Runner):
+    """`handle(request, call)` on the thread pool, under the model's queue bound and the time limit."""
+
+    async def run(self, request: dict) -> dict:
+        return await self.models.in_thread(self.mounted, lambda call: self.endpoint.handle(request, call))
+
+
+RUNNERS: dict[str, type[Runner]] = {"batch": Batched, "thread": Threaded}
+
+
+# -- the request models and the routes ------------------------------------------------------------------
+
+
+def _field_check(check):
+    def validate(cls, value):
+        check(value)
+        return value
+
+    return validate
+
+
+def _request_check(check, names):
+    def validate(self):
+        try:
+            check({name: getattr(self, name) for name in names})
+        except NanoNLPError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    return validate
+
+
+def request_model(endpoint: Endpoint, max_texts: int):
+    """The strict pydantic model of an endpoint's requests: `model`, the declared fields, and `stream`
+    where the endpoint streams. A list of items holds 1 to max_texts of them."""
+    from pydantic import ConfigDict, Field, create_model, field_validator, model_validator
+
+    fields: dict[str, tuple] = {
+        "model": (str | None, Field(None, description="the mounted model's name; may be left out when one model serves this endpoint"))}
+    validators = {}
+    for name, param in endpoint.params.items():
+        bounds = param.bounds()
+        if name == endpoint.items and get_origin(param.type) is list:
+            bounds["min_length"] = max(bounds.get("min_length", 1), 1)
+            bounds["max_length"] = min(bounds.get("max_length", max_texts), max_texts)
+        default = ... if param.default is REQUIRED else param.default
+        fields[name] = (param.type, Field(default, description=param.description, strict=param.strict or None, **bounds))
+        if param.check is not None:
+            validators[f"check_{name}"] = field_validator(name)(_field_check(param.check))
+    if endpoint.stream is not None:
+        fields["stream"] = (bool, Field(False, description="answer with server-sent events, piece by piece, then [DONE]"))
+    if endpoint.check is not None:
+        validators["check_request"] = model_validator(mode="after")(_request_check(endpoint.check, list(endpoint.params)))
+    title = "".join(part.capitalize() for part in endpoint.path.replace("-", "_").split("_")) + "Request"
+    return create_model(title, __config__=ConfigDict(extra="forbid"), __validators__=validators, **fields)
+
+
+def router(models: Models, check_key):
+    """One POST /v1/<path> per endpoint the mounted models declare."""
+    from fastapi import APIRouter, Depends
+
+    api = APIRouter()
+    for path, endpoint in models.paths.items():
+        api.add_api_route(f"/v1/{path}", _route(models, path, request_model(endpoint, models.settings.max_texts)),
+                          methods=["POST"], dependencies=[Depends(check_key)], name=path,
+                          summary=endpoint.title or path, description=endpoint.handle.__doc__ or "")
+    return api
+
+
+def _route(models: Models, path: str, Request):
+    async def serve(body: Request):
+        m = models.pick(body.model, path)
+        endpoint = m.endpoints[path]  # the picked model's own declaration (its fields agree with the request model's)
+        request = {name: getattr(body, name) for name in endpoint.params}
+        models.check_limits(endpoint, request)
+        runner = m.runners[path]
+        if endpoint.stream is not None and body.stream:
+            return await runner.stream(request)
+        return {"model": m.name, **await runner.run(request)}
+
+    return serve
+
+
+def fallback(models: Models, check_key):
+    """POST /v1/<path> that no mounted model serves: a 404 that names the task whose run would, or a 400
+    for a named model that serves other endpoints. Included after every other router."""
+    from fastapi import APIRouter, Depends, Request
+
+    api = APIRouter()
+
+    @api.post("/v1/{path}", dependencies=[Depends(check_key)], include_in_schema=False)
+    async def unserved(path: str, request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        name = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+        needed = await asyncio.to_thread(models.needed, path)  # the task registry imports modules: off the loop
+        models.pick(name, path, needed)  # raises: no mounted model serves this path
+
+    return api
+
+
+async def _sse(pieces, name: str, cancel: threading.Event, timeout_s: float, release):
+    """Server-sent events of a stream of text pieces: `data: {"text": piece}` per piece, then `data: [DONE]`.
+
+    The pieces are made on a thread of their own, which hands them to the event loop as they come;
+    pieces that arrive together go out in one write. (Iterating the generator one `next` per
+    thread-pool call would cost a thread hop per token.) If the client goes away, or the stream runs
+    past the server's time limit (an `event: error` says so), generation stops at its next token.
+    `release` frees the stream's slot of the model's queue when it ends, whichever way."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def produce() -> None:
+        try:
+            for piece in pieces:
+                loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+        except Cancelled:
+            pass  # the consumer stopped waiting and has said why
+        except Exception:  # a bug in generation: logged here, an error event to the client
+            log.exception("stream of model %s failed", name)
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", "internal error"))
+        finally:
+            loop.call_soon_threadsafe(release)
+
+    threading.Thread(target=produce, name="nanonlp-stream", daemon=True).start()
+    deadline = loop.time() + timeout_s
+    try:
+        while True:
+            try:
+                events = [await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))]
+            except asyncio.TimeoutError:
+                events = [("error", f"the stream took longer than the server's limit of {timeout_s:g} s; it was stopped.")]
+            while not queue.empty() and events[-1][0] == "piece":
+                events.append(queue.get_nowait())
+            out = []
+            for kind, piece in events:
+                if kind == "piece":
+                    out.append(f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n")
+                elif kind == "done":
+                    out.append("data: [DONE]\n\n")
+                else:
+                    out.append(f"event: error\ndata: {json.dumps({'detail': piece})}\n\n")
+            yield "".join(out)
+            if events[-1][0] != "piece":
+                return
+    finally:
+        cancel.set()  # a client that left, or the time limit: the producer stops before its next token

@@ -14,7 +14,9 @@
 A request names its model in `model`, which may be left out when one mounted model serves the
 endpoint. Every endpoint takes a batch. Classify, translate and tag requests to one model are
 batched together (serve/batching.py) and run on a worker thread, outside the event loop;
-generation runs on the thread pool, one stream per request.
+generation requests to a GPT or CharRNN, streamed or not, share one scheduler per model that steps
+all their sequences together, one token each per forward pass (continuous batching,
+serve/generation.py); other language models run on the thread pool, one stream per request.
 
 Every request is bounded: the body (413), the texts per request, a generation's tokens per request
 (prompts x max_new_tokens), the stop strings (count and length), each text's length (a predictor
@@ -61,6 +63,7 @@ class ServeSettings:
     max_queue: int = 64  # requests waiting per model before 503
     timeout_s: float = 30.0  # per request; then 504
     max_new_tokens: int = 1024  # generation budget cap per prompt
+    max_sequences: int = 32  # sequences a language model generates together at most (more wait their turn)
     max_request_tokens: int = 16384  # generation budget cap per request: prompts x max_new_tokens
     max_texts: int = 256  # texts per request
     max_connections: int = 256  # open connections at most (uvicorn answers 503 past it)
@@ -76,6 +79,7 @@ class Mounted:
     task: str
     predictor: Any
     batcher: Batcher | None = None
+    scheduler: Any = None  # a language model's GenerationScheduler (serve/generation.py)
 
 
 def _truncated(mounted: Mounted, text: str) -> bool:
@@ -136,7 +140,11 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
         metrics.load_seconds.labels(name).set(seconds)
 
     def start_batchers() -> None:
+        from nanonlp.serve.generation import GenerationScheduler
+
         for m in mounted.values():
+            if m.task == "lm" and GenerationScheduler.supports(m.predictor):
+                m.scheduler = GenerationScheduler(m.predictor, settings.max_sequences, m.name, on_step=metrics.step_observer(m.name))
             run = {"classify": getattr(m.predictor, "predict", None), "tag": getattr(m.predictor, "tag", None)}.get(m.task)
             if run is not None:
                 m.batcher = Batcher(run, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, m.name,
@@ -148,14 +156,17 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        if any(m.batcher is not None and m.batcher.closed for m in mounted.values()):
+        if any((m.batcher is not None and m.batcher.closed) or (m.scheduler is not None and m.scheduler.closed)
+               for m in mounted.values()):
             start_batchers()  # the app started again after a shutdown
         yield
         for cancel in list(running):  # past the graceful period: decoding still running stops at its next step
             cancel.set()
-        for m in mounted.values():  # the batchers' worker threads end with the server
+        for m in mounted.values():  # the batchers' and schedulers' worker threads end with the server
             if m.batcher is not None:
                 await asyncio.to_thread(m.batcher.close)
+            if m.scheduler is not None:
+                await asyncio.to_thread(m.scheduler.close)
 
     app = FastAPI(title="nanonlp", version="1", description="Trained nanonlp runs over HTTP.", lifespan=lifespan)
     app.state.mounted, app.state.settings = mounted, settings
@@ -352,27 +363,57 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
                                      f"{settings.max_request_tokens:,} generated tokens per request; send fewer prompts or tokens.")
         options = dict(max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
                        seed=body.seed, stop=body.stop, on_token=metrics.token_counter(m.name))
-        if body.stream:
-            if not isinstance(body.prompt, str):
-                raise HTTPException(422, "stream takes one prompt (a string), not a list.")
-            if busy[m.name] >= settings.max_queue:  # a stream holds a slot of the model's queue while it runs
-                raise full(m)
-            cancel = threading.Event()
+        if body.stream and not isinstance(body.prompt, str):
+            raise HTTPException(422, "stream takes one prompt (a string), not a list.")
+        if m.scheduler is None and not body.stream:
+            texts, flags = await in_thread(m, lambda cancel: (m.predictor.generate(prompts, cancel=cancel, **options),
+                                                              [m.predictor.truncated(p) for p in prompts]))
+            return {"model": m.name, "results": [{"text": t, "completion": t[len(p):], "truncated": f}
+                                                 for p, t, f in zip(prompts, texts, flags)]}
+        # the scheduler's sequences, and streams, hold a slot of the model's queue while they run
+        if busy[m.name] >= settings.max_queue:
+            raise full(m)
+        busy[m.name] += 1
+        cancel = threading.Event()
+        running.add(cancel)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def release() -> None:
+            busy[m.name] -= 1
+            running.discard(cancel)
+
+        def put(kind: str, value) -> None:  # called on generation's thread
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+            if kind != "piece":
+                loop.call_soon_threadsafe(release)
+
+        if not body.stream:
+            try:
+                # encoding the prompts is CPU work: off the loop; bad arguments raise here
+                sequences = await asyncio.to_thread(m.scheduler.submit, prompts, cancel=cancel, **options)
+                completions = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(s.future) for s in sequences)),
+                                                     settings.timeout_s)
+            except asyncio.TimeoutError:
+                cancel.set()
+                raise timed_out() from None
+            finally:
+                cancel.set()  # whichever way it ended, no sequence of this request runs on
+                release()
+            return {"model": m.name, "results": [{"text": s.prompt + c, "completion": c, "truncated": s.truncated}
+                                                 for s, c in zip(sequences, completions)]}
+        try:
             # encoding the prompt is CPU work: off the loop; bad arguments raise here, before any byte is sent
-            pieces = await asyncio.to_thread(m.predictor.stream, body.prompt, cancel=cancel, **options)
-            busy[m.name] += 1
-            running.add(cancel)
-
-            def release() -> None:
-                busy[m.name] -= 1
-                running.discard(cancel)
-
-            return StreamingResponse(_sse(pieces, m.name, cancel, settings.timeout_s, release),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        texts, flags = await in_thread(m, lambda cancel: (m.predictor.generate(prompts, cancel=cancel, **options),
-                                                          [m.predictor.truncated(p) for p in prompts]))
-        return {"model": m.name, "results": [{"text": t, "completion": t[len(p):], "truncated": f}
-                                             for p, t, f in zip(prompts, texts, flags)]}
+            if m.scheduler is not None:
+                await asyncio.to_thread(m.scheduler.submit, [body.prompt], cancel=cancel, listener=put, **options)
+            else:
+                pieces = await asyncio.to_thread(m.predictor.stream, body.prompt, cancel=cancel, **options)
+                threading.Thread(target=_produce, args=(pieces, m.name, put), name="nanonlp-stream", daemon=True).start()
+        except BaseException:
+            release()
+            raise
+        return StreamingResponse(_sse(events, cancel, settings.timeout_s),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     app.include_router(chat.router(pick, in_thread, check_key))
 
@@ -384,53 +425,51 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
     return BodyLimit(RequestContext(app, settings.allowed_hosts, metrics), settings.max_body_bytes, settings.read_timeout_s)
 
 
-async def _sse(pieces, name: str, cancel: threading.Event, timeout_s: float, release):
+def _produce(pieces, name: str, put) -> None:
+    """Run a language model's own stream on this thread (one without a scheduler), telling `put` as
+    the scheduler does: ("piece", text) each, then ("done" | "cancelled" | "error", ...)."""
+    try:
+        for piece in pieces:
+            put("piece", piece)
+        put("done", None)
+    except Cancelled:
+        put("cancelled", None)  # the consumer stopped waiting and has said why
+    except Exception as err:  # a bug in generation: logged here, an error event to the client
+        log.exception("stream of model %s failed", name)
+        put("error", err)
+
+
+async def _sse(events: asyncio.Queue, cancel: threading.Event, timeout_s: float):
     """Server-sent events of a generation: `data: {"text": piece}` per piece, then `data: [DONE]`.
 
-    The pieces are generated on a thread of their own, which hands them to the event loop as they
-    come; pieces that arrive together go out in one write. (Iterating the generator one `next` per
-    thread-pool call would cost a thread hop per token.) If the client goes away, or the stream runs
-    past the server's time limit (an `event: error` says so), generation stops at its next token.
-    `release` frees the stream's slot of the model's queue when it ends, whichever way."""
+    The pieces arrive on `events` from generation's thread (the model's scheduler, or a thread of the
+    stream's own) as they come; pieces that arrive together go out in one write. If the client goes
+    away, or the stream runs past the server's time limit (an `event: error` says so), `cancel` is
+    set and generation stops at its next token, freeing its slot."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def produce() -> None:
-        try:
-            for piece in pieces:
-                loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
-            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-        except Cancelled:
-            pass  # the consumer stopped waiting and has said why
-        except Exception:  # a bug in generation: logged here, an error event to the client
-            log.exception("stream of model %s failed", name)
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", "internal error"))
-        finally:
-            loop.call_soon_threadsafe(release)
-
-    threading.Thread(target=produce, name="nanonlp-stream", daemon=True).start()
     deadline = loop.time() + timeout_s
     try:
         while True:
             try:
-                events = [await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))]
+                batch = [await asyncio.wait_for(events.get(), max(deadline - loop.time(), 0))]
             except asyncio.TimeoutError:
-                events = [("error", f"the stream took longer than the server's limit of {timeout_s:g} s; it was stopped.")]
-            while not queue.empty() and events[-1][0] == "piece":
-                events.append(queue.get_nowait())
+                batch = [("error", f"the stream took longer than the server's limit of {timeout_s:g} s; it was stopped.")]
+            while not events.empty() and batch[-1][0] == "piece":
+                batch.append(events.get_nowait())
             out = []
-            for kind, piece in events:
+            for kind, value in batch:
                 if kind == "piece":
-                    out.append(f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n")
+                    out.append(f"data: {json.dumps({'text': value}, ensure_ascii=False)}\n\n")
                 elif kind == "done":
                     out.append("data: [DONE]\n\n")
                 else:
-                    out.append(f"event: error\ndata: {json.dumps({'detail': piece})}\n\n")
+                    detail = value if isinstance(value, str) else "internal error" if kind == "error" else "generation was stopped."
+                    out.append(f"event: error\ndata: {json.dumps({'detail': detail})}\n\n")
             yield "".join(out)
-            if events[-1][0] != "piece":
+            if batch[-1][0] != "piece":
                 return
     finally:
-        cancel.set()  # a client that left, or the time limit: the producer stops before its next token
+        cancel.set()  # a client that left, or the time limit: generation stops before its next token
 
 
 def _json_response(status: int, detail: str, rid: str) -> tuple[dict, dict]:

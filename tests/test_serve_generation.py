@@ -124,6 +124,20 @@ def test_stop_strings_and_budgets_are_per_sequence(scheduler_of):
     assert budget.future.result(timeout=30) == lm.generate("or", max_new_tokens=7, temperature=0)[2:] and budget.generated == 7
 
 
+def test_sequences_past_block_size_equal_the_unbatched_path(scheduler_of):
+    lm = tiny_lm("gpt", block_size=8)
+    scheduler = scheduler_of(lm)
+    # prompts of 12, 3 and 7 characters (the first read through its last 8): all pass block_size, at different steps
+    prompts = ["To be, or not", "Whe", "To be, "]
+    options = dict(max_new_tokens=30, temperature=0.9, seed=21)
+    sequences = scheduler.submit(prompts, **options)
+    for p, s in zip(prompts, sequences):
+        assert p + s.future.result(timeout=30) == lm.generate(p, **options)
+        assert len(s.history) > 30 > lm.block_size
+    assert sequences[0].truncated and not sequences[1].truncated
+    assert max(scheduler.steps) == 3
+
+
 def test_cancelling_frees_the_slot_for_the_next_waiting_sequence(scheduler_of):
     lm = tiny_lm("gpt", block_size=64)
     scheduler = scheduler_of(lm, max_sequences=1)

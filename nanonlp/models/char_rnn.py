@@ -85,10 +85,10 @@ class CharRNN(nn.Module):
         shape = (self.config.n_layer, slots, self.config.hidden_size)
         return tuple(torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(2 if self.config.cell == "lstm" else 1))
 
-    def fill_slot(self, slots: tuple[torch.Tensor, ...], slot: int, state) -> None:
-        """Slot `slot` takes over a sequence whose prompt went through `next_logits` alone (state: its hidden state)."""
+    def fill_slot(self, slots: tuple[torch.Tensor, ...], slot: int, state, row: int = 0) -> None:
+        """Slot `slot` takes over the sequence in row `row` of a `next_logits` state (its hidden state)."""
         for stacked, own in zip(slots, state if isinstance(state, tuple) else (state,)):
-            stacked[:, slot] = own[:, 0]
+            stacked[:, slot] = own[:, row]
 
     def step_slots(self, idx: torch.Tensor, rows: torch.Tensor, slots: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Logits (S, vocab) after feeding token idx[b] to the sequence in slot rows[b]: the rows'

@@ -98,12 +98,12 @@ class SlotCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
 
-    def fill(self, slot: int, cache: KVCache) -> None:
-        """Row `slot` takes the keys and values of row 0 of `cache`."""
+    def fill(self, slot: int, cache: KVCache, row: int = 0) -> None:
+        """Row `slot` takes the keys and values of row `row` of `cache`."""
         n = cache.length
         for layer in range(len(self.keys)):
-            self.keys[layer][slot, :, :n] = cache.keys[layer][0, :, :n]
-            self.values[layer][slot, :, :n] = cache.values[layer][0, :, :n]
+            self.keys[layer][slot, :, :n] = cache.keys[layer][row, :, :n]
+            self.values[layer][slot, :, :n] = cache.values[layer][row, :, :n]
         self.lengths[slot] = n
 
 
@@ -367,15 +367,15 @@ class GPT(nn.Module):
         p = self.transformer.wte.weight
         return SlotCache(self.config, slots, p.device, p.dtype)
 
-    def fill_slot(self, slots: SlotCache, slot: int, state: KVCache) -> None:
-        """Slot `slot` takes over a sequence whose prompt went through `next_logits` alone (state: its cache)."""
-        slots.fill(slot, state)
+    def fill_slot(self, slots: SlotCache, slot: int, state: KVCache, row: int = 0) -> None:
+        """Slot `slot` takes over the sequence in row `row` of a `next_logits` state (its cache)."""
+        slots.fill(slot, state, row)
 
     def step_slots(self, idx: torch.Tensor, rows: torch.Tensor, slots: SlotCache) -> torch.Tensor:
         """Logits (S, vocab) after feeding token idx[b] to the sequence in slot rows[b], for S sequences
         at once, each at its own position (learned or rotary) and attending over its own keys only.
-        Every row must have room: a sequence at block_size goes through `next_logits` alone, which
-        re-windows it as generation without batching does."""
+        Every row must have room: sequences at block_size go through `next_logits` instead, which
+        re-windows them as generation without batching does."""
         positions = slots.lengths[rows]  # (S,)
         if int(positions.max()) >= self.config.block_size:
             raise NanoNLPError(f"a slot is full ({self.config.block_size} tokens); re-window that sequence with next_logits.")

@@ -9,8 +9,9 @@ between steps:
   copied into a free slot of the model's slot state (`init_slots`, `fill_slot`).
 - Each step feeds every active sequence its newest token (`step_slots`): a GPT attends per row over
   its own keys, at its own position; a CharRNN gathers and scatters its rows of the hidden state.
-  A GPT sequence whose context is full (block_size) takes that step alone through `next_logits`,
-  which re-windows it exactly as generation without batching does.
+  GPT sequences whose context is full (block_size) take that step through `next_logits` instead
+  (together, all of the same length), which re-windows them as generation without batching does:
+  a full forward pass over their last block_size tokens.
 - Each sequence samples from its own row with its own temperature, top-k, top-p and seeded
   generator, so a seeded request gives the same text alone and among others. Its stop strings
   (predict/lm.py's StopMatcher), its max_new_tokens and its cancel flag end it; its slot is free for
@@ -232,11 +233,13 @@ class GenerationScheduler:
             for i, s in enumerate(rows):
                 logits[s] = out[i : i + 1]
                 s.fed += 1
-        for s in self.active:
-            if s not in logits:  # a full context: the last block_size tokens again, alone, as next_logits does unbatched
-                ids = torch.tensor([s.history[-self.window :]], dtype=torch.long, device=self.lm.device)
-                logits[s], state = self.model.next_logits(ids, self.model.init_state(1), ids)
-                self.model.fill_slot(self.slots, s.slot, state)
+        full = [s for s in self.active if s not in logits]
+        if full:  # a full context: the last block_size tokens again, as next_logits does unbatched (all such rows together)
+            ids = torch.tensor([s.history[-self.window :] for s in full], dtype=torch.long, device=self.lm.device)
+            out, state = self.model.next_logits(ids, self.model.init_state(len(full)), ids)
+            for i, s in enumerate(full):
+                logits[s] = out[i : i + 1]
+                self.model.fill_slot(self.slots, s.slot, state, i)
                 s.fed = self.window
         if self.on_step is not None:
             self.on_step(len(self.active))

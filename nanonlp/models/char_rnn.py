@@ -90,9 +90,14 @@ class CharRNN(nn.Module):
         for stacked, own in zip(slots, state if isinstance(state, tuple) else (state,)):
             stacked[:, slot] = own[:, row]
 
-    def step_slots(self, idx: torch.Tensor, rows: torch.Tensor, slots: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Logits (S, vocab) after feeding token idx[b] to the sequence in slot rows[b]: the rows'
-        hidden states are gathered, stepped together and scattered back."""
+    def move_slot(self, slots: tuple[torch.Tensor, ...], source: int, slot: int) -> None:
+        for stacked in slots:
+            stacked[:, slot] = stacked[:, source]
+
+    def step_slots(self, idx: torch.Tensor, rows: torch.Tensor | None, slots: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Logits (S, vocab) after feeding token idx[b] to the sequence in slot rows[b] (rows None: the
+        first S slots): the rows' hidden states are gathered, stepped together and scattered back."""
+        rows = slice(0, idx.size(0)) if rows is None else rows
         state = tuple(stacked[:, rows] for stacked in slots)
         logits, state = self._run(idx[:, None], state if self.config.cell == "lstm" else state[0])
         for stacked, new in zip(slots, state if isinstance(state, tuple) else (state,)):

@@ -98,6 +98,13 @@ class SlotCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
 
+    def move(self, source: int, slot: int) -> None:
+        """Row `slot` takes the sequence in row `source` (which is then free)."""
+        for layer in range(len(self.keys)):
+            self.keys[layer][slot] = self.keys[layer][source]
+            self.values[layer][slot] = self.values[layer][source]
+        self.lengths[slot] = self.lengths[source]
+
     def fill(self, slot: int, cache: KVCache, row: int = 0) -> None:
         """Row `slot` takes the keys and values of row `row` of `cache`."""
         n = cache.length
@@ -173,10 +180,12 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
-    def step(self, x: torch.Tensor, slots: SlotCache, layer: int, rows: torch.Tensor, positions: torch.Tensor,
-             mask: torch.Tensor) -> torch.Tensor:
-        """One new token per row: x (S, 1, C) for the sequences in slot rows `rows` (S,), each at its
-        own position (S,); mask (S, 1, 1, span) lets row b see its keys 0 .. positions[b]."""
+    def step(self, x: torch.Tensor, slots: SlotCache, layer: int, rows, positions: torch.Tensor, span: int,
+             mask: torch.Tensor | None) -> torch.Tensor:
+        """One new token per row: x (S, 1, C) for the sequences in slot rows `rows` (S,) (a slice: the
+        first S slots, read as views), each at its own position (S,); span: the longest row's length
+        after this token; mask (S, 1, 1, span) lets row b see its keys 0 .. positions[b] (None: all rows
+        are at one position)."""
         S, _, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(S, 1, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (S, nh, 1, hd)
@@ -184,9 +193,9 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if self.rotary is not None:
             q, k = self.rotary.at(q, positions), self.rotary.at(k, positions)
-        slots.keys[layer][rows, :, positions] = k[:, :, 0]
-        slots.values[layer][rows, :, positions] = v[:, :, 0]
-        span = mask.size(-1)  # the longest row's length: keys past it are never read
+        index = torch.arange(S, device=x.device) if isinstance(rows, slice) else rows
+        slots.keys[layer][index, :, positions] = k[:, :, 0]
+        slots.values[layer][index, :, positions] = v[:, :, 0]
         keys, values = slots.keys[layer][rows, :, :span], slots.values[layer][rows, :, :span]  # (S, nh, span, hd)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.c_proj(y.transpose(1, 2).reshape(S, 1, C))
@@ -230,9 +239,9 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 
-    def step(self, x: torch.Tensor, slots: SlotCache, layer: int, rows: torch.Tensor, positions: torch.Tensor,
-             mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn.step(self.ln_1(x), slots, layer, rows, positions, mask)
+    def step(self, x: torch.Tensor, slots: SlotCache, layer: int, rows, positions: torch.Tensor, span: int,
+             mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn.step(self.ln_1(x), slots, layer, rows, positions, span, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -371,11 +380,16 @@ class GPT(nn.Module):
         """Slot `slot` takes over the sequence in row `row` of a `next_logits` state (its cache)."""
         slots.fill(slot, state, row)
 
-    def step_slots(self, idx: torch.Tensor, rows: torch.Tensor, slots: SlotCache) -> torch.Tensor:
-        """Logits (S, vocab) after feeding token idx[b] to the sequence in slot rows[b], for S sequences
-        at once, each at its own position (learned or rotary) and attending over its own keys only.
+    def move_slot(self, slots: SlotCache, source: int, slot: int) -> None:
+        slots.move(source, slot)
+
+    def step_slots(self, idx: torch.Tensor, rows: torch.Tensor | None, slots: SlotCache) -> torch.Tensor:
+        """Logits (S, vocab) after feeding token idx[b] to the sequence in slot rows[b] (rows None:
+        slot b, for the first S slots, which reads the cache without copying it), for S sequences at
+        once, each at its own position (learned or rotary) and attending over its own keys only.
         Every row must have room: sequences at block_size go through `next_logits` instead, which
         re-windows them as generation without batching does."""
+        rows = slice(0, idx.size(0)) if rows is None else rows
         positions = slots.lengths[rows]  # (S,)
         if int(positions.max()) >= self.config.block_size:
             raise NanoNLPError(f"a slot is full ({self.config.block_size} tokens); re-window that sequence with next_logits.")
@@ -383,10 +397,12 @@ class GPT(nn.Module):
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(positions)[:, None]
         x = self.transformer.drop(x)
-        span = int(positions.max()) + 1
-        mask = (torch.arange(span, device=idx.device) <= positions[:, None])[:, None, None, :]  # (S, 1, 1, span)
+        span = int(positions.max()) + 1  # keys past the longest row are never read
+        mask = None
+        if int(positions.min()) + 1 < span:
+            mask = (torch.arange(span, device=idx.device) <= positions[:, None])[:, None, None, :]  # (S, 1, 1, span)
         for layer, block in enumerate(self.transformer.h):
-            x = block.step(x, slots, layer, rows, positions, mask)
+            x = block.step(x, slots, layer, rows, positions, span, mask)
         slots.lengths[rows] += 1
         return self._logits(x)[:, 0]
 

@@ -6,7 +6,9 @@ between steps:
 
 - A new sequence's prompt goes through the model alone (`next_logits`, as without batching), its
   first token is sampled, and its state (a GPT's keys and values, a CharRNN's hidden state) is
-  copied into a free slot of the model's slot state (`init_slots`, `fill_slot`).
+  copied into the next slot of the model's slot state (`init_slots`, `fill_slot`); the active
+  sequences hold the first slots (one that leaves is replaced by the last, `move_slot`), so a step
+  reads them as views, without gathering.
 - Each step feeds every active sequence its newest token (`step_slots`): a GPT attends per row over
   its own keys, at its own position; a CharRNN gathers and scatters its rows of the hidden state.
   GPT sequences whose context is full (block_size) take that step through `next_logits` instead
@@ -87,8 +89,8 @@ class GenerationScheduler:
         # a GPT's context: a sequence at it is re-windowed alone; a recurrent state has no end
         self.window = lm.block_size if hasattr(lm.model, "transformer") else None
         self.waiting: collections.deque[Sequence] = collections.deque()
-        self.active: list[Sequence] = []  # touched by the worker thread only
-        self.free = list(range(max_sequences - 1, -1, -1))
+        # touched by the worker thread only; active[i] is in slot i, so a step reads the first slots as views
+        self.active: list[Sequence] = []
         self.slots = None  # the model's slot state, made at the first request
         self.wake = threading.Condition()
         self.closed = False
@@ -185,7 +187,7 @@ class GenerationScheduler:
                     self.wake.wait()
                 if self.closed:
                     break
-                joining = [self.waiting.popleft() for _ in range(min(len(self.free), len(self.waiting)))]
+                joining = [self.waiting.popleft() for _ in range(min(self.max_sequences - len(self.active), len(self.waiting)))]
             try:
                 with torch.inference_mode(), autocast(self.lm.device, self.lm.dtype):
                     while joining:
@@ -212,7 +214,7 @@ class GenerationScheduler:
             self.slots = self.model.init_slots(self.max_sequences)
         ids = torch.tensor([s.history], dtype=torch.long, device=self.lm.device)
         logits, state = self.model.next_logits(ids, self.model.init_state(1), ids)
-        s.slot = self.free.pop()
+        s.slot = len(self.active)
         self.active.append(s)
         self.model.fill_slot(self.slots, s.slot, state)
         s.fed = len(s.history)
@@ -228,7 +230,8 @@ class GenerationScheduler:
         logits = {}
         if rows:
             idx = torch.tensor([s.history[-1] for s in rows], dtype=torch.long, device=self.lm.device)
-            slots = torch.tensor([s.slot for s in rows], dtype=torch.long, device=self.lm.device)
+            # every active sequence: the first len(rows) slots, in order; otherwise the rows' slots
+            slots = None if len(rows) == len(self.active) else torch.tensor([s.slot for s in rows], dtype=torch.long, device=self.lm.device)
             out = self.model.step_slots(idx, slots, self.slots)  # (S, vocab)
             for i, s in enumerate(rows):
                 logits[s] = out[i : i + 1]
@@ -273,9 +276,12 @@ class GenerationScheduler:
         if s.ended:
             return
         s.ended = True
-        if s in self.active:
-            self.active.remove(s)
-            self.free.append(s.slot)
+        if s in self.active:  # the last active sequence moves into the freed slot: the active ones stay first
+            last = self.active.pop()
+            if last is not s:
+                self.model.move_slot(self.slots, last.slot, s.slot)
+                last.slot = s.slot
+                self.active[s.slot] = last
         try:
             if kind == "done":
                 s.future.set_result("".join(s.parts))

@@ -269,8 +269,7 @@ class GenerationScheduler:
         text = text if matched else s.stop.push(text)
         if text:
             s.parts.append(text)
-            if s.listener is not None:
-                s.listener("piece", text)
+            self._tell(s, "piece", text)
 
     def _end(self, s: Sequence, kind: str, error: Exception | None = None) -> None:
         if s.ended:
@@ -289,5 +288,15 @@ class GenerationScheduler:
                 s.future.set_exception(error if kind == "error" else Cancelled("decoding was cancelled"))
         except concurrent.futures.InvalidStateError:
             pass  # the caller cancelled the future (stopped waiting)
-        if s.listener is not None:
-            s.listener(kind, error)
+        self._tell(s, kind, error)
+
+    @staticmethod
+    def _tell(s: Sequence, kind: str, value) -> None:
+        """The sequence's listener, kept from harming the others: one that fails (its event loop gone) drops its sequence."""
+        if s.listener is None:
+            return
+        try:
+            s.listener(kind, value)
+        except Exception:
+            log.warning("a generation listener failed; its sequence is dropped", exc_info=True)
+            s.dropped.set()

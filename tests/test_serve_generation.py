@@ -251,3 +251,18 @@ def test_a_timed_out_request_and_a_stream_whose_client_leaves_free_their_slots()
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_max_sequences_is_a_setting_checked_at_start():
+    import argparse
+
+    from nanonlp.errors import ConfigError
+    from nanonlp.serve import add_arguments, serve
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["run"]).max_sequences == 32
+    with pytest.raises(ConfigError, match="--max-sequences must be at least 1"):
+        serve(parser.parse_args(["run", "--max-sequences", "0"]))
+    with pytest.raises(ConfigError, match="max_sequences must be at least 1"):
+        GenerationScheduler(tiny_lm(), 0)

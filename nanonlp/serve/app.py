@@ -376,17 +376,15 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
         busy[m.name] += 1
         cancel = threading.Event()
         running.add(cancel)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
 
-        def release() -> None:
-            busy[m.name] -= 1
-            running.discard(cancel)
+        released = False
 
-        def put(kind: str, value) -> None:  # called on generation's thread
-            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-            if kind != "piece":
-                loop.call_soon_threadsafe(release)
+        def release() -> None:  # once, whichever way the request ends
+            nonlocal released
+            if not released:
+                released = True
+                busy[m.name] -= 1
+                running.discard(cancel)
 
         if not body.stream:
             try:
@@ -395,13 +393,20 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
                 completions = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(s.future) for s in sequences)),
                                                      settings.timeout_s)
             except asyncio.TimeoutError:
-                cancel.set()
                 raise timed_out() from None
             finally:
-                cancel.set()  # whichever way it ended, no sequence of this request runs on
+                cancel.set()  # whichever way it ended (done, the time limit, the server stopping), nothing of it runs on
                 release()
             return {"model": m.name, "results": [{"text": s.prompt + c, "completion": c, "truncated": s.truncated}
                                                  for s, c in zip(sequences, completions)]}
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def put(kind: str, value) -> None:  # called on generation's thread; the last event frees the queue slot
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+            if kind != "piece":
+                loop.call_soon_threadsafe(release)
+
         try:
             # encoding the prompt is CPU work: off the loop; bad arguments raise here, before any byte is sent
             if m.scheduler is not None:
@@ -410,6 +415,7 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
                 pieces = await asyncio.to_thread(m.predictor.stream, body.prompt, cancel=cancel, **options)
                 threading.Thread(target=_produce, args=(pieces, m.name, put), name="nanonlp-stream", daemon=True).start()
         except BaseException:
+            cancel.set()
             release()
             raise
         return StreamingResponse(_sse(events, cancel, settings.timeout_s),

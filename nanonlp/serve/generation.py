@@ -41,6 +41,7 @@ import torch
 
 from nanonlp.data.tokenizers import StreamDecoder
 from nanonlp.decode import Cancelled, choose
+from nanonlp.errors import ConfigError
 from nanonlp.device import autocast
 from nanonlp.predict import as_batch
 from nanonlp.predict.lm import StopMatcher, checked_options, seeded_generator
@@ -82,11 +83,9 @@ class GenerationScheduler:
 
     def __init__(self, lm, max_sequences: int = 32, name: str = "lm", on_step: Callable[[int], None] | None = None):
         if max_sequences < 1:
-            from nanonlp.errors import ConfigError
-
             raise ConfigError(f"max_sequences must be at least 1, got {max_sequences}.")
         self.lm, self.model, self.max_sequences, self.on_step = lm, lm.model, max_sequences, on_step
-        # a GPT's context: a sequence at it is re-windowed alone; a recurrent state has no end
+        # a GPT's context, past which a sequence is re-windowed; a recurrent state has no end
         self.window = lm.block_size if hasattr(lm.model, "transformer") else None
         self.waiting: collections.deque[Sequence] = collections.deque()
         # touched by the worker thread only; active[i] is in slot i, so a step reads the first slots as views
@@ -101,7 +100,7 @@ class GenerationScheduler:
     def supports(predictor) -> bool:
         """Whether `predictor` is a language model whose model steps slots (GPT, CharRNN)."""
         model = getattr(predictor, "model", None)
-        return hasattr(predictor, "prompt_tokens") and all(hasattr(model, f) for f in ("init_slots", "fill_slot", "step_slots"))
+        return hasattr(predictor, "prompt_tokens") and all(hasattr(model, f) for f in ("init_slots", "fill_slot", "move_slot", "step_slots"))
 
     # -- callers ---------------------------------------------------------------------------------
 

@@ -69,8 +69,9 @@ def test_a_sequence_gets_the_same_text_alone_and_inside_a_batch(kind, options, s
     assert scheduler.generate("To be", max_new_tokens=40, **options) == expected
     assert max(scheduler.steps) == 1
     scheduler.steps.clear()
-    target = scheduler.submit(["To be"], max_new_tokens=40, **options)[0]
-    others = [scheduler.submit([p], **o)[0] for p, o in OTHERS]
+    with scheduler.wake:  # the worker takes all four at once (the lock is re-entrant for submit)
+        target = scheduler.submit(["To be"], max_new_tokens=40, **options)[0]
+        others = [scheduler.submit([p], **o)[0] for p, o in OTHERS]
     assert "To be" + target.future.result(timeout=30) == expected
     for (prompt, o), sequence in zip(OTHERS, others):
         if "seed" in o or o["temperature"] == 0:
@@ -97,8 +98,9 @@ def test_sequences_join_and_leave_between_steps(kind, scheduler_of):
             joined.extend(scheduler.submit(["Whether"], max_new_tokens=15, temperature=0.8, seed=2))
 
     # the short one, in the first slot, leaves after 5 tokens: the long one moves into its slot
-    (short,) = scheduler.submit(["or"], max_new_tokens=5, temperature=0)
-    (long,) = scheduler.submit(["To be"], max_new_tokens=50, temperature=0, listener=listener)
+    with scheduler.wake:  # both start at the same step
+        (short,) = scheduler.submit(["or"], max_new_tokens=5, temperature=0)
+        (long,) = scheduler.submit(["To be"], max_new_tokens=50, temperature=0, listener=listener)
     assert "To be" + long.future.result(timeout=30) == lm.generate("To be", max_new_tokens=50, temperature=0)
     assert "or" + short.future.result(timeout=30) == lm.generate("or", max_new_tokens=5, temperature=0)
     assert "Whether" + joined[0].future.result(timeout=30) == lm.generate("Whether", max_new_tokens=15, temperature=0.8, seed=2)
@@ -152,8 +154,9 @@ def test_cancelling_frees_the_slot_for_the_next_waiting_sequence(scheduler_of):
         if kind == "piece" and len(first.parts) == 3:
             cancel.set()  # stops before its next token
 
-    (first,) = scheduler.submit(["To be"], max_new_tokens=60, temperature=0, cancel=cancel, listener=listener)
-    (waiting,) = scheduler.submit(["or"], max_new_tokens=10, seed=4)  # no slot until the first ends
+    with scheduler.wake:
+        (first,) = scheduler.submit(["To be"], max_new_tokens=60, temperature=0, cancel=cancel, listener=listener)
+        (waiting,) = scheduler.submit(["or"], max_new_tokens=10, seed=4)  # no slot until the first ends
     with pytest.raises(Cancelled):
         first.future.result(timeout=30)
     assert first.generated <= 4

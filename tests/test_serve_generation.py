@@ -169,6 +169,30 @@ def test_cancelling_frees_the_slot_for_the_next_waiting_sequence(scheduler_of):
     assert scheduler.generate("or", max_new_tokens=5, temperature=0) == lm.generate("or", max_new_tokens=5, temperature=0)
 
 
+def test_closing_the_scheduler_cancels_what_runs_and_waits():
+    lm = tiny_lm("gpt", block_size=512, n_layer=4, n_embd=128)
+    scheduler = GenerationScheduler(lm, 1)
+    started = threading.Event()
+    (running,) = scheduler.submit(["To be"], max_new_tokens=1000, listener=lambda kind, value: started.set())
+    (waiting,) = scheduler.submit(["or"], max_new_tokens=5)
+    assert started.wait(10)
+    scheduler.close()
+    for sequence in (running, waiting):
+        with pytest.raises(Cancelled):
+            sequence.future.result(timeout=10)
+    assert running.generated < 1000 and waiting.generated == 0
+    with pytest.raises(Cancelled):
+        scheduler.submit(["To be"])
+
+
+def test_under_bf16_autocast_the_slot_cache_keeps_its_dtype(scheduler_of):
+    for kind in ("gpt", "lstm"):
+        lm = tiny_lm(kind)
+        lm.dtype = torch.bfloat16  # what a GPU samples in; the CPU has bf16 autocast too
+        texts = scheduler_of(lm).generate(["To be", "or"], max_new_tokens=20, temperature=0)
+        assert [len(TOKENIZER.encode(t)) for t in texts] == [25, 22]
+
+
 def test_the_slot_step_equals_the_cached_forward_row_by_row():
     for kind in ("gpt", "rotary"):
         model = tiny_lm(kind, block_size=32).model

@@ -194,8 +194,9 @@ class CausalSelfAttention(nn.Module):
         if self.rotary is not None:
             q, k = self.rotary.at(q, positions), self.rotary.at(k, positions)
         index = torch.arange(S, device=x.device) if isinstance(rows, slice) else rows
-        slots.keys[layer][index, :, positions] = k[:, :, 0]
-        slots.values[layer][index, :, positions] = v[:, :, 0]
+        # under autocast k and v may be in bf16 while the cache keeps the weights' dtype (KVCache.update's copy casts)
+        slots.keys[layer][index, :, positions] = k[:, :, 0].to(slots.keys[layer].dtype)
+        slots.values[layer][index, :, positions] = v[:, :, 0].to(slots.values[layer].dtype)
         keys, values = slots.keys[layer][rows, :, :span], slots.values[layer][rows, :, :span]  # (S, nh, span, hd)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.c_proj(y.transpose(1, 2).reshape(S, 1, C))

@@ -194,13 +194,15 @@ class GenerationScheduler:
                         joining.pop(0)
                     if self.active:
                         self._step()
-            except Exception as err:  # a bug: every sequence in flight hears of it, the worker goes on
+            except Exception as err:  # a bug: every sequence in flight hears of it, the worker goes on afresh
                 log.exception("generation step failed")
-                for s in joining + self.active:
+                failed, self.active, self.slots = joining + self.active, [], None  # the slots may be half written
+                for s in failed:
                     self._end(s, "error", err)
         with self.wake:
             left, self.waiting = list(self.waiting), collections.deque()
-        for s in left + self.active:
+        left, self.active = left + self.active, []
+        for s in left:
             self._end(s, "cancelled")
 
     def _join(self, s: Sequence) -> None:

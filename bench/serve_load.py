@@ -11,6 +11,10 @@ It starts `nanonlp serve` as a subprocess on a free loopback port and measures:
    time), under the same load: the throughput ratio;
 3. a burst of `--burst` requests at once at the MiniLM server, past its queue of 64: how many get 503;
 4. one streamed generation from the quickstart GPT: time to the first piece, and tokens per second;
+5. generation under load (continuous batching, serve/generation.py): `--streams` concurrent streams
+   against one stream alone (aggregate tokens/s and the ratio, first-piece p50/p99), and one stream's
+   tokens/s over HTTP against `LanguageModel.stream` in this process (`--only generation` runs this
+   part alone; `--lm` may name any language-model run, e.g. the Shakespeare CPU GPT);
 and the server's resident memory before and after each load. Runs it needs and is not given are
 trained first into --out: sst2_ngrams (seconds), the quickstart GPT (2 minutes), and a MiniLM
 classifier trained for 1 step (its speed does not depend on its accuracy). Data from $NANONLP_DATA.
@@ -167,6 +171,71 @@ def stream(base: str, model: str, tokens: int) -> dict:
     return {"first_piece_ms": 1000 * first, "characters": pieces, "tokens_per_s": tokens / total, "total_s": total}
 
 
+PROMPTS = ["User: hello\nBot:", "ROMEO:", "First Citizen:\n", "To be, or not to be", "The king", "JULIET:\nO", "Once upon", "What is"]
+
+
+def streams_at_once(base: str, model: str, n: int, tokens: int) -> dict:
+    """n streamed generations started together (each its own prompt and seed): aggregate tokens/s and
+    each stream's time to its first piece."""
+    import httpx
+
+    gate, lock, firsts = threading.Barrier(n + 1), threading.Lock(), []
+
+    def one(k: int) -> None:
+        with httpx.Client(timeout=600) as http:
+            gate.wait()
+            started, first = time.perf_counter(), None
+            body = {"model": model, "prompt": PROMPTS[k % len(PROMPTS)], "max_new_tokens": tokens, "seed": k, "stream": True}
+            with http.stream("POST", f"{base}/v1/generate", json=body) as response:
+                for line in response.iter_lines():
+                    if first is None and line.startswith("data: {"):
+                        first = time.perf_counter() - started
+            with lock:
+                firsts.append(first if first is not None else float("nan"))
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    gate.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    q = statistics.quantiles(firsts, n=100, method="inclusive") if n > 1 else [firsts[0]] * 99
+    # with no stop string every stream generates all the tokens it asks for
+    return {"tokens_per_s": n * tokens / wall, "first_p50_ms": 1000 * q[49], "first_p99_ms": 1000 * q[98], "wall_s": wall}
+
+
+def in_process_tokens_per_s(run: Path, tokens: int) -> float:
+    """One stream through `LanguageModel.stream` in this process (after one warm-up), for the HTTP comparison."""
+    import nanonlp
+
+    lm = nanonlp.load(run, device="cpu")
+    list(lm.stream(PROMPTS[0], max_new_tokens=min(tokens, 20), seed=0))
+    started = time.perf_counter()
+    list(lm.stream(PROMPTS[0], max_new_tokens=tokens, seed=0))
+    return tokens / (time.perf_counter() - started)
+
+
+def generation_load(lm: Path, streams: int, tokens: int) -> None:
+    server = Server([f"lm={lm}"])
+    try:
+        streams_at_once(server.base, "lm", 1, min(tokens, 20))  # warm-up
+        one = streams_at_once(server.base, "lm", 1, tokens)
+        many = streams_at_once(server.base, "lm", streams, tokens)
+        print(f"generation ({lm.name}), one stream of {tokens} tokens: {one['tokens_per_s']:.0f} tokens/s, "
+              f"first piece {one['first_p50_ms']:.0f} ms", flush=True)
+        print(f"generation, {streams} streams at once: {many['tokens_per_s']:.0f} tokens/s together "
+              f"({many['tokens_per_s'] / one['tokens_per_s']:.2f}x one stream), first piece p50 {many['first_p50_ms']:.0f} ms, "
+              f"p99 {many['first_p99_ms']:.0f} ms ({many['wall_s']:.1f} s)", flush=True)
+        rss = rss_mb(server.process.pid)
+    finally:
+        server.close()
+    local = in_process_tokens_per_s(lm, tokens)  # with the server gone, so the two do not share the processor
+    print(f"generation, one stream: {one['tokens_per_s']:.0f} tokens/s over HTTP, {local:.0f} in process "
+          f"({100 * one['tokens_per_s'] / local:.0f}%); server memory {rss:.0f} MB", flush=True)
+
+
 def show(title: str, r: dict) -> None:
     print(f"{title}: {r['texts_per_s']:,.0f} texts/s ({r['requests_per_s']:,.0f} requests/s), latency p50 {r['p50_ms']:.1f} ms, "
           f"p95 {r['p95_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; {r['requests']:,} requests, by status {r['statuses']}", flush=True)
@@ -182,10 +251,16 @@ def main() -> None:
     parser.add_argument("--texts-per-request", type=int, default=8, help="texts in each classify request")
     parser.add_argument("--burst", type=int, default=256, help="requests sent at once in the burst")
     parser.add_argument("--tokens", type=int, default=400, help="tokens of the streamed generation")
+    parser.add_argument("--streams", type=int, default=16, help="concurrent generation streams")
+    parser.add_argument("--only", choices=("all", "generation"), default="all", help="run every part, or the generation load alone")
     parser.add_argument("--out", default="runs/bench_serve", help="where runs it trains go")
     args = parser.parse_args()
     os.environ.setdefault("NANONLP_DATA", str(ROOT.parent / "shared" / "data"))
     out = Path(args.out)
+    if args.only == "generation":
+        print(f"machine: {os.cpu_count()} CPUs; clients and server share them", flush=True)
+        generation_load(train_if_missing(args.lm, out, "quickstart", "configs/quickstart.yaml", []), args.streams, args.tokens)
+        return
     classifier = train_if_missing(args.classifier, out, "sst2_ngrams", "configs/sst2_ngrams.yaml", [])
     lm = train_if_missing(args.lm, out, "quickstart", "configs/quickstart.yaml", [])
     encoder = train_if_missing(args.encoder, out, "sst2_minilm", "configs/sst2_minilm.yaml",
@@ -218,6 +293,7 @@ def main() -> None:
             server.close()
     ratio = figures["dynamic batching"]["texts_per_s"] / max(figures["one request at a time (--max-batch 1)"]["texts_per_s"], 1e-9)
     print(f"MiniLM throughput with dynamic batching / one at a time: {ratio:.2f}x")
+    generation_load(lm, args.streams, args.tokens)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,33 @@ class CharRNN(nn.Module):
         logits, state = self._run(idx, state)
         return logits[:, -1, :], state
 
+    # -- continuous batching (serve/generation.py): a slot is one row of a stacked hidden state -------
+
+    def init_slots(self, slots: int) -> tuple[torch.Tensor, ...]:
+        """Hidden states of `slots` sequences: (h, c) for an LSTM, (h,) for a GRU, each (layers, slots, hidden)."""
+        p = self.head.weight
+        shape = (self.config.n_layer, slots, self.config.hidden_size)
+        return tuple(torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(2 if self.config.cell == "lstm" else 1))
+
+    def fill_slot(self, slots: tuple[torch.Tensor, ...], slot: int, state, row: int = 0) -> None:
+        """Slot `slot` takes over the sequence in row `row` of a `next_logits` state (its hidden state)."""
+        for stacked, own in zip(slots, state if isinstance(state, tuple) else (state,)):
+            stacked[:, slot] = own[:, row]
+
+    def move_slot(self, slots: tuple[torch.Tensor, ...], source: int, slot: int) -> None:
+        for stacked in slots:
+            stacked[:, slot] = stacked[:, source]
+
+    def step_slots(self, idx: torch.Tensor, rows: torch.Tensor | None, slots: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Logits (S, vocab) after feeding token idx[b] to the sequence in slot rows[b] (rows None: the
+        first S slots): the rows' hidden states are gathered, stepped together and scattered back."""
+        rows = slice(0, idx.size(0)) if rows is None else rows
+        state = tuple(stacked[:, rows] for stacked in slots)
+        logits, state = self._run(idx[:, None], state if self.config.cell == "lstm" else state[0])
+        for stacked, new in zip(slots, state if isinstance(state, tuple) else (state,)):
+            stacked[:, rows] = new
+        return logits[:, 0]
+
     def flops_per_token(self) -> float:
         """Training FLOPs per token: about 6 per weight (forward 2, backward 4); the embedding is a lookup."""
         n = sum(p.numel() for p in self.parameters()) - self.embedding.weight.numel()

@@ -86,6 +86,34 @@ class KVCache:
         return self.keys[layer][:, :, : start + T], self.values[layer][:, :, : start + T]
 
 
+class SlotCache:
+    """Keys and values of up to `slots` sequences generated together (continuous batching): row i is
+    one sequence, at its own length, lengths[i]. A sequence's prompt is filled in from a KVCache of its
+    own (`fill`); `GPT.step_slots` then adds one token per row per step."""
+
+    def __init__(self, config: GPTConfig, slots: int, device, dtype):
+        head_dim = config.n_embd // config.n_head
+        shape = (slots, config.n_head, config.block_size, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+
+    def move(self, source: int, slot: int) -> None:
+        """Row `slot` takes the sequence in row `source` (which is then free)."""
+        for layer in range(len(self.keys)):
+            self.keys[layer][slot] = self.keys[layer][source]
+            self.values[layer][slot] = self.values[layer][source]
+        self.lengths[slot] = self.lengths[source]
+
+    def fill(self, slot: int, cache: KVCache, row: int = 0) -> None:
+        """Row `slot` takes the keys and values of row `row` of `cache`."""
+        n = cache.length
+        for layer in range(len(self.keys)):
+            self.keys[layer][slot, :, :n] = cache.keys[layer][row, :, :n]
+            self.values[layer][slot, :, :n] = cache.values[layer][row, :, :n]
+        self.lengths[slot] = n
+
+
 class Rotary(nn.Module):
     """Rotary position embeddings (Su et al. 2021): each pair of a head's channels (i, i + d/2) is
     rotated by an angle proportional to the position, so q . k depends on positions only through
@@ -102,6 +130,13 @@ class Rotary(nn.Module):
         """x (B, heads, T, d) at positions start .. start + T - 1."""
         T, half = x.size(2), x.size(3) // 2
         cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+    def at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x (B, heads, 1, d), row b at position positions[b]."""
+        half = x.size(3) // 2
+        cos, sin = self.cos[positions][:, None, None].to(x.dtype), self.sin[positions][:, None, None].to(x.dtype)  # (B, 1, 1, d/2)
         x1, x2 = x[..., :half], x[..., half:]
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -145,6 +180,26 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
+    def step(self, x: torch.Tensor, slots: SlotCache, layer: int, rows, positions: torch.Tensor, span: int,
+             mask: torch.Tensor | None) -> torch.Tensor:
+        """One new token per row: x (S, 1, C) for the sequences in slot rows `rows` (S,) (a slice: the
+        first S slots, read as views), each at its own position (S,); span: the longest row's length
+        after this token; mask (S, 1, 1, span) lets row b see its keys 0 .. positions[b] (None: all rows
+        are at one position)."""
+        S, _, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(S, 1, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (S, nh, 1, hd)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if self.rotary is not None:
+            q, k = self.rotary.at(q, positions), self.rotary.at(k, positions)
+        index = torch.arange(S, device=x.device) if isinstance(rows, slice) else rows
+        # under autocast k and v may be in bf16 while the cache keeps the weights' dtype (KVCache.update's copy casts)
+        slots.keys[layer][index, :, positions] = k[:, :, 0].to(slots.keys[layer].dtype)
+        slots.values[layer][index, :, positions] = v[:, :, 0].to(slots.values[layer].dtype)
+        keys, values = slots.keys[layer][rows, :, :span], slots.values[layer][rows, :, :span]  # (S, nh, span, hd)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self.c_proj(y.transpose(1, 2).reshape(S, 1, C))
 
     def _attend_with_dropout(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Causal attention with dropout on its weights, (B, nh, T, hd) -> (B, nh, T, hd). On a CPU,
@@ -183,6 +238,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+    def step(self, x: torch.Tensor, slots: SlotCache, layer: int, rows, positions: torch.Tensor, span: int,
+             mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn.step(self.ln_1(x), slots, layer, rows, positions, span, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -310,6 +370,42 @@ class GPT(nn.Module):
             idx = history[:, -self.config.block_size :]
         logits, _ = self(idx, cache=state)
         return logits[:, -1, :], state
+
+    # -- continuous batching (serve/generation.py): many sequences, each in a slot at its own length --
+
+    def init_slots(self, slots: int) -> SlotCache:
+        p = self.transformer.wte.weight
+        return SlotCache(self.config, slots, p.device, p.dtype)
+
+    def fill_slot(self, slots: SlotCache, slot: int, state: KVCache, row: int = 0) -> None:
+        """Slot `slot` takes over the sequence in row `row` of a `next_logits` state (its cache)."""
+        slots.fill(slot, state, row)
+
+    def move_slot(self, slots: SlotCache, source: int, slot: int) -> None:
+        slots.move(source, slot)
+
+    def step_slots(self, idx: torch.Tensor, rows: torch.Tensor | None, slots: SlotCache) -> torch.Tensor:
+        """Logits (S, vocab) after feeding token idx[b] to the sequence in slot rows[b] (rows None:
+        slot b, for the first S slots, which reads the cache without copying it), for S sequences at
+        once, each at its own position (learned or rotary) and attending over its own keys only.
+        Every row must have room: sequences at block_size go through `next_logits` instead, which
+        re-windows them as generation without batching does."""
+        rows = slice(0, idx.size(0)) if rows is None else rows
+        positions = slots.lengths[rows]  # (S,)
+        if int(positions.max()) >= self.config.block_size:
+            raise NanoNLPError(f"a slot is full ({self.config.block_size} tokens); re-window that sequence with next_logits.")
+        x = self.transformer.wte(idx)[:, None]  # (S, 1, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(positions)[:, None]
+        x = self.transformer.drop(x)
+        span = int(positions.max()) + 1  # keys past the longest row are never read
+        mask = None
+        if int(positions.min()) + 1 < span:
+            mask = (torch.arange(span, device=idx.device) <= positions[:, None])[:, None, None, :]  # (S, 1, 1, span)
+        for layer, block in enumerate(self.transformer.h):
+            x = block.step(x, slots, layer, rows, positions, span, mask)
+        slots.lengths[rows] += 1
+        return self._logits(x)[:, 0]
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B."""

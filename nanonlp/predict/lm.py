@@ -60,6 +60,25 @@ def check_stop(stop: list[str]) -> None:
         raise ConfigError(f"a stop string may be at most {MAX_STOP_LENGTH} characters long, got one of {longest:,}.")
 
 
+def checked_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop: list[str] | str | None) -> list[str]:
+    """Check a generation's sampling options (ConfigError naming the bad one); the stop strings as a list."""
+    SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p).validate()
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    check_stop(stop)
+    return stop
+
+
+def seeded_generator(device: torch.device, seed: int | None) -> torch.Generator:
+    """A generator of one call's own, never the global one, so that calls sampling at once stay apart;
+    seed None: a fresh non-deterministic seed."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 def _failure(pattern: str) -> list[int]:
     """Knuth-Morris-Pratt: for each prefix length n, the length of its longest proper border."""
     fail = [0] * (len(pattern) + 1)
@@ -73,41 +92,62 @@ def _failure(pattern: str) -> list[int]:
     return fail
 
 
-def until_stop(pieces: Iterator[str], stop: list[str]) -> Iterator[str]:
-    """The pieces up to (not including) the first stop string. Text that may be the start of a stop
-    string is held back until the next piece decides; ending the output closes `pieces`.
+class StopMatcher:
+    """Stop strings matched as text arrives (push-style): `push(piece)` returns the text that is now
+    safe to show, holding back what may be the start of a stop string; `done` turns true when a stop
+    string is complete (what came before it has been returned, the stop string never); `flush()`
+    returns what is held back once the text ends.
 
     Each stop string is matched by a Knuth-Morris-Pratt automaton fed one character at a time, so
-    the work is linear in the text generated times the number of stop strings."""
-    stop = [s for s in stop if s]
-    if not stop:
-        yield from pieces
-        return
-    tables = [_failure(s) for s in stop]
-    matched = [0] * len(stop)  # per stop string: how many of its first characters end the text so far
-    held = ""  # text not yet yielded: the longest of the partial matches
+    the work is linear in the text generated times the number of stop strings. `until_stop` (pulled
+    pieces) and the generation scheduler (serve/generation.py, pushed pieces) both use it."""
+
+    def __init__(self, stop: list[str]):
+        self.stop = [s for s in stop if s]
+        self.tables = [_failure(s) for s in self.stop]
+        self.matched = [0] * len(self.stop)  # per stop string: how many of its first characters end the text so far
+        self.held = ""  # text not yet returned: the longest of the partial matches
+        self.done = False
+
+    def push(self, piece: str) -> str:
+        if not self.stop:
+            return piece
+        held = self.held
+        for ch in piece:
+            held += ch
+            for j, (s, fail) in enumerate(zip(self.stop, self.tables)):
+                k = self.matched[j]
+                while k and s[k] != ch:
+                    k = fail[k]
+                if s[k] == ch:
+                    k += 1
+                if k == len(s):  # a stop string is complete: what came before it is the output
+                    self.held, self.done = "", True
+                    return held[: len(held) - len(s)]
+                self.matched[j] = k
+        keep = max(self.matched)
+        self.held = held[len(held) - keep :] if keep else ""
+        return held[: len(held) - keep]
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return held
+
+
+def until_stop(pieces: Iterator[str], stop: list[str]) -> Iterator[str]:
+    """The pieces up to (not including) the first stop string (see StopMatcher). Text that may be
+    the start of a stop string is held back until the next piece decides; ending the output closes `pieces`."""
+    matcher = StopMatcher(stop)
     try:
         for piece in pieces:
-            for ch in piece:
-                held += ch
-                for j, (s, fail) in enumerate(zip(stop, tables)):
-                    k = matched[j]
-                    while k and s[k] != ch:
-                        k = fail[k]
-                    if s[k] == ch:
-                        k += 1
-                    if k == len(s):  # a stop string is complete: what came before it is the output
-                        before = held[: len(held) - len(s)]
-                        if before:
-                            yield before
-                        return
-                    matched[j] = k
-            keep = max(matched)
-            if len(held) > keep:
-                yield held[: len(held) - keep]
-                held = held[len(held) - keep :]
-        if held:
-            yield held
+            out = matcher.push(piece)
+            if out:
+                yield out
+            if matcher.done:
+                return
+        tail = matcher.flush()
+        if tail:
+            yield tail
     finally:
         if hasattr(pieces, "close"):
             pieces.close()
@@ -152,7 +192,7 @@ def generate_endpoint(lm) -> Endpoint:
          "seed": Param(int | None, None, "the same seed gives the same text; none draws one", ge=0, lt=2**63),
          "stop": Param(list[str], [], f"at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_LENGTH} characters",
                        max_length=MAX_STOP_STRINGS)},
-        generate, runner="thread", items="prompt", stream=stream, budget="max_new_tokens", check=_check_sampling,
+        generate, runner="schedule", items="prompt", stream=stream, budget="max_new_tokens", check=_check_sampling,
         title="Generate", placeholder="A prompt", view={"kind": "text", "key": "text"})
 
 
@@ -197,11 +237,15 @@ class LanguageModel:
     def sample_defaults(self) -> SampleConfig:
         return self.config.sample if self.config is not None else SampleConfig()
 
-    def _prompt_ids(self, prompt: str) -> torch.Tensor:
+    def prompt_tokens(self, prompt: str) -> tuple[list[int], bool]:
+        """The ids the model reads of `prompt` (its last max_input_length tokens), and whether that cut it."""
         ids = self.tokenizer.encode(prompt)
         if not ids:
             raise NanoNLPError("the prompt is empty after tokenization; give at least one character of prompt.")
-        return torch.tensor([ids[-self.max_input_length :]], dtype=torch.long, device=self.device)
+        return ids[-self.max_input_length :], len(ids) > self.max_input_length
+
+    def _prompt_ids(self, prompt: str) -> torch.Tensor:
+        return torch.tensor([self.prompt_tokens(prompt)[0]], dtype=torch.long, device=self.device)
 
     def stream(self, prompt: str = "\n", max_new_tokens: int = 500, temperature: float = 0.8, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, stop: list[str] | str | None = None,
@@ -213,16 +257,9 @@ class LanguageModel:
 
         Bad arguments and an unencodable prompt raise here, before anything is generated.
         """
-        SampleConfig(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p).validate()
-        stop = [stop] if isinstance(stop, str) else list(stop or [])
-        check_stop(stop)
+        stop = checked_options(max_new_tokens, temperature, top_k, top_p, stop)
         prompt_ids = self._prompt_ids(prompt)
-        # A generator of this call's own, never the global one: threads sampling at once stay apart.
-        generator = torch.Generator(device=self.device)
-        if seed is None:
-            generator.seed()  # a fresh non-deterministic seed
-        else:
-            generator.manual_seed(seed)
+        generator = seeded_generator(self.device, seed)
         pieces = self._pieces(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator, cancel, on_token)
         return until_stop(pieces, stop)
 

@@ -43,6 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="generation budget cap per prompt")
     p.add_argument("--max-request-tokens", type=int, default=16384, help="generation budget cap per request: prompts x max_new_tokens")
+    p.add_argument("--max-sequences", type=int, default=32,
+                   help="sequences a language model generates together at most, one token each per step (more wait)")
     p.add_argument("--max-connections", type=int, default=256, help="open connections at most (503 past it)")
     p.add_argument("--graceful-timeout", type=float, default=20.0,
                    help="on SIGTERM or Ctrl-C, seconds in-flight requests get to finish before the server exits")
@@ -104,7 +106,7 @@ def serve(args) -> None:
     except ImportError:
         raise ConfigError("nanonlp serve needs FastAPI and uvicorn: pip install 'nanonlp[serve]'.") from None
     for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue), ("--max-new-tokens", args.max_new_tokens),
-                        ("--max-request-tokens", args.max_request_tokens), ("--max-connections", args.max_connections)):
+                        ("--max-request-tokens", args.max_request_tokens), ("--max-sequences", args.max_sequences), ("--max-connections", args.max_connections)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}.")
     if args.max_body_mb <= 0 or args.timeout <= 0 or args.max_wait_ms < 0 or args.graceful_timeout < 0:
@@ -116,7 +118,7 @@ def serve(args) -> None:
     models = load_runs(mount_names(args.runs), args.device, args.sessions, load_seconds)
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
-                             max_new_tokens=args.max_new_tokens, max_request_tokens=args.max_request_tokens,
+                             max_new_tokens=args.max_new_tokens, max_request_tokens=args.max_request_tokens, max_sequences=args.max_sequences,
                              max_connections=args.max_connections, graceful_timeout_s=args.graceful_timeout,
                              api_key=args.api_key or None,
                              # on loopback, answer only loopback names: a web page elsewhere cannot reach the

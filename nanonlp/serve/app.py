@@ -16,7 +16,9 @@
 A request names its model in `model`, which may be left out when one mounted model serves the
 endpoint. The server knows no task: an endpoint declared "batch" (classify, tag) has its requests to
 one model batched together (serve/batching.py) on a worker thread, outside the event loop; one
-declared "thread" (translate, generate, chat) runs on the thread pool, under a cancel flag.
+declared "schedule" (generate) shares a scheduler per model that steps all its sequences together,
+one token each per forward pass (continuous batching, serve/generation.py); one declared "thread"
+(translate, chat) runs on the thread pool, under a cancel flag.
 
 Every request is bounded: the body (413), the texts per request, a generation's tokens per request
 (prompts x max_new_tokens), the stop strings (count and length), each text's length (a predictor
@@ -59,6 +61,7 @@ class ServeSettings:
     max_queue: int = 64  # requests waiting per model before 503
     timeout_s: float = 30.0  # per request; then 504
     max_new_tokens: int = 1024  # generation budget cap per prompt
+    max_sequences: int = 32  # sequences a language model generates together at most (more wait their turn)
     max_request_tokens: int = 16384  # generation budget cap per request: prompts x max_new_tokens
     max_texts: int = 256  # texts per request
     max_connections: int = 256  # open connections at most (uvicorn answers 503 past it)

@@ -8,6 +8,7 @@ never share counts. What an operator reads:
     nanonlp_queue_depth{model}                     requests waiting for a model's batcher or thread slots
     nanonlp_batch_items{model}                     items (texts) per batch the model ran
     nanonlp_generated_tokens_total{model}          tokens sampled by language models
+    nanonlp_generation_step_sequences{model}       sequences stepped together per forward pass (continuous batching)
     nanonlp_model_load_seconds{model}              how long loading each mounted run took
 """
 
@@ -38,6 +39,8 @@ class Metrics:
                                      buckets=BATCH_BUCKETS, registry=self.registry)
         self.generated_tokens = Counter("nanonlp_generated_tokens", "Tokens sampled by language models.", ["model"],
                                         registry=self.registry)
+        self.step_sequences = Histogram("nanonlp_generation_step_sequences", "Sequences a language model stepped together, per step.",
+                                        ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.load_seconds = Gauge("nanonlp_model_load_seconds", "Seconds taken to load the mounted run.", ["model"],
                                   registry=self.registry)
 
@@ -48,6 +51,9 @@ class Metrics:
     def batch_observer(self, model: str) -> Callable[[int], None]:
         child = self.batch_items.labels(model)
         return child.observe
+
+    def step_observer(self, model: str) -> Callable[[int], None]:
+        return self.step_sequences.labels(model).observe
 
     def token_counter(self, model: str) -> Callable[[], None]:
         child = self.generated_tokens.labels(model)

@@ -195,16 +195,25 @@ class Models:
 
     async def streamed(self, m: Mounted, endpoint: Endpoint, request: dict):
         """Server-sent events of `endpoint.stream`; the stream holds a slot of the model's queue while it runs."""
+        self.check_stream(m, endpoint, request)
+        call = self.call(m)
+        # making the iterator (encoding a prompt) is CPU work: off the loop; bad arguments raise here, before any byte is sent
+        pieces = await asyncio.to_thread(endpoint.stream, request, call)
+        outbox = self.hold(m, call)
+        threading.Thread(target=_produce, args=(pieces, m.name, outbox.put), name="nanonlp-stream", daemon=True).start()
+        return sse_response(outbox, call.cancel, self.settings.timeout_s)
+
+    def check_stream(self, m: Mounted, endpoint: Endpoint, request: dict) -> None:
+        """A stream reads one item, and takes a slot of the model's queue (503 when it is full)."""
         from fastapi import HTTPException
-        from fastapi.responses import StreamingResponse
 
         if endpoint.items is not None and not isinstance(request[endpoint.items], str):
             raise HTTPException(422, f"stream takes one {endpoint.items} (a string), not a list.")
         if self.busy[m.name] >= self.settings.max_queue:
             raise self.full(m)
-        call = self.call(m)
-        # making the iterator (encoding a prompt) is CPU work: off the loop; bad arguments raise here, before any byte is sent
-        pieces = await asyncio.to_thread(endpoint.stream, request, call)
+
+    def hold(self, m: Mounted, call: Call) -> "Outbox":
+        """A stream's (or a scheduled generation's) events, counted in the model's queue until the last one."""
         self.busy[m.name] += 1
         self.running.add(call.cancel)
 
@@ -212,8 +221,28 @@ class Models:
             self.busy[m.name] -= 1
             self.running.discard(call.cancel)
 
-        return StreamingResponse(_sse(pieces, m.name, call.cancel, self.settings.timeout_s, release),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return Outbox(asyncio.get_running_loop(), release)
+
+
+class Outbox:
+    """The events of one generation on their way from its thread to the event loop: ("piece", text) as
+    text comes, then one of ("done", None), ("cancelled", None), ("error", detail or exception). The
+    request holds a slot of its model's queue until the last event, or until `release()`."""
+
+    def __init__(self, loop, on_release):
+        self.loop, self.queue, self.on_release, self.released = loop, asyncio.Queue(), on_release, False
+
+    def put(self, kind: str, value) -> None:
+        """Called on generation's thread."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+        if kind != "piece":
+            self.loop.call_soon_threadsafe(self.release)
+
+    def release(self) -> None:
+        """Once, whichever way the request ends; on the event loop."""
+        if not self.released:
+            self.released = True
+            self.on_release()
 
 
 # -- runners: how a declared endpoint's requests run on one model -------------------------------------
@@ -292,7 +321,77 @@ class Threaded(Runner):
         return await self.models.in_thread(self.mounted, lambda call: self.endpoint.handle(request, call))
 
 
-RUNNERS: dict[str, type[Runner]] = {"batch": Batched, "thread": Threaded}
+class Scheduled(Runner):
+    """Generation: the requests to one language model, streamed or not, share a GenerationScheduler
+    (serve/generation.py) that steps all their sequences together, one token each per forward pass
+    (continuous batching). The endpoint's `items` field holds the prompts; its other fields are the
+    sampling options. A model the scheduler cannot step (no slot methods) runs as "thread" does, and
+    its streams on a thread of their own."""
+
+    def __init__(self, models: Models, m: Mounted, endpoint: Endpoint):
+        from nanonlp.serve.generation import GenerationScheduler
+
+        super().__init__(models, m, endpoint)
+        self.scheduler = None
+        if GenerationScheduler.supports(m.predictor):
+            self.scheduler = GenerationScheduler(m.predictor, models.settings.max_sequences, m.name,
+                                                 on_step=models.metrics.step_observer(m.name))
+
+    @property
+    def closed(self) -> bool:
+        return self.scheduler.closed if self.scheduler is not None else self._closed
+
+    _closed = False
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+        self._closed = True
+
+    def _split(self, request: dict) -> tuple[list[str], dict]:
+        options = {k: v for k, v in request.items() if k != self.endpoint.items}
+        return items_of(request[self.endpoint.items]), options
+
+    async def run(self, request: dict) -> dict:
+        if self.scheduler is None:
+            return await self.models.in_thread(self.mounted, lambda call: self.endpoint.handle(request, call))
+        models, m = self.models, self.mounted
+        if models.busy[m.name] >= models.settings.max_queue:  # the sequences hold a slot of the model's queue while they run
+            raise models.full(m)
+        prompts, options = self._split(request)
+        call = models.call(m)
+        outbox = models.hold(m, call)
+        try:
+            # encoding the prompts is CPU work: off the loop; bad arguments raise here
+            sequences = await asyncio.to_thread(self.scheduler.submit, prompts, cancel=call.cancel, on_token=call.on_token, **options)
+            completions = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(s.future) for s in sequences)),
+                                                 models.settings.timeout_s)
+        except asyncio.TimeoutError:
+            raise models.timed_out() from None
+        finally:
+            call.cancel.set()  # whichever way it ended (done, the time limit, the server stopping), nothing of it runs on
+            outbox.release()
+        return {"results": [{"text": s.prompt + c, "completion": c, "truncated": s.truncated} for s, c in zip(sequences, completions)]}
+
+    async def stream(self, request: dict):
+        if self.scheduler is None:
+            return await super().stream(request)
+        models, m = self.models, self.mounted
+        models.check_stream(m, self.endpoint, request)
+        prompts, options = self._split(request)
+        call = models.call(m)
+        outbox = models.hold(m, call)
+        try:
+            # encoding the prompt is CPU work: off the loop; bad arguments raise here, before any byte is sent
+            await asyncio.to_thread(self.scheduler.submit, prompts, cancel=call.cancel, on_token=call.on_token, listener=outbox.put, **options)
+        except BaseException:
+            call.cancel.set()
+            outbox.release()
+            raise
+        return sse_response(outbox, call.cancel, models.settings.timeout_s)
+
+
+RUNNERS: dict[str, type[Runner]] = {"batch": Batched, "thread": Threaded, "schedule": Scheduled}
 
 
 # -- the request models and the routes ------------------------------------------------------------------
@@ -388,50 +487,55 @@ def fallback(models: Models, check_key):
     return api
 
 
-async def _sse(pieces, name: str, cancel: threading.Event, timeout_s: float, release):
+def _produce(pieces, name: str, put) -> None:
+    """Run a stream's own iterator on this thread, telling `put` as the generation scheduler does:
+    ("piece", text) each, then ("done" | "cancelled" | "error", ...)."""
+    try:
+        for piece in pieces:
+            put("piece", piece)
+        put("done", None)
+    except Cancelled:
+        put("cancelled", None)  # the consumer stopped waiting and has said why
+    except Exception as err:  # a bug in generation: logged here, an error event to the client
+        log.exception("stream of model %s failed", name)
+        put("error", err)
+
+
+def sse_response(outbox: Outbox, cancel: threading.Event, timeout_s: float):
+    from fastapi.responses import StreamingResponse
+
+    return StreamingResponse(_sse(outbox.queue, cancel, timeout_s), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _sse(events: asyncio.Queue, cancel: threading.Event, timeout_s: float):
     """Server-sent events of a stream of text pieces: `data: {"text": piece}` per piece, then `data: [DONE]`.
 
-    The pieces are made on a thread of their own, which hands them to the event loop as they come;
-    pieces that arrive together go out in one write. (Iterating the generator one `next` per
-    thread-pool call would cost a thread hop per token.) If the client goes away, or the stream runs
-    past the server's time limit (an `event: error` says so), generation stops at its next token.
-    `release` frees the stream's slot of the model's queue when it ends, whichever way."""
+    The pieces arrive on `events` from generation's thread (the model's scheduler, or a thread of the
+    stream's own) as they come; pieces that arrive together go out in one write. (Iterating the
+    generator one `next` per thread-pool call would cost a thread hop per token.) If the client goes
+    away, or the stream runs past the server's time limit (an `event: error` says so), `cancel` is set
+    and generation stops at its next token, freeing its slot."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def produce() -> None:
-        try:
-            for piece in pieces:
-                loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
-            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-        except Cancelled:
-            pass  # the consumer stopped waiting and has said why
-        except Exception:  # a bug in generation: logged here, an error event to the client
-            log.exception("stream of model %s failed", name)
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", "internal error"))
-        finally:
-            loop.call_soon_threadsafe(release)
-
-    threading.Thread(target=produce, name="nanonlp-stream", daemon=True).start()
     deadline = loop.time() + timeout_s
     try:
         while True:
             try:
-                events = [await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))]
+                batch = [await asyncio.wait_for(events.get(), max(deadline - loop.time(), 0))]
             except asyncio.TimeoutError:
-                events = [("error", f"the stream took longer than the server's limit of {timeout_s:g} s; it was stopped.")]
-            while not queue.empty() and events[-1][0] == "piece":
-                events.append(queue.get_nowait())
+                batch = [("error", f"the stream took longer than the server's limit of {timeout_s:g} s; it was stopped.")]
+            while not events.empty() and batch[-1][0] == "piece":
+                batch.append(events.get_nowait())
             out = []
-            for kind, piece in events:
+            for kind, value in batch:
                 if kind == "piece":
-                    out.append(f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n")
+                    out.append(f"data: {json.dumps({'text': value}, ensure_ascii=False)}\n\n")
                 elif kind == "done":
                     out.append("data: [DONE]\n\n")
                 else:
-                    out.append(f"event: error\ndata: {json.dumps({'detail': piece})}\n\n")
+                    detail = value if isinstance(value, str) else "internal error" if kind == "error" else "generation was stopped."
+                    out.append(f"event: error\ndata: {json.dumps({'detail': detail})}\n\n")
             yield "".join(out)
-            if events[-1][0] != "piece":
+            if batch[-1][0] != "piece":
                 return
     finally:
-        cancel.set()  # a client that left, or the time limit: the producer stops before its next token
+        cancel.set()  # a client that left, or the time limit: generation stops before its next token

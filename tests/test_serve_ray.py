@@ -92,6 +92,12 @@ def local_ray():
     """A Ray of 2 CPUs, no dashboard and a small object store; its address, which the server joins."""
     ray = pytest.importorskip("ray", reason="nanonlp serve --ray needs Ray Serve: pip install 'nanonlp[ray]'")
     pytest.importorskip("ray.serve", reason="nanonlp serve --ray needs Ray Serve: pip install 'nanonlp[ray]'")
+    from packaging.version import Version
+
+    from nanonlp.serve.ray_serve import MIN_RAY
+
+    if Version(ray.__version__) < Version(MIN_RAY):
+        pytest.skip(f"nanonlp serve --ray needs Ray {MIN_RAY} or later; this is Ray {ray.__version__}")
     ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
     yield ray, ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -167,6 +173,12 @@ def test_two_replicas_each_answer_as_the_single_process_server(local_ray, sentim
         assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
         status, headers, body = call(port, "POST", "/v1/classify", {"texts": []}, headers={"X-Request-ID": "trace-7"})
         assert status == 422 and json.loads(body)["request_id"] == "trace-7" and headers.get_all("X-Request-ID") == ["trace-7"]
+
+        # a second server on the same cluster is refused, and leaves the first one serving
+        second = subprocess.run([sys.executable, "-m", "nanonlp", "serve", str(sentiment_run), "--ray", "--ray-address", address,
+                                 "--port", str(free_port())], capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2 and "already serves an application named 'nanonlp'" in second.stderr, second.stderr
+        assert _healthy(port)
 
         # SIGTERM: the application and Serve come down, and the server exits 0
         process.send_signal(signal.SIGTERM)

@@ -13,12 +13,13 @@ every node needs the same Python, torch, Ray and nanonlp (docs/serve.md).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
 from pathlib import Path
 
-from nanonlp.errors import ConfigError
+from nanonlp.errors import ConfigError, NanoNLPError
 
 APP_NAME = "nanonlp"  # the Serve application's name on the cluster
 MIN_RAY = "2.60"  # the first Ray tested; its @serve.ingress builds the app on each replica after loading (__serve_build_asgi_app__)
@@ -162,7 +163,7 @@ def deployment(args, options: dict, settings, runs: dict[str, Path]):
     analyze = (str(Path(args.analyze_config).resolve()), str(Path(args.analyze_store).resolve())) if args.analyze_config else None
     sessions = args.sessions if args.sessions is None or "://" in args.sessions else str(Path(args.sessions).resolve())
     replica = serve.deployment(
-        serve.ingress()(Replica), name="nanonlp", **options,
+        serve.ingress()(Replica), name=APP_NAME, **options,
         # --max-connections: the requests each replica holds at once (its batcher sees them all), and as
         # many more waiting at the proxy; past that the proxy answers 503
         max_ongoing_requests=settings.max_connections, max_queued_requests=settings.max_connections,
@@ -201,8 +202,12 @@ def serve_on_ray(args, options: dict, settings, runs: dict[str, Path]) -> None:
     try:
         try:
             serve.run(deployment(args, options, settings, runs), name=APP_NAME, route_prefix="/")
-        except RuntimeError as err:  # a replica failed to start (its log has the traceback)
-            raise ConfigError(f"the replicas did not start: {str(err).strip().splitlines()[-1]}") from None
+        except RuntimeError as err:  # a replica failed to start: our sentence when it gave one, else Ray's line
+            status = serve.status().applications.get(APP_NAME)  # the deployment's message holds the replica's traceback
+            why = "\n".join([str(err), *(d.message for d in status.deployments.values())] if status else [str(err)])
+            ours = re.findall(r"nanonlp\.errors\.\w+: (.+)", why)
+            raise NanoNLPError(f"a replica did not start: {ours[-1]}" if ours else
+                              f"the replicas did not start ({str(err).strip().splitlines()[-1]}); the log lines above say why.") from None
         where = f"http://{args.host}:{args.port}"
         count = (f"{options['num_replicas']} replica{'s' if options['num_replicas'] > 1 else ''}" if "num_replicas" in options
                  else f"{options['autoscaling_config']['min_replicas']} to {options['autoscaling_config']['max_replicas']} replicas")

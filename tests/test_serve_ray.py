@@ -69,6 +69,16 @@ def test_ray_without_ray_serve_installed_says_how_to_get_it(monkeypatch):
         serve.serve(serve_args("RUN", "--ray"))
 
 
+def test_a_request_keeps_the_plain_request_id_it_brings():
+    # Ray's proxy (or a load balancer) names each request; the app answers and logs under that id
+    with TestClient(create_app({})) as client:
+        for given, kept in (("trace-7", True), ("0f3c.a_b", True), ("x" * 65, False), ("a b", False), ("a/b", False)):
+            response = client.post("/v1/classify", json={"texts": ["a"]}, headers={"X-Request-ID": given})
+            assert response.status_code == 404  # no classifier mounted: an error, which names the id
+            rid = response.json()["request_id"]
+            assert (rid == given) is kept and response.headers["x-request-id"] == rid and rid
+
+
 # ---------------------------------------------------------------------------------------------------
 # two replicas on a local Ray
 

@@ -54,12 +54,12 @@ def add_arguments(p) -> None:
                                       "(postgresql+psycopg://...); default RUN/sessions.sqlite")
     ray = p.add_argument_group("more than one process or machine: Ray Serve (pip install 'nanonlp[ray]'; docs/serve.md)")
     ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve: each replica loads the runs and serves this same app")
-    ray.add_argument("--replicas", type=int, help="replicas, a fixed count (default 1)")
+    ray.add_argument("--replicas", type=int, metavar="N", help="replicas, a fixed count (default 1)")
     ray.add_argument("--autoscale", metavar="MIN,MAX", help="replicas that follow the load, from MIN to MAX (not with --replicas)")
-    ray.add_argument("--ray-address", help="the Ray cluster to join: auto (this node's), HOST:6379 or ray://HOST:10001 "
+    ray.add_argument("--ray-address", metavar="ADDRESS", help="the Ray cluster to join: auto (this node's), HOST:6379 or ray://HOST:10001 "
                                            "(default: start a local Ray on this machine)")
-    ray.add_argument("--replica-cpus", type=float, help="CPUs per replica, and its torch threads (default 1)")
-    ray.add_argument("--replica-gpus", type=float, help="GPUs per replica, a fraction to share one (default 0)")
+    ray.add_argument("--replica-cpus", type=float, metavar="C", help="CPUs per replica, and its torch threads (default 1)")
+    ray.add_argument("--replica-gpus", type=float, metavar="G", help="GPUs per replica, a fraction to share one (default 0)")
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -1,5 +1,6 @@
 """Serving trained runs over HTTP: the API (app.py), the routes built from what predictors declare (routes.py),
-dynamic batching (batching.py) and `nanonlp serve`."""
+dynamic batching (batching.py), generation scheduling (generation.py), `nanonlp serve`, and the same app on
+Ray Serve for more than one process or machine (ray_serve.py)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,14 @@ def add_arguments(p) -> None:
     p.add_argument("--analyze-store", default="history.duckdb", help="the DuckDB history /v1/analyze stores to and alerts against")
     p.add_argument("--sessions", help="an assistant run's session store: a SQLite path or a SQLAlchemy URL "
                                       "(postgresql+psycopg://...); default RUN/sessions.sqlite")
+    ray = p.add_argument_group("more than one process or machine: Ray Serve (pip install 'nanonlp[ray]'; docs/serve.md)")
+    ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve: each replica loads the runs and serves this same app")
+    ray.add_argument("--replicas", type=int, metavar="N", help="replicas, a fixed count (default 1)")
+    ray.add_argument("--autoscale", metavar="MIN,MAX", help="replicas that follow the load, from MIN to MAX (not with --replicas)")
+    ray.add_argument("--ray-address", metavar="ADDRESS", help="the Ray cluster to join: auto (this node's), HOST:6379 or ray://HOST:10001 "
+                                           "(default: start a local Ray on this machine)")
+    ray.add_argument("--replica-cpus", type=float, metavar="C", help="CPUs per replica, and its torch threads (default 1)")
+    ray.add_argument("--replica-gpus", type=float, metavar="G", help="GPUs per replica, a fraction to share one (default 0)")
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -73,12 +82,9 @@ def _stopped(signum, frame) -> None:
     raise SystemExit(0)
 
 
-def load_runs(runs: dict[str, Path], device: str = "auto", sessions: str | None = None,
-              load_seconds: dict[str, float] | None = None) -> dict:
-    """{name: run directory} -> {name: predictor}; an assistant run keeps its conversations in `sessions`
-    (None: RUN/sessions.sqlite), which one store can do for one assistant only. `load_seconds`, when
-    given, is filled with how long each run took to load (for /metrics)."""
-    import nanonlp
+def mounted_tasks(runs: dict[str, Path], sessions: str | None = None) -> dict:
+    """{name: run directory} -> {name: its task}; refuses `sessions` unless exactly one run is an assistant
+    (one store can keep one assistant's conversations)."""
     from nanonlp import tasks
 
     task_of = {name: tasks.task_of(path) for name, path in runs.items()}
@@ -88,19 +94,42 @@ def load_runs(runs: dict[str, Path], device: str = "auto", sessions: str | None 
     if sessions and len(assistants) > 1:
         raise ConfigError(f"--sessions names one session store, and {len(assistants)} assistants are mounted ({', '.join(assistants)}); "
                           "serve each from its own server, or leave --sessions out (each then keeps RUN/sessions.sqlite).")
+    return task_of
+
+
+def load_runs(runs: dict[str, Path], device: str = "auto", sessions: str | None = None,
+              load_seconds: dict[str, float] | None = None) -> dict:
+    """{name: run directory} -> {name: predictor}; an assistant run keeps its conversations in `sessions`
+    (None: RUN/sessions.sqlite), which one store can do for one assistant only. `load_seconds`, when
+    given, is filled with how long each run took to load (for /metrics)."""
+    import nanonlp
+
+    task_of = mounted_tasks(runs, sessions)
     models = {}
     for name, path in runs.items():
         start = time.perf_counter()
-        models[name] = (task_of[name].load(path, device, sessions=sessions) if sessions and name in assistants
+        models[name] = (task_of[name].load(path, device, sessions=sessions) if sessions and task_of[name].name == "assistant"
                         else nanonlp.load(path, device=device))
         if load_seconds is not None:
             load_seconds[name] = time.perf_counter() - start
     return models
 
 
+def json_access_log() -> None:
+    """One JSON line per request on stderr (the `nanonlp.serve.access` logger)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("nanonlp.serve.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+
+
 def serve(args) -> None:
+    from nanonlp.serve import ray_serve
     from nanonlp.serve.app import ServeSettings, create_app
 
+    ray_options = ray_serve.check_arguments(args)
     try:
         import uvicorn
     except ImportError:
@@ -114,8 +143,6 @@ def serve(args) -> None:
     if not args.runs and not args.analyze_config:
         raise ConfigError("give at least one run directory to serve, or --analyze-config for POST /v1/analyze.")
     warning = check_exposure(args.host, args.api_key, args.allow_no_key)  # before minutes of loading
-    load_seconds: dict[str, float] = {}
-    models = load_runs(mount_names(args.runs), args.device, args.sessions, load_seconds)
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
                              max_new_tokens=args.max_new_tokens, max_request_tokens=args.max_request_tokens, max_sequences=args.max_sequences,
@@ -124,6 +151,12 @@ def serve(args) -> None:
                              # on loopback, answer only loopback names: a web page elsewhere cannot reach the
                              # server by pointing a domain of its own at 127.0.0.1 (DNS rebinding)
                              allowed_hosts=("127.0.0.1", "localhost", "[::1]") if args.host in LOOPBACK else ())
+    if args.ray:  # each replica loads the runs itself
+        if warning:
+            print(warning, file=sys.stderr)
+        return ray_serve.serve_on_ray(args, ray_options, settings, mount_names(args.runs))
+    load_seconds: dict[str, float] = {}
+    models = load_runs(mount_names(args.runs), args.device, args.sessions, load_seconds)
     analysis = None
     if args.analyze_config:
         from nanonlp.analyze import load_analyze_config
@@ -132,12 +165,7 @@ def serve(args) -> None:
         analysis = AnalysisService(load_analyze_config(args.analyze_config), args.analyze_store, args.device)
     app = create_app(models, settings, analysis, load_seconds)
     if args.access_log == "json":
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access = logging.getLogger("nanonlp.serve.access")
-        access.addHandler(handler)
-        access.setLevel(logging.INFO)
-        access.propagate = False
+        json_access_log()
     where = f"http://{args.host}:{args.port}"
     if warning:
         print(warning, file=sys.stderr)

@@ -41,6 +41,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -177,6 +178,13 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
     return BodyLimit(RequestContext(app, settings.allowed_hosts, metrics), settings.max_body_bytes, settings.read_timeout_s)
 
 
+def _request_id(scope) -> str:
+    """The X-Request-ID the request carries, when it is a short plain token (a load balancer's, or Ray
+    Serve's proxy's: then one id names the request in every log), else a new one."""
+    given = dict(scope.get("headers", [])).get(b"x-request-id", b"")
+    return given.decode() if re.fullmatch(rb"[A-Za-z0-9._-]{1,64}", given) else uuid.uuid4().hex[:12]
+
+
 def _json_response(status: int, detail: str, rid: str) -> tuple[dict, dict]:
     body = json.dumps({"detail": detail, "request_id": rid}).encode()
     return ({"type": "http.response.start", "status": status,
@@ -202,7 +210,7 @@ class RequestContext:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid = uuid.uuid4().hex[:12]
+        rid = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
         start = time.perf_counter()
         headers = dict(scope.get("headers", []))
@@ -271,7 +279,7 @@ class BodyLimit:
         try:
             if length is not None and length.isdigit() and int(length) > self.limit:
                 await self._drain(receive, 0)
-                return await self._refuse(send, 413, f"the request body is over this server's limit of {self.limit:,} bytes.")
+                return await self._refuse(scope, send, 413, f"the request body is over this server's limit of {self.limit:,} bytes.")
             # the body, declared or chunked, is read whole before the app (stopping past the limit), each
             # chunk within the read timeout; bytearray: a body dripped in small chunks costs linear time
             body, more = bytearray(), True
@@ -284,9 +292,9 @@ class BodyLimit:
                 if len(body) > self.limit:
                     if more:
                         await self._drain(receive, len(body))
-                    return await self._refuse(send, 413, f"the request body is over this server's limit of {self.limit:,} bytes.")
+                    return await self._refuse(scope, send, 413, f"the request body is over this server's limit of {self.limit:,} bytes.")
         except asyncio.TimeoutError:
-            return await self._refuse(send, 408, f"the request body paused for over {self.read_timeout:g} s; send it whole.")
+            return await self._refuse(scope, send, 408, f"the request body paused for over {self.read_timeout:g} s; send it whole.")
         replayed = False
 
         async def replay():
@@ -317,8 +325,8 @@ class BodyLimit:
             if not message.get("more_body", False):
                 return
 
-    async def _refuse(self, send, status: int, detail: str) -> None:
-        start, body = _json_response(status, detail, uuid.uuid4().hex[:12])
+    async def _refuse(self, scope, send, status: int, detail: str) -> None:
+        start, body = _json_response(status, detail, _request_id(scope))
         start["headers"].append((b"connection", b"close"))
         await send(start)
         await send(body)

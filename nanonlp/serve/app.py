@@ -13,8 +13,8 @@
 
 A request names its model in `model`, which may be left out when one mounted model serves the
 endpoint. Every endpoint takes a batch. Classify, translate and tag requests to one model are
-batched together (serve/batching.py) and run on a worker thread, outside the event loop;
-generation runs on the thread pool, one stream per request.
+batched together (serve/batching.py, translations one beam search per beam size) and run on a
+worker thread, outside the event loop; generation runs on the thread pool, one stream per request.
 
 Every request is bounded: the body (413), the texts per request, a generation's tokens per request
 (prompts x max_new_tokens), the stop strings (count and length), each text's length (a predictor
@@ -137,10 +137,11 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
 
     def start_batchers() -> None:
         for m in mounted.values():
-            run = {"classify": getattr(m.predictor, "predict", None), "tag": getattr(m.predictor, "tag", None)}.get(m.task)
-            if run is not None:
+            run = {"classify": getattr(m.predictor, "predict", None), "tag": getattr(m.predictor, "tag", None),
+                   "translate": getattr(m.predictor, "translate_requests", None)}.get(m.task)
+            if run is not None:  # a translation batch is a beam search that stops between steps when cancelled
                 m.batcher = Batcher(run, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, m.name,
-                                    on_batch=metrics.batch_observer(m.name))
+                                    on_batch=metrics.batch_observer(m.name), cancellable=m.task == "translate")
 
     start_batchers()
     for m in mounted.values():
@@ -239,9 +240,11 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
         except asyncio.TimeoutError:
-            # a request still waiting is dropped from the queue; one already in a batch finishes with it
-            future.cancel()
-            raise timed_out("it was taken off the model's queue") from None
+            # a request still waiting leaves the queue; a batch stops only when all its requests gave up
+            outcome = m.batcher.give_up(future)
+            raise timed_out({"dequeued": "it was taken off the model's queue", "stopped": "its work was stopped",
+                             "shared": "its texts finish with the other requests of their batch, unread",
+                             "finished": "its work had just finished"}[outcome]) from None
 
     async def in_thread(m: Mounted, fn):
         """fn(cancel) on the thread pool, where `cancel` is a threading.Event set when the time limit
@@ -333,8 +336,10 @@ def create_app(models: dict[str, Any], settings: ServeSettings | None = None, an
     @app.post("/v1/translate", dependencies=[Depends(check_key)])
     async def translate(body: TranslateRequest) -> dict:
         m = pick(body.model, "translate")
-        nbest, flags = await in_thread(m, lambda cancel: (m.predictor.translate_nbest(body.texts, body.beam, body.nbest, cancel=cancel),
-                                                          [_truncated(m, t) for t in body.texts]))
+        beam = m.predictor.check_beam(body.beam, body.nbest)  # a bad nbest is this request's 400, not its batch's error
+        # texts of concurrent requests share one batched search per beam size (Translator.translate_requests)
+        nbest = await batched(m, [(text, beam, body.nbest) for text in body.texts])
+        flags = await asyncio.to_thread(lambda: [_truncated(m, t) for t in body.texts])  # tokenizing is CPU work: off the loop
         return {"model": m.name, "results": [
             {"translation": hyps[0][0] if hyps else "", "nbest": [{"text": t, "score": s} for t, s in hyps], "truncated": flag}
             for flag, hyps in zip(flags, nbest)]}

@@ -11,9 +11,13 @@ It starts `nanonlp serve` as a subprocess on a free loopback port and measures:
    time), under the same load: the throughput ratio;
 3. a burst of `--burst` requests at once at the MiniLM server, past its queue of 64: how many get 503;
 4. one streamed generation from the quickstart GPT: time to the first piece, and tokens per second;
+5. a Transformer translator under `--translate-clients` concurrent clients (one sentence a request,
+   beam 5), batched across requests and again with `--max-batch 1`: the throughput ratio;
 and the server's resident memory before and after each load. Runs it needs and is not given are
-trained first into --out: sst2_ngrams (seconds), the quickstart GPT (2 minutes), and a MiniLM
-classifier trained for 1 step (its speed does not depend on its accuracy). Data from $NANONLP_DATA.
+trained first into --out: sst2_ngrams (seconds), the quickstart GPT (2 minutes), a MiniLM
+classifier trained for 1 step (its speed does not depend on its accuracy), and the Multi30k
+Transformer trained for 2 minutes (its translations are poor; a search's cost depends on their
+lengths, which the ratio shares). Data from $NANONLP_DATA. `--only translate` runs section 5 alone.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+SENTENCES = ["A man is riding a bike down the street .", "Two dogs play in the snow .", "A woman sings on a stage .",
+             "Children are playing soccer in a park .", "A man in a red shirt is cooking .", "A girl reads a book on a bench .",
+             "People walk past a shop at night .", "A black cat sleeps on the sofa ."]
 TEXTS = ["an utterly charming and funny film", "a dull , lifeless mess", "not bad at all", "the best film of the year",
          "it never quite works", "a moving , beautifully acted story", "tedious and far too long", "good fun"]
 
@@ -90,8 +97,9 @@ class Server:
         self.process.wait(timeout=20)
 
 
-def load(base: str, model: str, clients: int, seconds: float, texts_per_request: int) -> dict:
-    """`clients` threads posting classify requests back to back for `seconds`."""
+def load(base: str, model: str, clients: int, seconds: float, texts_per_request: int, endpoint: str = "/v1/classify",
+         texts: list[str] = TEXTS, extra: dict | None = None) -> dict:
+    """`clients` threads posting requests (`endpoint`: classify, or translate with `extra` options) back to back for `seconds`."""
     import httpx
 
     latencies, statuses, lock = [], Counter(), threading.Lock()
@@ -101,10 +109,10 @@ def load(base: str, model: str, clients: int, seconds: float, texts_per_request:
         with httpx.Client(timeout=60) as http:
             i = k
             while time.perf_counter() < deadline:
-                texts = [TEXTS[(i + j) % len(TEXTS)] for j in range(texts_per_request)]
+                batch = [texts[(i + j) % len(texts)] for j in range(texts_per_request)]
                 started = time.perf_counter()
                 try:
-                    status = http.post(f"{base}/v1/classify", json={"model": model, "texts": texts}).status_code
+                    status = http.post(f"{base}{endpoint}", json={"model": model, "texts": batch, **(extra or {})}).status_code
                 except httpx.HTTPError:
                     status = "connection error"
                 with lock:
@@ -182,10 +190,30 @@ def main() -> None:
     parser.add_argument("--texts-per-request", type=int, default=8, help="texts in each classify request")
     parser.add_argument("--burst", type=int, default=256, help="requests sent at once in the burst")
     parser.add_argument("--tokens", type=int, default=400, help="tokens of the streamed generation")
+    parser.add_argument("--translator", help="a translation run (default: multi30k_en_de_transformer trained for 2 minutes)")
+    parser.add_argument("--translate-clients", type=int, default=8, help="concurrent clients of the translation load")
+    parser.add_argument("--only", choices=["translate"], help="run only this section")
     parser.add_argument("--out", default="runs/bench_serve", help="where runs it trains go")
     args = parser.parse_args()
     os.environ.setdefault("NANONLP_DATA", str(ROOT.parent / "shared" / "data"))
     out = Path(args.out)
+    if args.only != "translate":
+        classify_and_generate(args, out)
+    translator = train_if_missing(args.translator, out, "multi30k_transformer", "configs/multi30k_en_de_transformer.yaml",
+                                  ["--train.max_seconds=120", "--train.eval_interval=1000000"])
+    figures = {}
+    for label, options in (("batched across requests", []), ("one request at a time (--max-batch 1)", ["--max-batch", "1"])):
+        server = Server([f"mt={translator}"], *options)
+        try:
+            figures[label] = r = load(server.base, "mt", args.translate_clients, args.seconds / 2, 1, "/v1/translate", SENTENCES, {"beam": 5})
+            show(f"translation (beam 5), {label}, {args.translate_clients} clients, {args.seconds / 2:g} s", r)
+        finally:
+            server.close()
+    ratio = figures["batched across requests"]["texts_per_s"] / max(figures["one request at a time (--max-batch 1)"]["texts_per_s"], 1e-9)
+    print(f"translation throughput batched across requests / one at a time: {ratio:.2f}x")
+
+
+def classify_and_generate(args, out: Path) -> None:
     classifier = train_if_missing(args.classifier, out, "sst2_ngrams", "configs/sst2_ngrams.yaml", [])
     lm = train_if_missing(args.lm, out, "quickstart", "configs/quickstart.yaml", [])
     encoder = train_if_missing(args.encoder, out, "sst2_minilm", "configs/sst2_minilm.yaml",

@@ -42,6 +42,23 @@ def test_the_arrival_average_follows_the_load_on_an_injected_clock():
         batcher.close()
 
 
+def test_time_the_model_spends_busy_is_not_a_gap_between_requests():
+    now = [0.0]
+
+    def run(items):  # each batch takes 50 ms on the injected clock
+        now[0] += 0.05
+        return items
+
+    batcher = Batcher(run, max_batch=1, max_wait=0.005, clock=lambda: now[0])
+    try:
+        for _ in range(4):  # a client that sends again 0.5 ms after each answer: a busy model, not rare requests
+            batcher.submit(["x"]).result(timeout=5)
+            now[0] += 0.0005
+        assert batcher.gap == pytest.approx(0.0005)
+    finally:
+        batcher.close()
+
+
 def test_a_lone_request_does_not_pay_the_window_and_a_stream_of_them_is_batched():
     calls = []
 

@@ -8,7 +8,8 @@ Retry-After) instead of letting the backlog, and every client's wait, grow.
 
 The batching window adapts to the load (`window_left`): once a request is there, the worker waits
 for more only while the arrivals it has seen lately (an exponential moving average of the gaps
-between requests) say the next one is due soon, and never longer than `max_wait`. A lone request
+between requests, while the model was free) say the next one is due soon, and never longer than
+`max_wait`. A lone request
 to an idle model runs at once; under a steady stream of requests a batch waits for the next ones.
 
 A cancellable batcher (`cancellable=True`) calls `run(items, cancel)` with a threading.Event for
@@ -62,6 +63,7 @@ class Batcher:
         self.on_batch = on_batch  # told the number of items of each batch run (the server's metrics)
         self.gap: float | None = None  # moving average of the seconds between requests
         self.last_arrival: float | None = None
+        self.free_since = clock()  # when the model last finished a batch
         self.running: dict[Future, threading.Event] = {}  # the requests of the batch running, and its cancel flag
         self.abandoned: set[Future] = set()  # requests of the running batch that gave up
         self.worker = threading.Thread(target=self._work, name=f"nanonlp-batcher-{name}", daemon=True)
@@ -86,9 +88,12 @@ class Batcher:
     def _arrived(self, now: float) -> None:
         """Update the moving average of the gaps between requests (under the lock)."""
         if self.last_arrival is not None:
-            # A gap over the cap starts the average afresh, at most at twice the cap: after a quiet spell
-            # a lone request runs at once, and a burst brings the average down within a few requests.
-            gap = min(now - self.last_arrival, 2 * self.max_wait)
+            # A gap counts from the later of the last request and the end of the last batch: time the
+            # model spent busy says nothing of the load (clients that wait for their answer send again
+            # only once a batch ends). A gap over the cap starts the average afresh, at most at twice the
+            # cap: after a quiet spell a lone request runs at once, and a burst brings the average down
+            # within a few requests.
+            gap = min(now - max(self.last_arrival, self.free_since), 2 * self.max_wait)
             self.gap = gap if self.gap is None or gap >= self.max_wait else GAP_WEIGHT * gap + (1 - GAP_WEIGHT) * self.gap
         self.last_arrival = now
 
@@ -167,6 +172,7 @@ class Batcher:
             finally:
                 with self.ready:
                     self.running, self.abandoned = {}, set()
+                    self.free_since = self.clock()
             self.batches += 1
             if self.on_batch is not None:
                 self.on_batch(len(items))

@@ -13,11 +13,19 @@ It starts `nanonlp serve` as a subprocess on a free loopback port and measures:
 4. one streamed generation from the quickstart GPT: time to the first piece, and tokens per second;
 5. generation under load (continuous batching, serve/generation.py): `--streams` concurrent streams
    against one stream alone (aggregate tokens/s and the ratio, first-piece p50/p99), and one stream's
-   tokens/s over HTTP against `LanguageModel.stream` in this process (`--only generation` runs this
-   part alone; `--lm` may name any language-model run, e.g. the Shakespeare CPU GPT);
+   tokens/s over HTTP against `LanguageModel.stream` in this process, for each `--lm` (by default the
+   quickstart GPT and the Shakespeare CPU GPT);
+6. a Transformer translator under `--translate-clients` concurrent clients (one sentence a request,
+   beam 5), batched across requests and again with `--max-batch 1`: the throughput ratio;
+7. (`--only mixed`, not run by default) a mixed load for `--mixed-seconds` (10 minutes): classify,
+   generate and translate clients at once against one server, its resident memory sampled every 10 s;
 and the server's resident memory before and after each load. Runs it needs and is not given are
-trained first into --out: sst2_ngrams (seconds), the quickstart GPT (2 minutes), and a MiniLM
-classifier trained for 1 step (its speed does not depend on its accuracy). Data from $NANONLP_DATA.
+trained first into --out: sst2_ngrams (seconds), the quickstart GPT (2 minutes), a MiniLM
+classifier trained for 1 step (its speed does not depend on its accuracy), and the Multi30k
+Transformer trained for 2 minutes (its translations are poor; a search's cost depends on their
+lengths, which the ratio shares), and the Shakespeare CPU GPT trained for 1 minute (generation speed
+depends on its shape, not on its loss). Data from $NANONLP_DATA. `--only SECTION` (repeatable: classify,
+generation, translate, mixed) runs those sections alone.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+SENTENCES = ["A man is riding a bike down the street .", "Two dogs play in the snow .", "A woman sings on a stage .",
+             "Children are playing soccer in a park .", "A man in a red shirt is cooking .", "A girl reads a book on a bench .",
+             "People walk past a shop at night .", "A black cat sleeps on the sofa ."]
 TEXTS = ["an utterly charming and funny film", "a dull , lifeless mess", "not bad at all", "the best film of the year",
          "it never quite works", "a moving , beautifully acted story", "tedious and far too long", "good fun"]
 
@@ -94,8 +105,9 @@ class Server:
         self.process.wait(timeout=20)
 
 
-def load(base: str, model: str, clients: int, seconds: float, texts_per_request: int) -> dict:
-    """`clients` threads posting classify requests back to back for `seconds`."""
+def load(base: str, model: str, clients: int, seconds: float, texts_per_request: int, endpoint: str = "/v1/classify",
+         texts: list[str] = TEXTS, extra: dict | None = None) -> dict:
+    """`clients` threads posting requests (`endpoint`: classify, or translate with `extra` options) back to back for `seconds`."""
     import httpx
 
     latencies, statuses, lock = [], Counter(), threading.Lock()
@@ -105,10 +117,10 @@ def load(base: str, model: str, clients: int, seconds: float, texts_per_request:
         with httpx.Client(timeout=60) as http:
             i = k
             while time.perf_counter() < deadline:
-                texts = [TEXTS[(i + j) % len(TEXTS)] for j in range(texts_per_request)]
+                batch = [texts[(i + j) % len(texts)] for j in range(texts_per_request)]
                 started = time.perf_counter()
                 try:
-                    status = http.post(f"{base}/v1/classify", json={"model": model, "texts": texts}).status_code
+                    status = http.post(f"{base}{endpoint}", json={"model": model, "texts": batch, **(extra or {})}).status_code
                 except httpx.HTTPError:
                     status = "connection error"
                 with lock:
@@ -244,7 +256,8 @@ def show(title: str, r: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classifier", help="a bag-of-n-grams (or any) classification run (default: train sst2_ngrams)")
-    parser.add_argument("--lm", help="a language-model run (default: train configs/quickstart.yaml)")
+    parser.add_argument("--lm", action="append", help="a language-model run (repeatable; default: the quickstart GPT and the "
+                        "Shakespeare CPU GPT, trained if missing)")
     parser.add_argument("--encoder", help="a MiniLM classification run (default: sst2_minilm trained for 1 step)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each sustained load")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
@@ -252,20 +265,112 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=256, help="requests sent at once in the burst")
     parser.add_argument("--tokens", type=int, default=400, help="tokens of the streamed generation")
     parser.add_argument("--streams", type=int, default=16, help="concurrent generation streams")
-    parser.add_argument("--only", choices=("all", "generation"), default="all", help="run every part, or the generation load alone")
+    parser.add_argument("--translator", help="a translation run (default: multi30k_en_de_transformer trained for 2 minutes)")
+    parser.add_argument("--translate-clients", type=int, default=8, help="concurrent clients of the translation load")
+    parser.add_argument("--mixed-seconds", type=float, default=600.0, help="length of the mixed load (--only mixed)")
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable); "
+                        "default: every section but mixed")
     parser.add_argument("--out", default="runs/bench_serve", help="where runs it trains go")
     args = parser.parse_args()
     os.environ.setdefault("NANONLP_DATA", str(ROOT.parent / "shared" / "data"))
     out = Path(args.out)
-    if args.only == "generation":
-        print(f"machine: {os.cpu_count()} CPUs; clients and server share them", flush=True)
-        generation_load(train_if_missing(args.lm, out, "quickstart", "configs/quickstart.yaml", []), args.streams, args.tokens)
-        return
+    sections = args.only or [s for s in SECTIONS if s != "mixed"]
+    print(f"machine: {os.cpu_count()} CPUs, {processor()}; clients and server share them", flush=True)
+    if "classify" in sections:
+        classify_load(args, out)
+    if "generation" in sections:
+        for lm in language_models(args, out):
+            generation_load(lm, args.streams, args.tokens)
+    if "translate" in sections:
+        translate_load(args, out)
+    if "mixed" in sections:
+        mixed_load(args, out)
+
+
+SECTIONS = ("classify", "generation", "translate", "mixed")
+
+
+def processor() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown processor"
+
+
+def language_models(args, out: Path) -> list[Path]:
+    if args.lm:
+        return [Path(run) for run in args.lm]
+    return [train_if_missing(None, out, "quickstart", "configs/quickstart.yaml", []),
+            train_if_missing(None, out, "shakespeare_cpu", "configs/shakespeare_char_gpt_cpu.yaml", ["--train.max_seconds=60"])]
+
+
+def translator_run(args, out: Path) -> Path:
+    return train_if_missing(args.translator, out, "multi30k_transformer", "configs/multi30k_en_de_transformer.yaml",
+                            ["--train.max_seconds=120", "--train.eval_interval=1000000"])
+
+
+def translate_load(args, out: Path) -> None:
+    translator = translator_run(args, out)
+    figures = {}
+    for label, options in (("batched across requests", []), ("one request at a time (--max-batch 1)", ["--max-batch", "1"])):
+        server = Server([f"mt={translator}"], *options)
+        try:
+            figures[label] = r = load(server.base, "mt", args.translate_clients, args.seconds / 2, 1, "/v1/translate", SENTENCES, {"beam": 5})
+            show(f"translation (beam 5), {label}, {args.translate_clients} clients, {args.seconds / 2:g} s", r)
+        finally:
+            server.close()
+    ratio = figures["batched across requests"]["texts_per_s"] / max(figures["one request at a time (--max-batch 1)"]["texts_per_s"], 1e-9)
+    print(f"translation throughput batched across requests / one at a time: {ratio:.2f}x", flush=True)
+
+
+def mixed_load(args, out: Path) -> None:
+    """Classify, generate and translate clients at once against one server for --mixed-seconds; the
+    server's resident memory after a 30-second warm-up, every 10 s, and at the end."""
     classifier = train_if_missing(args.classifier, out, "sst2_ngrams", "configs/sst2_ngrams.yaml", [])
-    lm = train_if_missing(args.lm, out, "quickstart", "configs/quickstart.yaml", [])
+    lm = language_models(args, out)[0]
+    translator = translator_run(args, out)
+    server = Server([f"ngrams={classifier}", f"lm={lm}", f"mt={translator}"])
+    results, samples = {}, []
+
+    def run(name: str, fn) -> None:
+        results[name] = fn()
+
+    def streams() -> dict:
+        count, deadline = 0, time.perf_counter() + args.mixed_seconds
+        while time.perf_counter() < deadline:
+            streams_at_once(server.base, "lm", 4, 100)
+            count += 4
+        return {"streams": count}
+
+    jobs = [threading.Thread(target=run, args=("classify", lambda: load(server.base, "ngrams", 4, args.mixed_seconds, 8))),
+            threading.Thread(target=run, args=("translate", lambda: load(server.base, "mt", 2, args.mixed_seconds, 1, "/v1/translate",
+                                                                          SENTENCES, {"beam": 5}))),
+            threading.Thread(target=run, args=("generate", streams))]
+    try:
+        started = time.perf_counter()
+        for job in jobs:
+            job.start()
+        while any(job.is_alive() for job in jobs):
+            time.sleep(10)
+            samples.append((time.perf_counter() - started, rss_mb(server.process.pid)))
+        for job in jobs:
+            job.join()
+    finally:
+        server.close()
+    warm = [mb for t, mb in samples if t >= 30] or [mb for _, mb in samples]
+    print(f"mixed load, {args.mixed_seconds:g} s (classify 4 clients, translate 2, generation 4 streams at a time): "
+          f"classify {results['classify']['texts_per_s']:,.0f} texts/s (statuses {results['classify']['statuses']}), "
+          f"translate {results['translate']['texts_per_s']:,.1f} texts/s (statuses {results['translate']['statuses']}), "
+          f"{results['generate']['streams']} streams", flush=True)
+    print(f"  server memory after warm-up {warm[0]:.0f} MB, at the end {warm[-1]:.0f} MB ({100 * (warm[-1] - warm[0]) / warm[0]:+.1f}%), "
+          f"peak {max(warm):.0f} MB; every 10 s: {' '.join(f'{mb:.0f}' for _, mb in samples)}", flush=True)
+
+
+def classify_load(args, out: Path) -> None:
+    classifier = train_if_missing(args.classifier, out, "sst2_ngrams", "configs/sst2_ngrams.yaml", [])
+    lm = language_models(args, out)[0]
     encoder = train_if_missing(args.encoder, out, "sst2_minilm", "configs/sst2_minilm.yaml",
                                ["--train.max_steps=1", "--train.eval_interval=1", "--classify.calibrate=false"])
-    print(f"machine: {os.cpu_count()} CPUs; clients and server share them", flush=True)
 
     server = Server([f"ngrams={classifier}", f"lm={lm}"])
     try:
@@ -292,8 +397,7 @@ def main() -> None:
         finally:
             server.close()
     ratio = figures["dynamic batching"]["texts_per_s"] / max(figures["one request at a time (--max-batch 1)"]["texts_per_s"], 1e-9)
-    print(f"MiniLM throughput with dynamic batching / one at a time: {ratio:.2f}x")
-    generation_load(lm, args.streams, args.tokens)
+    print(f"MiniLM throughput with dynamic batching / one at a time: {ratio:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,23 @@ def test_a_long_sentence_is_cut_into_runs_of_words_that_fit():
     assert len(ids) == 8 and tokenizer.id_to_token(ids[positions[0]]) == "car"
 
 
+def test_a_long_text_is_tokenized_in_linear_time():
+    tokenizer = WordPieceTokenizer(VOCAB)
+    reader = PieceReader(tokenizer, BertTaggerConfig(**tagger_config()), first_piece=True, max_pieces=24)  # 22 pieces a run
+    original, tokenized = reader.pieces, []
+    reader.pieces = lambda text: (tokenized.append(len(text)), original(text))[1]  # count the characters tokenized
+    for repeats in (100, 400):
+        text = "Alice works for Globex Corp in Paris . " * repeats
+        spans = [(s, e) for _, s, e in tokenize(text)]
+        tokenized.clear()
+        units = reader.units(text, spans)
+        assert [a for _, a, _ in units] == [0] + [b for _, _, b in units[:-1]] and units[-1][2] == len(spans)  # every word once
+        assert all(len(ids) <= 24 for (ids, _, _), _, _ in units)
+        # each run tokenizes a slice about its own size: a few times the text in all, at any length (tokenizing
+        # the whole rest of the text for each run, as before, was 21x the text at 100 repeats and 83x at 400)
+        assert sum(tokenized) <= 6 * len(text)
+
+
 def test_an_entity_across_a_cut_trains_as_two_whole_entities():
     from nanonlp.data.tagging import TaggedSentence, to_spans
     from nanonlp.tasks.tag import units_of

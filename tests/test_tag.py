@@ -219,3 +219,24 @@ def test_word_dropout_acts_in_training_only():
     dropping.train(), plain.train()
     unknown = torch.ones_like(words)  # every word <unk>, the characters kept
     assert torch.allclose(dropping(words, chars, mask)[0], plain(unknown, chars, mask)[0])
+
+
+def test_a_long_text_is_read_in_bounded_windows_each_as_if_alone(tmp_path):
+    fit(tag_config(tmp_path, chinese_file(tmp_path / "zh.txt"), data__separator="\t", train__max_steps=30), quiet=True)
+    tagger = nanonlp.load(tmp_path / "run", device="cpu")
+    tagger.reader.window = 16  # 256 tokens in use; small here so that a short text needs several windows
+    text = "张三在北京工作。李四在上海工作。" * 3 + "王五在广州工作" * 3  # the end: 21 characters without a sentence's end
+    spans = [(s, e) for _, s, e in tokenize(text, characters=True)]
+    units = tagger.reader.units(text, spans)
+    assert [a for _, a, _ in units] == [0] + [b for _, _, b in units[:-1]] and units[-1][2] == len(spans)  # every token once
+    assert all(len(unit) <= 16 for unit, _, _ in units)  # bounded: one huge text is not one unit padded with others
+    assert all(text[spans[b - 1][0]] == "。" for _, _, b in units[:3])  # cut after a sentence's end where one is near
+    runs = [(spans[a][0], spans[b - 1][1]) for _, a, b in units]
+    alone = [{**e, "start": e["start"] + start, "end": e["end"] + start}
+             for start, end in runs for e in tagger.tag(text[start:end])["entities"]]
+    result = tagger.tag(text)
+    without_score = lambda entities: [{k: v for k, v in e.items() if k != "score"} for e in entities]  # noqa: E731
+    assert without_score(result["entities"]) == without_score(alone) and len(alone) >= 12  # offsets right across the windows
+    # the confidences up to float rounding: the windows of one text are a batch of several, each alone a batch of one
+    assert [e["score"] for e in result["entities"]] == pytest.approx([e["score"] for e in alone], abs=1e-5)
+    assert all(text[e["start"] : e["end"]] == e["text"] for e in alone) and result["truncated"] is False

@@ -1,8 +1,29 @@
-"""Batching for sentence pairs: length buckets sized by token count, padding, and resumable order."""
+"""Batching: inference in length-sorted batches; for training, length buckets sized by token count,
+padding, and resumable order."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+
+def by_length(items: list, lengths: list[int], batch_size: int, run: Callable[[list], list]) -> list:
+    """run(batch) on batches of at most batch_size items of similar length (sorted by length, stable:
+    less padding), each batch's results put back in the order of `items`. `run` answers one result
+    per item of its batch, in order."""
+    if len(items) != len(lengths) or batch_size < 1:
+        raise ValueError("by_length needs one length per item and a batch size of at least 1.")
+    order = sorted(range(len(items)), key=lengths.__getitem__)
+    out: list = [None] * len(items)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        results = run([items[i] for i in rows])
+        if len(results) != len(rows):
+            raise ValueError(f"a batch of {len(rows)} items gave {len(results)} results.")
+        for i, result in zip(rows, results):
+            out[i] = result
+    return out
 
 
 def pad_batch(id_lists: list[list[int]], pad_id: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from nanonlp.data.batching import by_length
 from nanonlp.data.readers import OUT_OF_SCOPE, Example, join_ptb_tokens
 from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer, one_unknown_warning
 from nanonlp.errors import NanoNLPError
@@ -116,16 +117,19 @@ def predict_logits(model, encoder: Encoder, id_lists: list[list[int]], device, b
     (FSDP cannot gather its shards for inference tensors)."""
     from tqdm import tqdm
 
-    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths, less padding
-    out = [None] * len(id_lists)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, disable=not (progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True, leave=False):
-        rows = order[start : start + batch_size]
-        input_ids, mask = encoder.batch([id_lists[i] for i in rows], device)
+    if not id_lists:
+        raise NanoNLPError("there are no texts to classify.")
+    bar = tqdm(total=-(-len(id_lists) // batch_size), disable=not (progress and sys.stderr.isatty()), unit="batch",
+               dynamic_ncols=True, leave=False)
+
+    def run(batch: list[list[int]]) -> list[torch.Tensor]:
+        input_ids, mask = encoder.batch(batch, device)
         logits, _ = model(input_ids, mask)
-        for row, value in zip(rows, logits.float().cpu()):
-            out[row] = value
-    return torch.stack(out)
+        bar.update()
+        return list(logits.float().cpu())
+
+    with bar:
+        return torch.stack(by_length(id_lists, [len(ids) for ids in id_lists], batch_size, run))
 
 
 def abstaining_predictions(probs: torch.Tensor, labels: list[str], threshold: float) -> list[str]:

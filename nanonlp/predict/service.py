@@ -16,13 +16,19 @@ A predictor's `endpoints()` returns one `Endpoint` per `POST /v1/<path>` it answ
 - `runner`: how the server runs a request (serve/routes.py, RUNNERS):
     "batch"   requests to one model that arrive together run as one batch: `handle(items) -> results`,
               one per item, on the model's batching thread; `truncated(items) -> [bool]` adds each
-              result's `truncated` flag, computed off the event loop.
+              result's `truncated` flag, computed off the event loop. With `carry`, each item goes
+              into the batch as a tuple (item, *the request's values of those fields), so requests with
+              different options share a batch (translation: (text, beam, nbest)). With `cancellable`,
+              `handle(items, cancel)`: `cancel` is set when every request of the batch has given up.
+    "schedule" generation: one scheduler per model steps all its requests' sequences together
+              (serve/generation.py); `items` holds the prompts, the other fields are sampling options.
     "thread"  `handle(request, call) -> response dict` on the thread pool, under the queue bound and
               the time limit; `call.cancel` is set when the time is up (decoding stops at its next step).
   `stream(request, call) -> iterator of text pieces`, when given, answers a request with `"stream": true`
   as server-sent events (the iterator is made on a worker thread: bad arguments raise before any byte).
 - `budget`: the field of new tokens per item, for generation: the server caps it and items x it.
 - `check(request)`: request-wide validation (raise ValueError or NanoNLPError): a 422.
+- `admit(request)`: what the model itself refuses (raise NanoNLPError): a 400, before the request joins a batch.
 - `view`: how the page shows the results (the kinds app.js knows: text, labels, spans, chat).
 """
 
@@ -97,9 +103,12 @@ class Endpoint:
     path: str  # POST /v1/<path>
     params: dict[str, Param]
     handle: Callable[..., Any]
-    runner: str = "thread"  # "batch" or "thread" (see the module's docstring)
+    runner: str = "thread"  # "batch", "schedule" or "thread" (see the module's docstring)
     items: str | None = None
     truncated: Callable[[list], list[bool]] | None = None  # "batch" runner: per item, whether the model read only part of it
+    carry: tuple[str, ...] = ()  # "batch" runner: the request's fields each item takes into the batch
+    cancellable: bool = False  # "batch" runner: handle(items, cancel)
+    admit: Callable[[dict], None] | None = None
     stream: Callable[[dict, Call], Iterator[str]] | None = None
     budget: str | None = None
     check: Callable[[dict], None] | None = None

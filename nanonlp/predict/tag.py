@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from nanonlp.data.batching import by_length
 from nanonlp.data.tagging import convert, to_spans
 from nanonlp.errors import NanoNLPError
 from nanonlp.io import atomic_write_text
@@ -46,6 +47,8 @@ def tokenize(text: str, characters: bool = False) -> list[tuple[str, int, int]]:
 
 
 END = "</s>"  # the right neighbour of a sentence's last token, in bigrams
+WINDOW_TOKENS = 256  # a BiLSTM-CRF reads a longer text in windows of this many tokens
+SENTENCE_ENDS = frozenset(".!?;。！？；")  # tokens after which a window is best cut
 
 
 class TagVocabulary:
@@ -93,9 +96,22 @@ class TagVocabulary:
 
     # -- the reader interface shared with PieceReader: a sentence as units, units as model inputs ----
 
+    window = WINDOW_TOKENS  # tokens per unit at most
+
     def units(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[list[str], int, int]]:
-        """(unit, first word, end word): an LSTM reads a sentence of any length as one unit, its tokens."""
-        return [([text[s:e] for s, e in spans], 0, len(spans))]
+        """(unit, first word, end word): a text in windows of at most `window` tokens, each read as if
+        alone, so that one huge text costs linear time and is not padded together with short ones. A
+        window ends after a sentence's last token where one falls in its second half (few entities
+        are cut); otherwise at the limit, cutting an entity there in two."""
+        tokens = [text[s:e] for s, e in spans]
+        out, first = [], 0
+        while first < len(tokens):
+            end = min(first + self.window, len(tokens))
+            if end < len(tokens):
+                end = next((k for k in range(end, first + self.window // 2, -1) if tokens[k - 1] in SENTENCE_ENDS), end)
+            out.append((tokens[first:end], first, end))
+            first = end
+        return out or [([], 0, 0)]
 
     @staticmethod
     def unit_length(unit: list[str]) -> int:
@@ -164,7 +180,9 @@ class PieceReader:
     offsets of its pieces; a word is read at the first piece that overlaps it (or the last, per the
     model). A word no piece overlaps (a control character BERT's cleaning drops) is read at the piece
     before it. A sentence longer than the model's positions is cut into runs of whole words that fit,
-    each tagged on its own; an entity across a cut is cut too.
+    each tagged on its own; an entity across a cut is cut too. Each run tokenizes only a slice of
+    whole words about the size it can read (doubled until its pieces overflow the model or the text
+    ends), so a long text costs linear time, not a tokenization of the whole rest per run.
     """
 
     def __init__(self, tokenizer, model_config, first_piece: bool, max_pieces: int):
@@ -206,8 +224,15 @@ class PieceReader:
         out, first = [], 0
         while first < len(spans):
             base = spans[first][0]
-            ids, offsets = self.pieces(text[base : spans[-1][1]])
-            overlaps = self._overlaps(offsets, [(s - base, e - base) for s, e in spans[first:]])
+            budget, stop = 2 * self.limit, first + 1  # characters of whole words tokenized; the words [first, stop)
+            while True:
+                while stop < len(spans) and spans[stop][1] - base <= budget:
+                    stop += 1
+                ids, offsets = self.pieces(text[base : spans[stop - 1][1]])
+                if len(ids) > self.limit or stop == len(spans):
+                    break
+                budget *= 2  # the pieces fit and words are left: a longer slice
+            overlaps = self._overlaps(offsets, [(s - base, e - base) for s, e in spans[first:stop]])
             end = len(overlaps)
             if len(ids) > self.limit:  # the words whose pieces all fit, at least one
                 end = max(1, next((i for i, o in enumerate(overlaps) if o is not None and o[1] >= self.limit), end))
@@ -253,29 +278,22 @@ def decode(model, reader, items: list[tuple[str, list[tuple[int, int]]]], device
            batch_size: int = 64) -> list[tuple[list[int], list[float]]]:
     """(tag ids, span confidences) per (text, word spans) item: its units batched by length, decoded
     under the scheme's constraints, joined back in order. The caller picks the grad mode."""
-    units = []  # (item, part, unit)
-    for i, (text, spans) in enumerate(items):
-        if spans:
-            units += [(i, part, unit) for part, (unit, _, _) in enumerate(reader.units(text, spans))]
-    units.sort(key=lambda u: reader.unit_length(u[2]))
-    parts: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
-    for start in range(0, len(units), batch_size):
-        chunk = units[start : start + batch_size]
-        inputs, mask = reader.batch([u[2] for u in chunk], device)
+    units = [(i, unit) for i, (text, spans) in enumerate(items) if spans for unit, _, _ in reader.units(text, spans)]
+
+    def run(chunk: list) -> list[tuple[list[int], list[float]]]:
+        inputs, mask = reader.batch(chunk, device)
         emissions, _ = model(*inputs)
         paths = model.decode(emissions, mask)
-        if with_scores:
-            spans = [[(s, path[s:e]) for s, e, _ in to_spans([reader.tags[t] for t in path], scheme)]
-                     for path in paths]
-            scores = model.span_scores(emissions, mask, spans)
-        else:
-            scores = [[] for _ in chunk]
-        for (i, part, _), path, row_scores in zip(chunk, paths, scores):
-            parts[(i, part)] = (path, row_scores)
+        if not with_scores:
+            return [(path, []) for path in paths]
+        spans = [[(s, path[s:e]) for s, e, _ in to_spans([reader.tags[t] for t in path], scheme)] for path in paths]
+        return list(zip(paths, model.span_scores(emissions, mask, spans)))
+
+    decoded = by_length([u for _, u in units], [reader.unit_length(u) for _, u in units], batch_size, run)
     out = [([], []) for _ in items]
-    for (i, part) in sorted(parts):
-        out[i][0].extend(parts[(i, part)][0])
-        out[i][1].extend(parts[(i, part)][1])
+    for (i, _), (path, scores) in zip(units, decoded):  # an item's units in order: its parts join up
+        out[i][0].extend(path)
+        out[i][1].extend(scores)
     return out
 
 
@@ -301,7 +319,7 @@ class Tagger:
 
     @property
     def max_input_length(self) -> None:
-        return None  # any length: an LSTM reads it whole, a Transformer in runs of words that fit
+        return None  # any length: read in windows (an LSTM) or runs of words that fit (a Transformer)
 
     def describe(self) -> dict:
         return {"labels": list(self.labels)}
@@ -340,8 +358,9 @@ class Tagger:
         return [convert(tags, inner, wanted) if wanted != inner else tags for tags, _ in self._decode(items, with_scores=False)]
 
     def tag(self, texts: str | list[str]) -> dict | list[dict]:
-        """Per raw text: {"text", "entities": [{"start", "end", "type", "text", "score"}]}, offsets
-        into the text as given (double spaces, tabs, emoji and mixed scripts included)."""
+        """Per raw text: {"text", "entities": [{"start", "end", "type", "text", "score"}], "truncated"},
+        offsets into the text as given (double spaces, tabs, emoji and mixed scripts included).
+        `truncated` is always false: a text of any length is read whole, in windows."""
         texts, single = as_batch(texts)
         self._warn_unseen_characters(texts)
         tokenized = [tokenize(t, self.reader.character_tokens) for t in texts]
@@ -352,7 +371,7 @@ class Tagger:
             for (s, e, kind), score in zip(to_spans(tags, self.config.data.inner_scheme), scores):
                 begin, end = toks[s][1], toks[e - 1][2]
                 entities.append({"start": begin, "end": end, "type": kind, "text": text[begin:end], "score": round(score, 6)})
-            out.append({"text": text, "entities": entities})
+            out.append({"text": text, "entities": entities, "truncated": False})  # every token is read
         return out[0] if single else out
 
 

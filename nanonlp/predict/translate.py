@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from nanonlp.data.batching import pad_batch
+from nanonlp.data.batching import by_length, pad_batch
 from nanonlp.data.tokenizers import BPETokenizer, load_tokenizer
 from nanonlp.decode import beam_search, greedy_search
 from nanonlp.errors import NanoNLPError
@@ -93,31 +93,27 @@ class Vocabularies:
         return labels, spans
 
 
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 RNN_SOURCE_TOKENS = 1024  # an RNN encoder has no position table; a longer source is cut here, bounding a request
 
 
 def translate_endpoint(translator) -> Endpoint:
-    """POST /v1/translate: per text the translation, or the n best with their scores. A request's texts are
-    translated together on the thread pool; the search stops between steps when the time is up."""
+    """POST /v1/translate: per text the translation, or the n best with their scores. The texts of requests that
+    arrive together share one batched search per beam size (the server's batcher), which stops between steps
+    when every request in it has given up."""
 
-    def translate(request: dict, call: Call) -> dict:
+    def translate(items: list[tuple[str, int | None, int]], cancel=None) -> list[dict]:
         """Per text the `translation`, the `nbest` list (`text`, `score`, best first) and `truncated`."""
-        texts = request["texts"]
-        nbest = translator.translate_nbest(texts, request["beam"], request["nbest"], cancel=call.cancel)
-        flags = [translator.truncated(t) for t in texts]
-        return {"results": [{"translation": hyps[0][0] if hyps else "", "nbest": [{"text": t, "score": s} for t, s in hyps],
-                             "truncated": flag} for flag, hyps in zip(flags, nbest)]}
+        found = translator.translate_requests(items, cancel)
+        return [{"translation": hyps[0][0] if hyps else "", "nbest": [{"text": t, "score": s} for t, s in hyps]} for hyps in found]
 
     return Endpoint("translate", {"texts": Param(list[str], description="the texts, a batch"),
                                   "beam": Param(int | None, None, "the beam's width; 1 is greedy; none: the run's", label="beam",
                                                 ge=1, le=32),
                                   "nbest": Param(int, 1, "translations per text, best first", ge=1, le=32)},
-                    translate, runner="thread", items="texts", title="Translate", placeholder=f"One {translator.languages[0]} sentence a line",
+                    translate, runner="batch", items="texts", carry=("beam", "nbest"), cancellable=True,
+                    admit=lambda request: translator.check_beam(request["beam"], request["nbest"]),
+                    truncated=lambda texts: [translator.truncated(t) for t in texts],
+                    title="Translate", placeholder=f"One {translator.languages[0]} sentence a line",
                     view={"kind": "text", "key": "translation"})
 
 
@@ -176,30 +172,53 @@ class Translator:
         out = self.translate_ids(sources, beam_size, nbest, batch_size, alpha, skip=blank, cancel=cancel)
         return out[0] if single else out
 
+    def check_beam(self, beam_size: int | None, nbest: int) -> int:
+        """The beam a search uses (the run's translate.beam_size when None); an nbest it cannot give is an error."""
+        beam_size = beam_size or self.config.translate.beam_size
+        if nbest > beam_size:
+            raise NanoNLPError(f"--nbest {nbest} is larger than the beam ({beam_size}); a beam of k keeps at most k translations.")
+        return beam_size
+
     @torch.inference_mode()
     def translate_ids(self, sources: list[list[int]], beam_size: int | None = None, nbest: int = 1, batch_size: int | None = None,
                       alpha: float | None = None, skip: list[bool] | None = None, cancel=None) -> list[list[tuple[str, float]]]:
         """translate_nbest for source ids (each ending with the end token), as a run caches them."""
-        beam_size = beam_size or self.config.translate.beam_size
+        beam_size = self.check_beam(beam_size, nbest)
         batch_size = batch_size or self.config.translate.batch_size
         alpha = self.config.translate.length_penalty if alpha is None else alpha
-        if nbest > beam_size:
-            raise NanoNLPError(f"--nbest {nbest} is larger than the beam ({beam_size}); a beam of k keeps at most k translations.")
         skip = skip or [False] * len(sources)
-        # similar lengths share a batch (less padding)
-        order = sorted((i for i in range(len(sources)) if not skip[i]), key=lambda i: len(sources[i]))
-        out: list = [[("", 0.0)] if skip[i] else None for i in range(len(sources))]
         v = self.vocab
-        for rows in _chunks(order, batch_size):
-            batch = [sources[i] for i in rows]
+
+        def search(batch: list[list[int]]) -> list[list[tuple[str, float]]]:
             src = pad_batch(batch, v.pad_id).to(self.device)
             limits = self.max_lengths(batch)
             if beam_size == 1:
                 results = [[h] for h in greedy_search(self.model, src, limits, v.bos_id, v.eos_id, v.pad_id, alpha, cancel)]
             else:
                 results = beam_search(self.model, src, limits, beam_size, v.bos_id, v.eos_id, v.pad_id, alpha, nbest, cancel)
-            for i, hypotheses in zip(rows, results):
-                out[i] = [(v.decode_target(h.tokens), h.score) for h in hypotheses]
+            return [[(v.decode_target(h.tokens), h.score) for h in hypotheses] for hypotheses in results]
+
+        kept = [i for i in range(len(sources)) if not skip[i]]
+        found = by_length([sources[i] for i in kept], [len(sources[i]) for i in kept], batch_size, search)
+        out: list = [[("", 0.0)] for _ in sources]  # a skipped (blank) line translates to a blank line
+        for i, hypotheses in zip(kept, found):
+            out[i] = hypotheses
+        return out
+
+    def translate_requests(self, items: list[tuple[str, int | None, int]], cancel=None) -> list[list[tuple[str, float]]]:
+        """translate_nbest for the texts of several requests run together (the server's batcher):
+        items are (text, beam_size, nbest). Texts with the same beam share one batched search (a
+        search has one beam); each keeps its own n best. A text's translations and scores are those
+        translate_nbest gives it in a request of its own with the same beam."""
+        out: list = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (_, beam_size, nbest) in enumerate(items):
+            groups.setdefault(self.check_beam(beam_size, nbest), []).append(i)
+        for beam_size, rows in groups.items():
+            most = max(items[i][2] for i in rows)  # the n best are a prefix of the most asked for
+            found = self.translate_nbest([items[i][0] for i in rows], beam_size, most, cancel=cancel)
+            for i, hypotheses in zip(rows, found):
+                out[i] = hypotheses[: items[i][2]]
         return out
 
     def translate(self, texts: str | list[str], beam_size: int | None = None, batch_size: int | None = None) -> str | list[str]:

@@ -283,7 +283,7 @@ class Batched(Runner):
         super().__init__(models, m, endpoint)
         s = models.settings
         self.batcher = Batcher(endpoint.handle, s.max_batch, s.max_wait_ms / 1000, s.max_queue, m.name,
-                               on_batch=models.metrics.batch_observer(m.name))
+                               on_batch=models.metrics.batch_observer(m.name), cancellable=endpoint.cancellable)
 
     @property
     def closed(self) -> bool:
@@ -297,21 +297,29 @@ class Batched(Runner):
         self.batcher.close()
 
     async def run(self, request: dict) -> dict:
-        items = items_of(request[self.endpoint.items])
+        endpoint = self.endpoint
+        if endpoint.admit is not None:
+            endpoint.admit(request)  # what the model refuses is this request's 400, not its batch's error
+        items = items_of(request[endpoint.items])
+        carried = [(item, *(request[name] for name in endpoint.carry)) for item in items] if endpoint.carry else items
         try:
-            future = self.batcher.submit(items)
+            future = self.batcher.submit(carried)
         except QueueFull:
             raise self.models.full(self.mounted) from None
         try:
             results = await asyncio.wait_for(asyncio.wrap_future(future), self.models.settings.timeout_s)
         except asyncio.TimeoutError:
-            # a request still waiting is dropped from the queue; one already in a batch finishes with it
-            future.cancel()
-            raise self.models.timed_out("it was taken off the model's queue") from None
-        if self.endpoint.truncated is not None:
-            flags = await asyncio.to_thread(self.endpoint.truncated, items)
+            # a request still waiting leaves the queue; a batch stops only when all its requests gave up
+            outcome = self.batcher.give_up(future)
+            raise self.models.timed_out(GIVEN_UP[outcome]) from None
+        if endpoint.truncated is not None:
+            flags = await asyncio.to_thread(endpoint.truncated, items)
             results = [{**r, "truncated": f} for r, f in zip(results, flags)]
         return {"results": results}
+
+
+GIVEN_UP = {"dequeued": "it was taken off the model's queue", "stopped": "its work was stopped",
+            "shared": "its texts finish with the other requests of their batch, unread", "finished": "its work had just finished"}
 
 
 class Threaded(Runner):

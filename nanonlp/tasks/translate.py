@@ -24,7 +24,7 @@ from nanonlp.metrics import BLEU_TOKENIZERS, bleu_chrf, bleu_tokenizer
 from nanonlp.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from nanonlp.models.transformer_nmt import Transformer, TransformerConfig
 from nanonlp.predict import translate as predict_translate
-from nanonlp.predict.translate import Translator, Vocabularies, _chunks
+from nanonlp.predict.translate import Translator, Vocabularies
 from nanonlp.tasks import Command, Context, Task, TrainingJob, add_option, register
 
 SPLITS = ("train", "dev", "test")
@@ -405,7 +405,8 @@ class TranslateTask(Task):
             """Dev cross entropy (no smoothing: a true perplexity) and greedy BLEU on the first val_sentences."""
             total, count = 0.0, 0
             order = sorted(range(len(dev)), key=lambda i: len(dev_sources[i]))
-            for batch_rows in _chunks(order, 64):
+            for start in range(0, len(order), 64):  # similar lengths share a batch; a sum needs no order restored
+                batch_rows = order[start : start + 64]
                 src, tgt_in, tgt_out, n = make_batch([dev_sources[i] for i in batch_rows], [dev_targets[i] for i in batch_rows], vocab, device)
                 total += model(src, tgt_in, tgt_out, 0.0)[1].item() * n
                 count += n

@@ -137,8 +137,45 @@ def load(base: str, model: str, clients: int, seconds: float, texts_per_request:
     wall = time.perf_counter() - started
     ok = statuses.get(200, 0)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
-    return {"requests_per_s": ok / wall, "texts_per_s": ok * texts_per_request / wall, "p50_ms": 1000 * q[49],
+    return {"requests_per_s": ok / wall, "texts_per_s": ok * texts_per_request / wall, "mean_ms": 1000 * statistics.fmean(latencies),
+            "p50_ms": 1000 * q[49],
             "p95_ms": 1000 * q[94], "p99_ms": 1000 * q[98], "statuses": dict(statuses), "requests": sum(statuses.values())}
+
+
+def scrape(base: str) -> dict[str, float]:
+    """The server's Prometheus metrics: {'name{labels}': value}."""
+    import httpx
+
+    values = {}
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def where_time_goes(base: str, model: str, endpoint: str, before: dict, r: dict) -> str:
+    """Where a batched request's time went during a load, from the server's metrics scraped before and after
+    it and the clients' mean latency: waiting for its batch, in the model, in the rest of the server
+    (validation, JSON, middleware, thread hops), and in HTTP and the client (connection, parsing)."""
+    after = scrape(base)
+
+    def delta(name: str, labels: str) -> float:
+        key = f"{name}{{{labels}}}"
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    m, e = f'model="{model}"', f'endpoint="{endpoint}"'
+    batches, waits, requests = (delta("nanonlp_batch_seconds_count", m), delta("nanonlp_queue_wait_seconds_count", m),
+                                delta("nanonlp_request_seconds_count", e))
+    if not (batches and waits and requests):
+        return "  (no batches in the metrics)"
+    wait_ms = 1000 * delta("nanonlp_queue_wait_seconds_sum", m) / waits
+    model_ms = 1000 * delta("nanonlp_batch_seconds_sum", m) / batches
+    server_ms = 1000 * delta("nanonlp_request_seconds_sum", e) / requests
+    items = delta("nanonlp_batch_items_sum", m) / batches
+    return (f"  where the time goes (means per request, {r['mean_ms']:.1f} ms at the client): {wait_ms:.1f} ms waiting for its batch, "
+            f"{model_ms:.1f} ms in the model (batches of {items:.1f} texts, {batches / waits:.2f} batches a request), "
+            f"{server_ms - wait_ms - model_ms:.1f} ms in the rest of the server, {r['mean_ms'] - server_ms:.1f} ms in HTTP and the client")
 
 
 def burst(base: str, model: str, n: int) -> dict:
@@ -315,8 +352,10 @@ def translate_load(args, out: Path) -> None:
     for label, options in (("batched across requests", []), ("one request at a time (--max-batch 1)", ["--max-batch", "1"])):
         server = Server([f"mt={translator}"], *options)
         try:
+            metrics = scrape(server.base)
             figures[label] = r = load(server.base, "mt", args.translate_clients, args.seconds / 2, 1, "/v1/translate", SENTENCES, {"beam": 5})
             show(f"translation (beam 5), {label}, {args.translate_clients} clients, {args.seconds / 2:g} s", r)
+            print(where_time_goes(server.base, "mt", "/v1/translate", metrics, r), flush=True)
         finally:
             server.close()
     ratio = figures["batched across requests"]["texts_per_s"] / max(figures["one request at a time (--max-batch 1)"]["texts_per_s"], 1e-9)
@@ -374,8 +413,10 @@ def classify_load(args, out: Path) -> None:
 
     server = Server([f"ngrams={classifier}", f"lm={lm}"])
     try:
-        before = rss_mb(server.process.pid)
-        show(f"bag of n-grams, {args.clients} clients, {args.seconds:g} s", load(server.base, "ngrams", args.clients, args.seconds, args.texts_per_request))
+        before, metrics = rss_mb(server.process.pid), scrape(server.base)
+        r = load(server.base, "ngrams", args.clients, args.seconds, args.texts_per_request)
+        show(f"bag of n-grams, {args.clients} clients, {args.seconds:g} s", r)
+        print(where_time_goes(server.base, "ngrams", "/v1/classify", metrics, r), flush=True)
         after = rss_mb(server.process.pid)
         print(f"  server memory {before:.0f} MB before, {after:.0f} MB after ({100 * (after - before) / before:+.1f}%)")
         s = stream(server.base, "lm", args.tokens)
@@ -388,9 +429,10 @@ def classify_load(args, out: Path) -> None:
     for label, options in (("dynamic batching", []), ("one request at a time (--max-batch 1)", ["--max-batch", "1"])):
         server = Server([f"minilm={encoder}"], *options)
         try:
-            before = rss_mb(server.process.pid)
+            before, metrics = rss_mb(server.process.pid), scrape(server.base)
             figures[label] = r = load(server.base, "minilm", args.clients, args.seconds / 2, 1)
             show(f"MiniLM, {label}, {args.clients} clients, {args.seconds / 2:g} s", r)
+            print(where_time_goes(server.base, "minilm", "/v1/classify", metrics, r), flush=True)
             print(f"  server memory {before:.0f} MB before, {rss_mb(server.process.pid):.0f} MB after")
             if not options:
                 print(f"burst of {args.burst} requests at once at MiniLM (queue 64): by status {burst(server.base, 'minilm', args.burst)}", flush=True)

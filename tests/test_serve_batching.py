@@ -188,3 +188,28 @@ def test_concurrent_translation_requests_share_batches_and_get_what_each_gets_al
             same_nbest([[(h["text"], h["score"]) for h in r["nbest"]] for r in got], [[(h["text"], h["score"]) for h in r["nbest"]] for r in want])
         response = c.post("/v1/translate", json={"texts": ["x"], "beam": 2, "nbest": 3})
         assert response.status_code == 400 and "larger than the beam (2)" in response.json()["detail"]
+
+
+def test_each_batch_reports_its_items_its_run_time_and_each_requests_wait():
+    now, reports, started, gate = [50.0], [], threading.Event(), threading.Event()
+
+    def run(items):  # the batch takes 30 ms on the injected clock, once both requests are queued
+        started.set()
+        gate.wait(5)
+        now[0] += 0.030
+        return items
+
+    batcher = Batcher(run, max_batch=8, max_wait=0.0, clock=lambda: now[0], on_batch=lambda *report: reports.append(report))
+    try:
+        first = batcher.submit(["a"])  # runs at once (no window), and holds the model
+        assert started.wait(5)
+        now[0] += 0.010
+        second = batcher.submit(["b", "c"])  # arrives 10 ms later; waits until the first batch ends at 50.030
+        gate.set()
+        assert first.result(timeout=5) == ["a"] and second.result(timeout=5) == ["b", "c"]
+    finally:
+        batcher.close()
+    # the first batch ran from 50.000 to 50.040 (the 10 ms the test waited while it ran, then its own 30)
+    assert [(count, round(seconds, 6)) for count, seconds, _ in reports] == [(1, 0.04), (2, 0.03)]
+    assert [round(w, 6) for w in reports[0][2]] == [0.0]
+    assert [round(w, 6) for w in reports[1][2]] == [0.03]  # queued at 50.010, its batch began at 50.040

@@ -287,6 +287,8 @@ def test_metrics_count_requests_batches_and_tokens(client):
     assert 'nanonlp_requests_total{endpoint="/v1/classify",status="200"} 1.0' in text
     assert 'nanonlp_requests_total{endpoint="/v1/classify",status="422"} 1.0' in text
     assert 'nanonlp_batch_items_sum{model="sentiment"} 2.0' in text
+    assert 'nanonlp_batch_seconds_count{model="sentiment"} 1.0' in text  # where a request's time goes: the model
+    assert 'nanonlp_queue_wait_seconds_count{model="sentiment"} 1.0' in text  # and its wait for the batch
     assert 'nanonlp_generated_tokens_total{model="verse"} 7.0' in text
     assert 'nanonlp_request_seconds_count{endpoint="/v1/generate"} 1.0' in text
     assert 'nanonlp_queue_depth{model="sentiment"} 0.0' in text

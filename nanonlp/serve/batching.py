@@ -50,7 +50,7 @@ class QueueFull(Exception):
 
 class Batcher:
     def __init__(self, run: Callable[..., list], max_batch: int = 64, max_wait: float = 0.005, max_queue: int = 64,
-                 name: str = "model", on_batch: Callable[[int], None] | None = None, cancellable: bool = False,
+                 name: str = "model", on_batch: Callable[[int, float, list[float]], None] | None = None, cancellable: bool = False,
                  clock: Callable[[], float] = time.monotonic):
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
             raise ValueError("max_batch and max_queue must be at least 1, and max_wait not negative.")
@@ -60,7 +60,8 @@ class Batcher:
         self.ready = threading.Condition()
         self.closed = False
         self.batches = 0  # batches run so far (for tests and the load bench)
-        self.on_batch = on_batch  # told the number of items of each batch run (the server's metrics)
+        # told of each batch run: its items, the seconds the model took, each request's wait before it (the server's metrics)
+        self.on_batch = on_batch
         self.gap: float | None = None  # moving average of the seconds between requests
         self.last_arrival: float | None = None
         self.free_since = clock()  # when the model last finished a batch
@@ -80,7 +81,9 @@ class Batcher:
                 raise RuntimeError("the batcher is closed.")
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self.waiting)} requests are waiting")
-            self._arrived(self.clock())
+            now = self.clock()
+            self._arrived(now)
+            future.arrived = now  # for the wait the metrics report
             self.waiting.append((list(items), future))
             self.ready.notify()
         return future
@@ -163,6 +166,7 @@ class Batcher:
             if not taken:
                 continue
             items = [item for request, _ in taken for item in request]
+            began = self.clock()
             try:
                 results = self.run(items, cancel) if self.cancellable else self.run(items)
             except BaseException as err:  # the model's error (or Cancelled) goes to every request of the batch
@@ -175,7 +179,7 @@ class Batcher:
                     self.free_since = self.clock()
             self.batches += 1
             if self.on_batch is not None:
-                self.on_batch(len(items))
+                self.on_batch(len(items), self.clock() - began, [began - future.arrived for _, future in taken])
             start = 0
             for request, future in taken:  # a request that gave up gets its slice too; nobody reads it
                 future.set_result(results[start : start + len(request)])

@@ -7,6 +7,8 @@ never share counts. What an operator reads:
     nanonlp_request_seconds{endpoint}              latency histogram, by route
     nanonlp_queue_depth{model}                     requests waiting for a model's batcher or thread slots
     nanonlp_batch_items{model}                     items (texts) per batch the model ran
+    nanonlp_batch_seconds{model}                   time the model took to run each batch
+    nanonlp_queue_wait_seconds{model}              time a batched request waited before its batch began
     nanonlp_generated_tokens_total{model}          tokens sampled by language models
     nanonlp_generation_step_sequences{model}       sequences stepped together per forward pass (continuous batching)
     nanonlp_model_load_seconds{model}              how long loading each mounted run took
@@ -37,6 +39,10 @@ class Metrics:
         self.queue_depth = Gauge("nanonlp_queue_depth", "Requests waiting for the model.", ["model"], registry=self.registry)
         self.batch_items = Histogram("nanonlp_batch_items", "Items (texts) per batch run.", ["model"],
                                      buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_seconds = Histogram("nanonlp_batch_seconds", "Seconds the model took to run a batch.", ["model"],
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram("nanonlp_queue_wait_seconds", "Seconds a batched request waited before its batch began.",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.generated_tokens = Counter("nanonlp_generated_tokens", "Tokens sampled by language models.", ["model"],
                                         registry=self.registry)
         self.step_sequences = Histogram("nanonlp_generation_step_sequences", "Sequences a language model stepped together, per step.",
@@ -48,9 +54,17 @@ class Metrics:
         """The model's queue depth, read when /metrics is scraped."""
         self.queue_depth.labels(model).set_function(depth)
 
-    def batch_observer(self, model: str) -> Callable[[int], None]:
-        child = self.batch_items.labels(model)
-        return child.observe
+    def batch_observer(self, model: str) -> Callable[[int, float, list[float]], None]:
+        """What a batcher reports of each batch: its items, the seconds it ran, and each request's wait before it."""
+        items, seconds, wait = self.batch_items.labels(model), self.batch_seconds.labels(model), self.queue_wait.labels(model)
+
+        def observe(count: int, run_seconds: float, waits: list[float]) -> None:
+            items.observe(count)
+            seconds.observe(run_seconds)
+            for w in waits:
+                wait.observe(w)
+
+        return observe
 
     def step_observer(self, model: str) -> Callable[[int], None]:
         return self.step_sequences.labels(model).observe

@@ -128,7 +128,7 @@ def test_a_bug_gives_500_with_a_request_id_and_no_traceback(runs, caplog):
         max_input_length = 4
         endpoints = TextClassifier.endpoints  # serves what a classifier serves
 
-        def predict(self, texts):
+        def predict_read(self, texts):
             raise RuntimeError("secret internals")
 
     with TestClient(create_app({"broken": Broken()}), raise_server_exceptions=False) as c:
@@ -184,11 +184,11 @@ def test_the_server_answers_503_with_retry_after_when_a_queue_is_full(runs):
         labels = ["a"]
         max_input_length = 100
         encoder = runs["sentiment"].encoder
-        endpoints, truncated = TextClassifier.endpoints, TextClassifier.truncated
+        endpoints = TextClassifier.endpoints
 
-        def predict(self, texts):
+        def predict_read(self, texts):
             release.wait(5)
-            return [{"label": "a", "probability": 1.0, "probabilities": {"a": 1.0}} for _ in texts]
+            return [{"label": "a", "probability": 1.0, "probabilities": {"a": 1.0}, "truncated": False} for _ in texts]
 
     app = create_app({"slow": Slow()}, ServeSettings(max_queue=1, max_batch=1, max_wait_ms=0))
     with TestClient(app) as c, ThreadPoolExecutor(4) as pool:

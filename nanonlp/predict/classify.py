@@ -27,20 +27,32 @@ class Encoder:
         self.tokenizer, self.max_length = tokenizer, max_length
         self.pad_id = tokenizer.pad_id
 
-    def ids(self, text: str) -> list[int]:
+    def read(self, text: str) -> tuple[list[int], bool]:
+        """The ids the model reads of `text`, and whether that cut the text (its first max_length tokens,
+        or words, are read): one tokenization gives both."""
         if getattr(self.tokenizer, "kind", None) == "word":
             # max_length counts words: the hashed n-grams of the words kept follow them, never cut off
-            return self.tokenizer.encode(text, max_words=self.max_length) or [self.pad_id]
+            inner = getattr(self.tokenizer, "inner", self.tokenizer)
+            return (self.tokenizer.encode(text, max_words=self.max_length) or [self.pad_id],
+                    len(inner.split(text)) > self.max_length)
         ids = self.tokenizer.encode(text)
-        if len(ids) > self.max_length:
+        cut = len(ids) > self.max_length
+        if cut:
             sep = getattr(self.tokenizer, "sep_id", None)
             ids = ids[: self.max_length - 1] + [sep] if sep is not None else ids[: self.max_length]  # WordPiece ends on [SEP]
-        return ids or [self.pad_id]  # an empty text still needs one position (masked in)
+        return ids or [self.pad_id], cut  # an empty text still needs one position (masked in)
+
+    def ids(self, text: str) -> list[int]:
+        return self.read(text)[0]
 
     def ids_of(self, texts) -> list[list[int]]:
         """The ids of many texts, with one warning for all the characters a character vocabulary never saw."""
+        return [ids for ids, _ in self.read_all(texts)]
+
+    def read_all(self, texts) -> list[tuple[list[int], bool]]:
+        """`read` of many texts, with one warning for all the characters a character vocabulary never saw."""
         with one_unknown_warning():
-            return [self.ids(text) for text in texts]
+            return [self.read(text) for text in texts]
 
     def batch(self, id_lists: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids in id_lists)
@@ -150,8 +162,8 @@ def scope_metrics(gold: list[str], predicted: list[str]) -> dict:
 def classify_endpoint(classifier) -> Endpoint:
     """POST /v1/classify: per text the label (or the abstention) and the probabilities. Requests to one model
     are batched together; `classifier` is a TextClassifier, or anything with its `predict` and `truncated`."""
-    return Endpoint("classify", {"texts": Param(list[str], description="the texts, a batch")}, classifier.predict, runner="batch",
-                    items="texts", truncated=lambda texts: [classifier.truncated(t) for t in texts],
+    return Endpoint("classify", {"texts": Param(list[str], description="the texts, a batch")}, classifier.predict_read, runner="batch",
+                    items="texts",
                     title="Classify", placeholder="One text a line", view={"kind": "labels"})
 
 
@@ -190,9 +202,7 @@ class TextClassifier:
 
     def truncated(self, text: str) -> bool:
         """Whether the classifier reads only the start of `text` (its first max_input_length tokens, or words)."""
-        tokenizer = getattr(self.encoder.tokenizer, "inner", self.encoder.tokenizer)
-        count = len(tokenizer.split(text)) if getattr(tokenizer, "kind", None) == "word" else len(tokenizer.encode(text))
-        return count > self.max_input_length
+        return self.encoder.read(text)[1]
 
     def describe(self) -> dict:
         """What GET /v1/models says of the classifier: its labels, and their names as answered."""
@@ -229,6 +239,17 @@ class TextClassifier:
         else:
             out = self._answers(self.probabilities(texts), language)
         return out[0] if single else out
+
+    def predict_read(self, texts: list[str]) -> list[dict]:
+        """`predict` of a batch, each answer with `truncated`: whether the classifier read only the start of
+        its text (the server's batch: the texts are tokenized once for both)."""
+        read = self.encoder.read_all(texts)
+        ids = [i for i, _ in read]
+        if self.regression:
+            out = [{"score": float(s)} for s in self.scores_of_ids(ids)]
+        else:
+            out = self._answers(self.probabilities_of_ids(ids), self.language)
+        return [{**answer, "truncated": cut} for answer, (_, cut) in zip(out, read)]
 
     def _answers(self, probs: torch.Tensor, language: str | None = None) -> list[dict]:
         """Answers by name in `language`; None keeps the labels as the training file writes them."""

@@ -46,6 +46,9 @@ def add_arguments(p) -> None:
     p.add_argument("--max-request-tokens", type=int, default=16384, help="generation budget cap per request: prompts x max_new_tokens")
     p.add_argument("--max-sequences", type=int, default=32,
                    help="sequences a language model generates together at most, one token each per step (more wait)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads each model computation uses (torch intra-op); default half the cores, at least 1, so the "
+                        "server's own work (HTTP, JSON, decoding text) keeps the rest; under --ray, each replica's CPUs")
     p.add_argument("--max-connections", type=int, default=256, help="open connections at most (503 past it)")
     p.add_argument("--graceful-timeout", type=float, default=20.0,
                    help="on SIGTERM or Ctrl-C, seconds in-flight requests get to finish before the server exits")
@@ -125,6 +128,12 @@ def json_access_log() -> None:
     access.propagate = False
 
 
+def serving_threads() -> int:
+    """The default --threads: half the cores this process may use, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // 2)
+
+
 def serve(args) -> None:
     from nanonlp.serve import ray_serve
     from nanonlp.serve.app import ServeSettings, create_app
@@ -138,6 +147,10 @@ def serve(args) -> None:
                         ("--max-request-tokens", args.max_request_tokens), ("--max-sequences", args.max_sequences), ("--max-connections", args.max_connections)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}.")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}.")
+    if args.threads is not None and args.ray:
+        raise ConfigError("--threads is each replica's CPUs under --ray; set --replica-cpus instead.")
     if args.max_body_mb <= 0 or args.timeout <= 0 or args.max_wait_ms < 0 or args.graceful_timeout < 0:
         raise ConfigError("--max-body-mb and --timeout must be positive, and --max-wait-ms and --graceful-timeout not negative.")
     if not args.runs and not args.analyze_config:
@@ -155,6 +168,11 @@ def serve(args) -> None:
         if warning:
             print(warning, file=sys.stderr)
         return ray_serve.serve_on_ray(args, ray_options, settings, mount_names(args.runs))
+    import torch
+
+    # On 2 cores, one thread per model computation measured up to 1.7x the generation throughput of two (two
+    # OpenMP teams, the scheduler's and a batcher's, spinning against each other and the event loop).
+    torch.set_num_threads(args.threads or serving_threads())
     load_seconds: dict[str, float] = {}
     models = load_runs(mount_names(args.runs), args.device, args.sessions, load_seconds)
     analysis = None

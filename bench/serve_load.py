@@ -324,7 +324,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
     parser.add_argument("--texts-per-request", type=int, default=8, help="texts in each classify request")
     parser.add_argument("--burst", type=int, default=256, help="requests sent at once in the burst")
-    parser.add_argument("--tokens", type=int, default=400, help="tokens of the streamed generation")
+    parser.add_argument("--tokens", type=int, default=100, help="tokens of each streamed generation (100: within the Shakespeare CPU GPT's context)")
     parser.add_argument("--streams", type=int, default=16, help="concurrent generation streams")
     parser.add_argument("--translator", help="a translation run (default: multi30k_en_de_transformer trained for 2 minutes)")
     parser.add_argument("--translate-clients", type=int, default=8, help="concurrent clients of the translation load")

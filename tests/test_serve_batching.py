@@ -213,3 +213,28 @@ def test_each_batch_reports_its_items_its_run_time_and_each_requests_wait():
     assert [(count, round(seconds, 6)) for count, seconds, _ in reports] == [(1, 0.04), (2, 0.03)]
     assert [round(w, 6) for w in reports[0][2]] == [0.0]
     assert [round(w, 6) for w in reports[1][2]] == [0.03]  # queued at 50.010, its batch began at 50.040
+
+
+def test_a_translation_past_the_time_limit_is_a_504_and_its_search_stops(translator):
+    """Through the app: the only request of a batch gives up at the time limit, so the batch's search is
+    told to stop (its cancel flag), and the 504 says so."""
+    from fastapi.testclient import TestClient
+
+    from nanonlp.serve.app import ServeSettings, create_app
+
+    seen = {}
+
+    class Slow:  # the real translator's declaration and checks; a search that runs until it is cancelled
+        task, languages, config = "translate", translator.languages, translator.config
+        check_beam, truncated, endpoints = translator.check_beam, translator.truncated, type(translator).endpoints
+
+        def translate_requests(self, items, cancel=None):
+            seen["cancel"] = cancel
+            if not cancel.wait(10):
+                raise AssertionError("the search was never cancelled")
+            raise Cancelled("decoding was cancelled")
+
+    with TestClient(create_app({"mt": Slow()}, ServeSettings(timeout_s=0.2, max_wait_ms=0))) as c:
+        response = c.post("/v1/translate", json={"texts": ["a man walks"], "beam": 2})
+    assert response.status_code == 504 and "its work was stopped" in response.json()["detail"]
+    assert seen["cancel"].is_set()

@@ -24,7 +24,7 @@ from nanonlp.dialogue.policy import Rules
 from nanonlp.dialogue.sessions import SessionStore, open_store
 from nanonlp.dialogue.spec import (ACTION_FALLBACK, ACTION_FAQ, ACTION_HANDOFF, FAQ_INTENT, OUT_OF_SCOPE, PLACEHOLDER,
                                    AssistantSpec, read_assistant)
-from nanonlp.dialogue.state import DialogueState, missing_slots, record, update
+from nanonlp.dialogue.state import DialogueState, missing_slots, record, take_action, update
 from nanonlp.errors import NanoNLPError
 from nanonlp.predict.service import REQUIRED, Call, Endpoint, Param
 
@@ -160,12 +160,7 @@ class Assistant:
         decided = self.rules.decide(state, intent, faq_score, missing)
         action = decided[0] if decided else self.choose(state, intent)
         reply, source, suggestions = self.render(action, state, faq_entry)
-        if action == ACTION_HANDOFF:
-            state.handoff = True
-        if action.startswith("ask_"):
-            state.requested_slot = action[len("ask_"):]
-        elif state.active_form is not None and action == self.spec.forms[state.active_form].submit:
-            state.active_form = None
+        take_action(state, self.spec, action)
         record(state, self.spec, message, reply, intent, action)
         self.store.put(state)
         out = {"session_id": state.session_id, "reply": reply, "intent": intent, "confidence": understood["confidence"],

@@ -40,7 +40,7 @@ import torch
 from nanonlp.dialogue.policy import PolicyNet, Rules
 from nanonlp.dialogue.simulator import SimulatorConfig, User, UserAct, UserSimulator
 from nanonlp.dialogue.spec import ACTION_HANDOFF, FAQ_INTENT, AssistantSpec
-from nanonlp.dialogue.state import DialogueState, missing_slots, record, update
+from nanonlp.dialogue.state import DialogueState, missing_slots, record, take_action, update
 from nanonlp.errors import ConfigError, NanoNLPError
 
 SUPERVISED = "policy_supervised.safetensors"
@@ -113,12 +113,7 @@ class ActLevelAssistant:
             features = self.policy.features.encode(act.intent, state.slots, state.active_form, state.actions)
             index = choose(features)
             action, chosen = self.policy.actions[index], (features, index)
-        if action == ACTION_HANDOFF:
-            state.handoff = True
-        if action.startswith("ask_"):
-            state.requested_slot = action[len("ask_"):]
-        elif state.active_form is not None and action == self.spec.forms[state.active_form].submit:
-            state.active_form = None
+        take_action(state, self.spec, action)
         record(state, self.spec, "", action, act.intent, action)
         return action, chosen
 

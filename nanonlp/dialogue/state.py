@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
-from nanonlp.dialogue.spec import OUT_OF_SCOPE, AssistantSpec, Slot
+from nanonlp.dialogue.spec import ACTION_HANDOFF, OUT_OF_SCOPE, AssistantSpec, Slot
 
 
 @dataclass
@@ -159,6 +159,17 @@ def missing_slots(state: DialogueState, spec: AssistantSpec) -> list[str]:
     if state.active_form is None:
         return []
     return [slot for slot in spec.forms[state.active_form].slots if slot not in state.slots]
+
+
+def take_action(state: DialogueState, spec: AssistantSpec, action: str) -> None:
+    """What an action does to the state: a handoff marks it, a form's question is the slot now asked
+    for, a form's submit closes the form. (The served assistant and the RL episodes share it.)"""
+    if action == ACTION_HANDOFF:
+        state.handoff = True
+    if action.startswith("ask_"):
+        state.requested_slot = action[len("ask_"):]
+    elif state.active_form is not None and action == spec.forms[state.active_form].submit:
+        state.active_form = None
 
 
 def record(state: DialogueState, spec: AssistantSpec, text: str, reply: str, intent: str, action: str) -> None:
